@@ -1,0 +1,100 @@
+//! The Quip wire protocol, version 1: the protobuf schema and a sans-IO codec.
+//!
+//! Nothing here touches a socket, a clock or a runtime. The server, the client
+//! library, the benchmarks and the fuzzers all share these pure functions, so
+//! the bytes on the wire are produced and checked in exactly one place.
+//!
+//! ```text
+//!  bytes from a QUIC stream ──► FrameDecoder::decode ──► Envelope ──► (server/client logic)
+//!  Envelope ──► encode_frame ──► bytes to a QUIC stream
+//! ```
+//!
+//! # Layout
+//! - [`v1`]: the generated protobuf types (`quip.v1` package).
+//! - [`codec`]: length-prefixed framing with a size limit checked before any
+//!   body is buffered or decoded.
+//! - [`version`]: ALPN, version negotiation and the connection close codes.
+//!
+//! `spec/protocol.md` is the normative description of how these are used.
+
+pub mod codec;
+pub mod version;
+
+/// Generated types of the `quip.v1` protobuf package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/quip.v1.rs"));
+}
+
+pub use codec::{FrameDecoder, FrameError, decode_envelope, encode_frame, frame_bytes};
+pub use v1::{Envelope, envelope::Body};
+pub use version::{ALPN, CloseCode, PROTOCOL_VERSION, negotiate_version};
+
+/// Default and upper bound of a frame's encoded Envelope length (1 MiB).
+///
+/// Servers advertise their limit in `Welcome.max_frame`; both sides reject a
+/// larger frame before buffering it.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Default limit on a message body (text + payload): 64 KiB.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+/// A short name of the Envelope's body, for logs and errors.
+pub fn body_name(env: &Envelope) -> &'static str {
+    match &env.body {
+        None => "unknown",
+        Some(b) => match b {
+            Body::Hello(_) => "hello",
+            Body::Welcome(_) => "welcome",
+            Body::Error(_) => "error",
+            Body::Register(_) => "register",
+            Body::Login(_) => "login",
+            Body::Logout(_) => "logout",
+            Body::Whoami(_) => "whoami",
+            Body::Send(_) => "send",
+            Body::History(_) => "history",
+            Body::Chats(_) => "chats",
+            Body::Receipt(_) => "receipt",
+            Body::Sync(_) => "sync",
+            Body::Ack(_) => "ack",
+            Body::Ping(_) => "ping",
+            Body::Auth(_) => "auth",
+            Body::LoggedOut(_) => "logged_out",
+            Body::Identity(_) => "identity",
+            Body::Sent(_) => "sent",
+            Body::HistoryPage(_) => "history_page",
+            Body::ChatList(_) => "chat_list",
+            Body::ReceiptStored(_) => "receipt_stored",
+            Body::SyncPage(_) => "sync_page",
+            Body::Acked(_) => "acked",
+            Body::Pong(_) => "pong",
+            Body::Event(_) => "event",
+        },
+    }
+}
+
+impl v1::Error {
+    /// An error with a code and a human-readable message.
+    pub fn new(code: v1::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms: 0,
+        }
+    }
+}
+
+impl Envelope {
+    /// An envelope with the given correlation id and body.
+    pub fn new(id: u64, body: Body) -> Self {
+        Self {
+            id,
+            body: Some(body),
+        }
+    }
+
+    /// An error answer to request `id` (0 for a connection-level error).
+    pub fn error(id: u64, code: v1::ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(id, Body::Error(v1::Error::new(code, message)))
+    }
+}
