@@ -1,1 +1,2 @@
-
+//! quipd internals.
+pub mod store;

@@ -1,0 +1,187 @@
+//! The behaviour every [`Store`] backend must show, as public async checks.
+//!
+//! Each backend's tests call [`run_all`]; each check works under its own key
+//! prefix, so they can share one store. A FoundationDB backend runs the same
+//! checks against a real cluster when one is configured.
+
+use super::{Store, StoreError, Txn, enqueue_write, read, write};
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum TestError {
+    #[error("store: {0}")]
+    Store(String),
+    #[error("rolled back on purpose")]
+    Abort,
+}
+
+impl From<StoreError> for TestError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+fn k(prefix: &str, i: u32) -> Vec<u8> {
+    let mut key = prefix.as_bytes().to_vec();
+    key.extend_from_slice(&i.to_be_bytes());
+    key
+}
+
+/// Runs every check.
+pub async fn run_all(store: &dyn Store) {
+    point_reads_and_writes(store).await;
+    range_reads(store).await;
+    read_your_writes(store).await;
+    rollback_leaves_no_trace(store).await;
+    writes_apply_in_queue_order(store).await;
+    concurrent_increments_are_serializable(store).await;
+}
+
+/// Set, get, overwrite, clear.
+pub async fn point_reads_and_writes(store: &dyn Store) {
+    write(store, |t| {
+        t.set(b"pt/a", b"1");
+        t.set(b"pt/b", b"2");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    write(store, |t| {
+        t.set(b"pt/a", b"3");
+        t.clear(b"pt/b");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let (a, b) = read(store, |t| Ok::<_, TestError>((t.get(b"pt/a")?, t.get(b"pt/b")?))).unwrap();
+    assert_eq!(a.as_deref(), Some(&b"3"[..]));
+    assert_eq!(b, None);
+}
+
+/// Ranges are half-open, ordered, limited, and reversible.
+pub async fn range_reads(store: &dyn Store) {
+    write(store, |t| {
+        for i in 0..10 {
+            t.set(&k("rg/", i), &i.to_be_bytes());
+        }
+        t.set(b"rg0", b"outside");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let (fwd, rev, mid, empty) = read(store, |t| {
+        Ok::<_, TestError>((
+            t.range(b"rg/", b"rg0", 100, false)?,
+            t.range(b"rg/", b"rg0", 3, true)?,
+            t.range(&k("rg/", 2), &k("rg/", 5), 100, false)?,
+            t.range(&k("rg/", 5), &k("rg/", 5), 100, false)?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(fwd.len(), 10);
+    assert!(fwd.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(rev.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![k("rg/", 9), k("rg/", 8), k("rg/", 7)]);
+    assert_eq!(mid.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![k("rg/", 2), k("rg/", 3), k("rg/", 4)]);
+    assert!(empty.is_empty());
+}
+
+/// Inside a write, reads see the write's own sets and clears, in ranges too.
+pub async fn read_your_writes(store: &dyn Store) {
+    write(store, |t| {
+        for i in 0..4 {
+            t.set(&k("ryw/", i), b"old");
+        }
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let seen = write(store, |t: &mut dyn Txn| {
+        t.set(&k("ryw/", 1), b"new");
+        t.clear(&k("ryw/", 2));
+        t.set(&k("ryw/", 9), b"added");
+        let one = t.get(&k("ryw/", 1))?;
+        let fwd = t.range(b"ryw/", b"ryw0", 10, false)?;
+        let rev = t.range(b"ryw/", b"ryw0", 2, true)?;
+        Ok::<_, TestError>((one, fwd, rev))
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.0.as_deref(), Some(&b"new"[..]));
+    let keys: Vec<_> = seen.1.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![k("ryw/", 0), k("ryw/", 1), k("ryw/", 3), k("ryw/", 9)]);
+    assert_eq!(seen.1[1].1, b"new");
+    let rkeys: Vec<_> = seen.2.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(rkeys, vec![k("ryw/", 9), k("ryw/", 3)]);
+}
+
+/// A write that fails stores nothing, even when it shares a commit with
+/// writes that succeed.
+pub async fn rollback_leaves_no_trace(store: &dyn Store) {
+    let ok1 = enqueue_write(store, |t| {
+        t.set(b"rb/ok1", b"1");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let bad = enqueue_write(store, |t| {
+        t.set(b"rb/bad", b"x");
+        t.set(b"rb/ok1", b"clobbered");
+        Err::<(), _>(TestError::Abort)
+    })
+    .await
+    .unwrap();
+    let ok2 = enqueue_write(store, |t| {
+        let before = t.get(b"rb/ok1")?;
+        t.set(b"rb/ok2", b"2");
+        Ok::<_, TestError>(before)
+    })
+    .await
+    .unwrap();
+    ok1.wait().await.unwrap();
+    assert_eq!(bad.wait().await, Err(TestError::Abort));
+    // The write after the failed one saw the state before it.
+    assert_eq!(ok2.wait().await.unwrap().as_deref(), Some(&b"1"[..]));
+    let (b, o1, o2) = read(store, |t| Ok::<_, TestError>((t.get(b"rb/bad")?, t.get(b"rb/ok1")?, t.get(b"rb/ok2")?))).unwrap();
+    assert_eq!(b, None);
+    assert_eq!(o1.as_deref(), Some(&b"1"[..]));
+    assert_eq!(o2.as_deref(), Some(&b"2"[..]));
+}
+
+/// Writes enqueued one after another apply in that order.
+pub async fn writes_apply_in_queue_order(store: &dyn Store) {
+    let mut pending = Vec::new();
+    for i in 0..50u32 {
+        pending.push(
+            enqueue_write(store, move |t| {
+                let mut log = t.get(b"ord/log")?.unwrap_or_default();
+                log.extend_from_slice(&i.to_be_bytes());
+                t.set(b"ord/log", &log);
+                Ok::<_, TestError>(())
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        p.wait().await.unwrap();
+    }
+    let log = read(store, |t| t.get(b"ord/log").map_err(TestError::from)).unwrap().unwrap();
+    let got: Vec<u32> = log.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+}
+
+/// Many tasks incrementing one counter lose no update.
+pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
+    let n = 64u64;
+    let futs = (0..n).map(|_| async {
+        write(store, |t| {
+            let v = t.get(b"ctr/x")?.map(|v| u64::from_be_bytes(v.try_into().unwrap())).unwrap_or(0);
+            t.set(b"ctr/x", &(v + 1).to_be_bytes());
+            Ok::<_, TestError>(v + 1)
+        })
+        .await
+        .unwrap()
+    });
+    let mut seen: Vec<u64> = futures::future::join_all(futs).await;
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "every increment saw a distinct value");
+}

@@ -1,0 +1,198 @@
+//! The storage abstraction: serializable transactions over one ordered keyspace.
+//!
+//! The trait is shaped after FoundationDB, the scale-out backend: keys and
+//! values are byte strings, reads are point gets and range scans, writes are
+//! buffered in the transaction and become visible atomically at commit. The
+//! domain code in [`crate::service`] is written only against [`Txn`], so a
+//! backend that offers these semantics can replace the embedded one.
+//!
+//! # Write path
+//! A write is a closure over a [`Txn`]. [`Store::enqueue`] hands it to the
+//! backend and returns once it is queued; the returned [`Committed`] resolves
+//! once it is durable. Splitting the two lets a connection pipeline writes:
+//! it enqueues request after request in order, and awaits their commits
+//! later. Backends apply queued writes in the order they were enqueued.
+//!
+//! A closure that returns [`Outcome::Rollback`] leaves no trace, even when it
+//! shares a commit with others (group commit).
+
+pub mod conformance;
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Storage failures. Domain errors (not a participant, …) are not store errors.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, commit failure). The write did not happen.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// The store is shut down and accepts no more work.
+    #[error("store is closed")]
+    Closed,
+    /// A stored value could not be decoded.
+    #[error("corrupt record under key {key}: {reason}")]
+    Corrupt {
+        /// The key, escaped for printing.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Whether a write closure's buffered writes should be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Apply this closure's writes in the next commit.
+    Commit,
+    /// Discard this closure's writes.
+    Rollback,
+}
+
+/// Reads inside a transaction. Reads see the transaction's own earlier writes.
+pub trait ReadTxn {
+    /// The value at `key`.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` pairs with `begin <= key < end`, ascending, or descending
+    /// when `reverse` (then the `limit` highest keys of the range).
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// A read-write transaction.
+pub trait Txn: ReadTxn {
+    /// Sets `key` to `value`.
+    fn set(&mut self, key: &[u8], value: &[u8]);
+    /// Removes `key` (no-op when absent).
+    fn clear(&mut self, key: &[u8]);
+}
+
+/// A write closure. It may be run more than once by backends that retry on
+/// conflict (FoundationDB), so it must not have effects outside the `Txn`.
+pub type WriteFn = Box<dyn FnMut(&mut dyn Txn) -> Outcome + Send>;
+
+/// Resolves once the write is durable (`Ok`) or failed (`Err`: nothing of it
+/// was stored).
+pub type Committed = oneshot::Receiver<Result<(), StoreError>>;
+
+/// A boxed future, for a dyn-compatible trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A transactional ordered key-value store.
+pub trait Store: Send + Sync + 'static {
+    /// Queues a write. Resolves when queued (waiting if the queue is full:
+    /// that is the backpressure on writers); writes are applied in queue order.
+    fn enqueue(&self, job: WriteFn) -> BoxFuture<'_, Result<Committed, StoreError>>;
+
+    /// Runs `f` in a read-only snapshot on the calling thread.
+    fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError>;
+
+    /// Finishes every queued write, then refuses new ones.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// Counters for tests and benchmarks.
+    fn stats(&self) -> StoreStats;
+}
+
+/// How the store has been used so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Durable commits (each one fsync).
+    pub commits: u64,
+    /// Write closures applied or rolled back.
+    pub writes: u64,
+    /// Key-value pairs set or cleared.
+    pub keys_written: u64,
+}
+
+/// A queued typed write; [`wait`](Self::wait) gives its result once durable.
+#[must_use = "a pending write reports its result only when awaited"]
+pub struct PendingWrite<T> {
+    committed: Committed,
+    slot: Arc<Mutex<Option<T>>>,
+}
+
+impl<R, E: From<StoreError>> PendingWrite<Result<R, E>> {
+    /// Waits until the write is durable and returns what the closure returned.
+    pub async fn wait(self) -> Result<R, E> {
+        match self.committed.await {
+            Ok(Ok(())) => self
+                .slot
+                .lock()
+                .expect("slot lock")
+                .take()
+                .unwrap_or_else(|| Err(StoreError::Backend("write closure never ran".into()).into())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Closed.into()),
+        }
+    }
+}
+
+/// Queues `f` as a write: `Ok` results commit, `Err` results roll back.
+pub async fn enqueue_write<R, E, F>(store: &dyn Store, mut f: F) -> Result<PendingWrite<Result<R, E>>, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnMut(&mut dyn Txn) -> Result<R, E> + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(None));
+    let out = slot.clone();
+    let job: WriteFn = Box::new(move |txn| {
+        let r = f(txn);
+        let outcome = if r.is_ok() { Outcome::Commit } else { Outcome::Rollback };
+        *out.lock().expect("slot lock") = Some(r);
+        outcome
+    });
+    let committed = store.enqueue(job).await?;
+    Ok(PendingWrite { committed, slot })
+}
+
+/// Runs `f` as a write and waits for it to be durable.
+pub async fn write<R, E, F>(store: &dyn Store, f: F) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnMut(&mut dyn Txn) -> Result<R, E> + Send + 'static,
+{
+    enqueue_write(store, f).await?.wait().await
+}
+
+/// Runs `f` in a read snapshot and returns its result.
+pub fn read<R, E, F>(store: &dyn Store, mut f: F) -> Result<R, E>
+where
+    E: From<StoreError>,
+    F: FnMut(&mut dyn ReadTxn) -> Result<R, E>,
+{
+    let mut result = None;
+    store
+        .read(&mut |txn| {
+            result = Some(f(txn));
+            Ok(())
+        })
+        .map_err(E::from)?;
+    result.expect("read closure ran")
+}
+
+/// The smallest key greater than every key starting with `prefix`, for range
+/// ends (FoundationDB's `strinc`). `None` if the prefix is all 0xff.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
