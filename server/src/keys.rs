@@ -1,0 +1,132 @@
+//! The key layout of the ordered keyspace (documented in `spec/storage.md`).
+//!
+//! Keys are a short ASCII tag, a `/`, then fixed-width big-endian integers or
+//! raw bytes, so byte order equals the order we scan in: a chat's messages by
+//! seq, a user's log by pos, a user's chats by id. Variable-length parts come
+//! last so they never disturb the ordering of what precedes them.
+
+/// `user/{username}` → `UserRecord`.
+pub fn user(username: &str) -> Vec<u8> {
+    cat(b"user/", &[username.as_bytes()])
+}
+
+/// `uid/{user_id}` → username (UTF-8).
+pub fn user_id(uid: u64) -> Vec<u8> {
+    cat(b"uid/", &[&uid.to_be_bytes()])
+}
+
+/// `sess/{sha256(token)}` → `SessionRecord`.
+pub fn session(token_hash: &[u8; 32]) -> Vec<u8> {
+    cat(b"sess/", &[token_hash])
+}
+
+/// `dev/{user_id}{device_id}` → `DeviceRecord`.
+pub fn device(uid: u64, device: u32) -> Vec<u8> {
+    cat(b"dev/", &[&uid.to_be_bytes(), &device.to_be_bytes()])
+}
+
+/// `dm/{low user_id}{high user_id}` → chat id (u64 BE): the one direct chat of a pair.
+pub fn direct(a: u64, b: u64) -> Vec<u8> {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    cat(b"dm/", &[&lo.to_be_bytes(), &hi.to_be_bytes()])
+}
+
+/// `chat/{chat_id}` → `ChatRecord`.
+pub fn chat(chat: u64) -> Vec<u8> {
+    cat(b"chat/", &[&chat.to_be_bytes()])
+}
+
+/// `msg/{chat_id}{seq}` → `MessageRecord`.
+pub fn message(chat: u64, seq: u64) -> Vec<u8> {
+    cat(b"msg/", &[&chat.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+/// `idem/{chat_id}{sender user_id}{client_msg_id}` → `IdemRecord`.
+pub fn idempotency(chat: u64, sender: u64, client_msg_id: &str) -> Vec<u8> {
+    cat(b"idem/", &[&chat.to_be_bytes(), &sender.to_be_bytes(), client_msg_id.as_bytes()])
+}
+
+/// `cur/{chat_id}{user_id}` → `CursorRecord` (delivered and read seq).
+pub fn cursor(chat: u64, uid: u64) -> Vec<u8> {
+    cat(b"cur/", &[&chat.to_be_bytes(), &uid.to_be_bytes()])
+}
+
+/// `uchat/{user_id}{chat_id}` → empty: the chats a user is in.
+pub fn user_chat(uid: u64, chat: u64) -> Vec<u8> {
+    cat(b"uchat/", &[&uid.to_be_bytes(), &chat.to_be_bytes()])
+}
+
+/// The range of [`user_chat`] keys of one user.
+pub fn user_chats(uid: u64) -> (Vec<u8>, Vec<u8>) {
+    (user_chat(uid, 0), user_chat(uid, u64::MAX))
+}
+
+/// `log/{user_id}{pos}` → `LogRecord`.
+pub fn log(uid: u64, pos: u64) -> Vec<u8> {
+    cat(b"log/", &[&uid.to_be_bytes(), &pos.to_be_bytes()])
+}
+
+/// `loghead/{user_id}` → u64 BE: the newest pos of the user's log.
+pub fn log_head(uid: u64) -> Vec<u8> {
+    cat(b"loghead/", &[&uid.to_be_bytes()])
+}
+
+/// `ctr/{name}` → u64 BE: id allocators ("user", "chat").
+pub fn counter(name: &str) -> Vec<u8> {
+    cat(b"ctr/", &[name.as_bytes()])
+}
+
+/// The chat id from a [`user_chat`] key.
+pub fn chat_of_user_chat(key: &[u8]) -> Option<u64> {
+    key.get(key.len().checked_sub(8)?..)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn cat(tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = tag.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.extend_from_slice(tag);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordering_follows_numbers() {
+        assert!(message(1, 2) < message(1, 10));
+        assert!(message(1, u64::MAX) < message(2, 0));
+        assert!(log(7, 255) < log(7, 256));
+        assert!(user_chat(3, 9) < user_chat(4, 0));
+    }
+
+    #[test]
+    fn direct_key_is_symmetric() {
+        assert_eq!(direct(5, 9), direct(9, 5));
+        assert_ne!(direct(5, 9), direct(5, 10));
+    }
+
+    #[test]
+    fn chat_id_round_trips_from_index_key() {
+        assert_eq!(chat_of_user_chat(&user_chat(42, 77)), Some(77));
+    }
+
+    #[test]
+    fn prefixes_do_not_collide() {
+        // A username cannot make a user key look like another tag's key.
+        let tags: [&[u8]; 11] = [
+            b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
+        ];
+        for (i, a) in tags.iter().enumerate() {
+            for (j, b) in tags.iter().enumerate() {
+                if i != j {
+                    assert!(!a.starts_with(b), "{:?} starts with {:?}", a, b);
+                }
+            }
+        }
+        assert!(!b"loghead/".starts_with(b"log/"));
+    }
+}

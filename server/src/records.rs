@@ -1,0 +1,136 @@
+//! Values stored under the keys of [`crate::keys`], as protobuf messages.
+//!
+//! Protobuf (through prost's derive, no .proto needed) gives forward-compatible
+//! records: a later version can add fields and still read old data. Messages
+//! are stored as the wire type `quip.v1.Message` itself, so history and sync
+//! hand out stored bytes without translating them.
+
+use prost::Message;
+
+use crate::store::StoreError;
+
+/// `user/{username}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct UserRecord {
+    /// Stable numeric id; keys use it, not the name.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The account name.
+    #[prost(string, tag = "2")]
+    pub username: String,
+    /// argon2id PHC string.
+    #[prost(string, tag = "3")]
+    pub password_phc: String,
+    /// Registration time, ms since the epoch.
+    #[prost(int64, tag = "4")]
+    pub created_ms: i64,
+    /// The last device id handed out.
+    #[prost(uint32, tag = "5")]
+    pub last_device: u32,
+}
+
+/// `sess/{sha256(token)}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SessionRecord {
+    /// Whose session.
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    /// Which of the user's devices.
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    /// Login time, ms since the epoch.
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
+}
+
+/// `dev/{user_id}{device_id}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeviceRecord {
+    /// Name the client gave at login.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Highest log position this device acknowledged.
+    #[prost(uint64, tag = "2")]
+    pub acked_pos: u64,
+    /// Login time, ms since the epoch.
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
+}
+
+/// `chat/{chat_id}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChatRecord {
+    /// `quip.v1.ChatKind`.
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// Participants' user ids (two for a direct chat, ascending).
+    #[prost(uint64, repeated, tag = "2")]
+    pub members: Vec<u64>,
+    /// The newest message's seq (0: none yet).
+    #[prost(uint64, tag = "3")]
+    pub last_seq: u64,
+    /// Time of the newest message, ms since the epoch.
+    #[prost(int64, tag = "4")]
+    pub last_activity_ms: i64,
+}
+
+/// `idem/{chat}{sender}{client_msg_id}`: what the first send with this id got.
+#[derive(Clone, PartialEq, Message)]
+pub struct IdemRecord {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The sender's log position of the message.
+    #[prost(uint64, tag = "2")]
+    pub sender_pos: u64,
+}
+
+/// `cur/{chat}{user}`: a participant's receipt cursors.
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct CursorRecord {
+    /// Delivered up to this seq.
+    #[prost(uint64, tag = "1")]
+    pub delivered: u64,
+    /// Read up to this seq.
+    #[prost(uint64, tag = "2")]
+    pub read: u64,
+}
+
+/// `log/{user}{pos}`: one entry of a user's log. Messages are referenced, not
+/// copied: a message sits once in `msg/` however many logs point at it.
+#[derive(Clone, PartialEq, Message)]
+pub struct LogRecord {
+    /// The chat the event belongs to.
+    #[prost(uint64, tag = "1")]
+    pub chat_id: u64,
+    /// For a message event: its seq.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// For a receipt event: the receipt.
+    #[prost(message, optional, tag = "3")]
+    pub receipt: Option<quip_protocol::v1::Receipt>,
+}
+
+/// Decodes a stored record, naming the key on failure.
+pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.escape_ascii().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads and decodes the record at `key`.
+pub fn get<M: Message + Default>(txn: &mut dyn crate::store::ReadTxn, key: &[u8]) -> Result<Option<M>, StoreError> {
+    txn.get(key)?.map(|b| decode(key, &b)).transpose()
+}
+
+/// Reads a big-endian u64 (counters, log heads, chat ids); absent is 0.
+pub fn get_u64(txn: &mut dyn crate::store::ReadTxn, key: &[u8]) -> Result<u64, StoreError> {
+    match txn.get(key)? {
+        None => Ok(0),
+        Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+            key: key.escape_ascii().to_string(),
+            reason: format!("expected 8 bytes, found {}", b.len()),
+        }),
+    }
+}

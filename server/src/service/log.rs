@@ -1,0 +1,112 @@
+//! The per-user log: the one ordered list of everything a user's devices must
+//! learn (messages in their chats, receipts), shared by all their devices.
+//!
+//! Each device keeps only a position in it, so a device that was offline
+//! catches up with one range read from its position: work proportional to
+//! what it missed, not to the size of its chats' histories.
+
+use prost::Message as _;
+use quip_protocol::v1;
+
+use super::{Notification, ServiceError};
+use crate::keys;
+use crate::records::{self, DeviceRecord, LogRecord};
+use crate::store::{ReadTxn, Txn};
+
+/// Largest sync page.
+pub const MAX_SYNC: u32 = 500;
+
+/// Appends `record` to `uid`'s log and returns the notification to push.
+pub fn append(
+    txn: &mut dyn Txn,
+    uid: u64,
+    record: &LogRecord,
+    event: v1::event::Kind,
+    skip_device: Option<u32>,
+) -> Result<Notification, ServiceError> {
+    let head_key = keys::log_head(uid);
+    let pos = records::get_u64(txn, &head_key)? + 1;
+    txn.set(&head_key, &pos.to_be_bytes());
+    txn.set(&keys::log(uid, pos), &record.encode_to_vec());
+    Ok(Notification {
+        user_id: uid,
+        chat_id: record.chat_id,
+        event: v1::Event { pos, kind: Some(event) },
+        skip_device,
+    })
+}
+
+/// One page of events after the device's acknowledged position.
+pub struct SyncPage {
+    /// Events, oldest first.
+    pub events: Vec<v1::Event>,
+    /// Whether more events follow.
+    pub more: bool,
+    /// The newest position in the log.
+    pub head: u64,
+}
+
+/// Reads events after `device`'s position: at most `limit`, and at most
+/// `max_bytes` of encoded events (so the response fits in one frame).
+pub fn sync(
+    txn: &mut dyn ReadTxn,
+    uid: u64,
+    device: u32,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<SyncPage, ServiceError> {
+    let limit = if limit == 0 { MAX_SYNC } else { limit.min(MAX_SYNC) } as usize;
+    let dev: DeviceRecord = records::get(txn, &keys::device(uid, device))?
+        .ok_or_else(|| ServiceError::Unauthenticated("device no longer exists".into()))?;
+    let head = records::get_u64(txn, &keys::log_head(uid))?;
+    let from = keys::log(uid, dev.acked_pos.saturating_add(1));
+    let to = keys::log(uid, u64::MAX);
+    let rows = txn.range(&from, &to, limit, false)?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bytes = 0usize;
+    let mut more = false;
+    for (key, value) in rows {
+        let pos = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte suffix"));
+        let rec: LogRecord = records::decode(&key, &value)?;
+        let event = resolve(txn, pos, rec)?;
+        let len = event.encoded_len() + 8;
+        if bytes + len > max_bytes && !events.is_empty() {
+            more = true;
+            break;
+        }
+        bytes += len;
+        events.push(event);
+    }
+    let last = events.last().map_or(dev.acked_pos, |e| e.pos);
+    more |= last < head;
+    Ok(SyncPage { events, more, head })
+}
+
+/// Turns a log record into the event a client sees.
+fn resolve(txn: &mut dyn ReadTxn, pos: u64, rec: LogRecord) -> Result<v1::Event, ServiceError> {
+    let kind = match rec.receipt {
+        Some(r) => v1::event::Kind::Receipt(r),
+        None => {
+            let key = keys::message(rec.chat_id, rec.seq);
+            let msg: v1::Message = records::get(txn, &key)?
+                .ok_or_else(|| ServiceError::Internal(format!("log {pos} points at missing message")))?;
+            v1::event::Kind::Message(msg)
+        }
+    };
+    Ok(v1::Event { pos, kind: Some(kind) })
+}
+
+/// Moves the device's position forward to `pos` (capped at the log head).
+/// Returns the position after.
+pub fn ack(txn: &mut dyn Txn, uid: u64, device: u32, pos: u64) -> Result<u64, ServiceError> {
+    let key = keys::device(uid, device);
+    let mut dev: DeviceRecord =
+        records::get(txn, &key)?.ok_or_else(|| ServiceError::Unauthenticated("device no longer exists".into()))?;
+    let head = records::get_u64(txn, &keys::log_head(uid))?;
+    let target = pos.min(head);
+    if target > dev.acked_pos {
+        dev.acked_pos = target;
+        txn.set(&key, &dev.encode_to_vec());
+    }
+    Ok(dev.acked_pos)
+}

@@ -1,0 +1,331 @@
+//! Sending (seq assignment and idempotency), history and the chat list.
+
+use prost::Message as _;
+use quip_protocol::v1::{self, ChatKind};
+
+use super::{Actor, Notification, ServiceError, accounts, log};
+use crate::keys;
+use crate::records::{self, ChatRecord, CursorRecord, IdemRecord, LogRecord};
+use crate::store::{ReadTxn, Txn};
+
+/// Largest history page.
+pub const MAX_HISTORY: u32 = 200;
+/// History page size when the request says 0.
+pub const DEFAULT_HISTORY: u32 = 50;
+
+/// Which chat a request addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The direct chat with this user (created by the first send).
+    User(String),
+    /// A chat by id.
+    Chat(u64),
+}
+
+impl Target {
+    /// From the `to_user`/`with_user` and `chat_id` fields: exactly one must be set.
+    pub fn from_fields(user: &str, chat_id: u64) -> Result<Self, ServiceError> {
+        match (user.is_empty(), chat_id) {
+            (false, 0) => Ok(Self::User(user.to_owned())),
+            (true, id) if id != 0 => Ok(Self::Chat(id)),
+            (true, _) => Err(ServiceError::InvalidArgument("name a user or a chat_id".into())),
+            (false, _) => Err(ServiceError::InvalidArgument("set either a user or a chat_id, not both".into())),
+        }
+    }
+}
+
+/// Checks a send's fields before any storage work.
+pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_body: usize) -> Result<(), ServiceError> {
+    if client_msg_id.is_empty() || client_msg_id.len() > 64 {
+        return Err(ServiceError::InvalidArgument("client_msg_id must be 1 to 64 bytes".into()));
+    }
+    let Some(c) = content else {
+        return Err(ServiceError::InvalidArgument("content is required".into()));
+    };
+    let len = c.text.len() + c.payload.len();
+    if len == 0 {
+        return Err(ServiceError::InvalidArgument("message has neither text nor payload".into()));
+    }
+    if len > max_body {
+        return Err(ServiceError::BodyTooLarge { len, max: max_body });
+    }
+    Ok(())
+}
+
+/// What a send produced.
+pub struct Sent {
+    /// The answer for the sender.
+    pub response: v1::SendResponse,
+    /// Log entries to push once durable (empty for a duplicate).
+    pub notifications: Vec<Notification>,
+}
+
+/// Stores a message: resolves (or creates) the chat, checks membership and
+/// idempotency, assigns the next seq and appends to every participant's log.
+pub fn send(
+    txn: &mut dyn Txn,
+    actor: &Actor,
+    target: &Target,
+    client_msg_id: &str,
+    content: &v1::Content,
+    now_ms: i64,
+) -> Result<Sent, ServiceError> {
+    let (chat_id, mut chat, peer_name) = resolve_for_send(txn, actor, target)?;
+
+    let idem_key = keys::idempotency(chat_id, actor.user_id, client_msg_id);
+    if let Some(prev) = records::get::<IdemRecord>(txn, &idem_key)? {
+        let key = keys::message(chat_id, prev.seq);
+        let stored: v1::Message = records::get(txn, &key)?
+            .ok_or_else(|| ServiceError::Internal("idempotency record points at a missing message".into()))?;
+        if stored.content.as_ref() != Some(content) {
+            return Err(ServiceError::IdempotencyConflict(client_msg_id.to_owned()));
+        }
+        return Ok(Sent {
+            response: v1::SendResponse {
+                chat_id,
+                seq: prev.seq,
+                sent_at_ms: stored.sent_at_ms,
+                pos: prev.sender_pos,
+                duplicate: true,
+            },
+            notifications: Vec::new(),
+        });
+    }
+
+    let seq = chat.last_seq + 1;
+    let msg = v1::Message {
+        chat_id,
+        seq,
+        sender: actor.username.clone(),
+        sender_device: actor.device_id,
+        recipient: peer_name,
+        client_msg_id: client_msg_id.to_owned(),
+        sent_at_ms: now_ms,
+        content: Some(content.clone()),
+    };
+    txn.set(&keys::message(chat_id, seq), &msg.encode_to_vec());
+    chat.last_seq = seq;
+    chat.last_activity_ms = now_ms;
+    txn.set(&keys::chat(chat_id), &chat.encode_to_vec());
+
+    // Replying implies having seen the chat: the sender's cursors move to
+    // the new message, so their unread count stays "others' messages after
+    // my read cursor".
+    let ckey = keys::cursor(chat_id, actor.user_id);
+    let mut cur: CursorRecord = records::get(txn, &ckey)?.unwrap_or_default();
+    let had_unread = cur.read + 1 < seq;
+    cur.delivered = seq;
+    cur.read = seq;
+    txn.set(&ckey, &cur.encode_to_vec());
+
+    let log_rec = LogRecord {
+        chat_id,
+        seq,
+        receipt: None,
+    };
+    let mut notifications = Vec::with_capacity(chat.members.len() + 1);
+    let mut sender_pos = 0;
+    for &member in &chat.members {
+        let skip = (member == actor.user_id).then_some(actor.device_id);
+        let n = log::append(txn, member, &log_rec, v1::event::Kind::Message(msg.clone()), skip)?;
+        if member == actor.user_id {
+            sender_pos = n.event.pos;
+        }
+        notifications.push(n);
+    }
+    if had_unread {
+        // The peers' messages before this one are now read: blue ticks for them.
+        let receipt = v1::Receipt {
+            chat_id,
+            user: actor.username.clone(),
+            kind: v1::ReceiptKind::Read as i32,
+            seq: seq - 1,
+        };
+        for &member in chat.members.iter().filter(|&&m| m != actor.user_id) {
+            let rec = LogRecord {
+                chat_id,
+                seq: 0,
+                receipt: Some(receipt.clone()),
+            };
+            notifications.push(log::append(txn, member, &rec, v1::event::Kind::Receipt(receipt.clone()), None)?);
+        }
+    }
+    txn.set(
+        &idem_key,
+        &IdemRecord { seq, sender_pos }.encode_to_vec(),
+    );
+    Ok(Sent {
+        response: v1::SendResponse {
+            chat_id,
+            seq,
+            sent_at_ms: now_ms,
+            pos: sender_pos,
+            duplicate: false,
+        },
+        notifications,
+    })
+}
+
+/// Resolves a send's target, creating the direct chat on first contact.
+/// Returns the chat id, its record and the direct peer's name.
+fn resolve_for_send(
+    txn: &mut dyn Txn,
+    actor: &Actor,
+    target: &Target,
+) -> Result<(u64, ChatRecord, String), ServiceError> {
+    match target {
+        Target::User(name) => {
+            if *name == actor.username {
+                return Err(ServiceError::InvalidArgument("cannot send a message to yourself".into()));
+            }
+            let peer = accounts::find_user(txn, name)?.ok_or_else(|| no_user(name))?;
+            let dm = keys::direct(actor.user_id, peer.id);
+            let existing = txn.get(&dm)?;
+            let chat_id = match existing {
+                Some(b) => be_u64(&dm, &b)?,
+                None => {
+                    let ctr = keys::counter("chat");
+                    let id = records::get_u64(txn, &ctr)? + 1;
+                    txn.set(&ctr, &id.to_be_bytes());
+                    txn.set(&dm, &id.to_be_bytes());
+                    let mut members = vec![actor.user_id, peer.id];
+                    members.sort_unstable();
+                    let rec = ChatRecord {
+                        kind: ChatKind::Direct as i32,
+                        members,
+                        last_seq: 0,
+                        last_activity_ms: 0,
+                    };
+                    txn.set(&keys::chat(id), &rec.encode_to_vec());
+                    txn.set(&keys::user_chat(actor.user_id, id), b"");
+                    txn.set(&keys::user_chat(peer.id, id), b"");
+                    return Ok((id, rec, peer.username));
+                }
+            };
+            let chat = load_chat(txn, chat_id)?;
+            Ok((chat_id, chat, peer.username))
+        }
+        Target::Chat(id) => {
+            let chat = member_chat(txn, actor, *id)?;
+            let peer = direct_peer(txn, actor, &chat)?;
+            Ok((*id, chat, peer))
+        }
+    }
+}
+
+fn no_user(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no user named {name:?}"))
+}
+
+fn be_u64(key: &[u8], b: &[u8]) -> Result<u64, ServiceError> {
+    b.try_into().map(u64::from_be_bytes).map_err(|_| {
+        ServiceError::Internal(format!("corrupt id under {}", key.escape_ascii()))
+    })
+}
+
+fn load_chat(txn: &mut dyn ReadTxn, chat_id: u64) -> Result<ChatRecord, ServiceError> {
+    records::get(txn, &keys::chat(chat_id))?.ok_or_else(|| ServiceError::NotFound(format!("no chat {chat_id}")))
+}
+
+/// Loads a chat the actor belongs to: `NotFound` if it does not exist,
+/// `Forbidden` if the actor is not a participant.
+pub fn member_chat(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64) -> Result<ChatRecord, ServiceError> {
+    let chat = load_chat(txn, chat_id)?;
+    if chat.members.contains(&actor.user_id) {
+        Ok(chat)
+    } else {
+        Err(ServiceError::Forbidden(format!("you are not a participant of chat {chat_id}")))
+    }
+}
+
+/// The other participant's name in a direct chat.
+fn direct_peer(txn: &mut dyn ReadTxn, actor: &Actor, chat: &ChatRecord) -> Result<String, ServiceError> {
+    let Some(&peer) = chat.members.iter().find(|&&m| m != actor.user_id) else {
+        return Ok(String::new());
+    };
+    accounts::username(txn, peer)?.ok_or_else(|| ServiceError::Internal(format!("user {peer} has no name")))
+}
+
+/// Resolves a read request's target to a chat the actor is in.
+pub fn resolve_for_read(txn: &mut dyn ReadTxn, actor: &Actor, target: &Target) -> Result<(u64, ChatRecord), ServiceError> {
+    match target {
+        Target::User(name) => {
+            let peer = accounts::find_user(txn, name)?.ok_or_else(|| no_user(name))?;
+            let dm = keys::direct(actor.user_id, peer.id);
+            let b = txn
+                .get(&dm)?
+                .ok_or_else(|| ServiceError::NotFound(format!("no chat with {name:?} yet")))?;
+            let id = be_u64(&dm, &b)?;
+            Ok((id, member_chat(txn, actor, id)?))
+        }
+        Target::Chat(id) => Ok((*id, member_chat(txn, actor, *id)?)),
+    }
+}
+
+/// A page of history: messages with seq < `before` (0: newest), newest first.
+pub fn history(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    target: &Target,
+    before: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<v1::HistoryResponse, ServiceError> {
+    let (chat_id, chat) = resolve_for_read(txn, actor, target)?;
+    let limit = if limit == 0 { DEFAULT_HISTORY } else { limit.min(MAX_HISTORY) } as usize;
+    let end_seq = if before == 0 { chat.last_seq + 1 } else { before.min(chat.last_seq + 1) };
+    let rows = txn.range(&keys::message(chat_id, 1), &keys::message(chat_id, end_seq), limit, true)?;
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for (k, v) in rows {
+        let m: v1::Message = records::decode(&k, &v)?;
+        let len = m.encoded_len() + 8;
+        if bytes + len > max_bytes && !messages.is_empty() {
+            break;
+        }
+        bytes += len;
+        messages.push(m);
+    }
+    let more = messages.last().map_or(end_seq > 1, |m: &v1::Message| m.seq > 1);
+    Ok(v1::HistoryResponse {
+        chat_id,
+        messages,
+        more,
+    })
+}
+
+/// Every chat of the actor, most recently active first.
+pub fn chats(txn: &mut dyn ReadTxn, actor: &Actor) -> Result<Vec<v1::ChatSummary>, ServiceError> {
+    let (from, to) = keys::user_chats(actor.user_id);
+    let rows = txn.range(&from, &to, usize::MAX, false)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (k, _) in rows {
+        let chat_id = keys::chat_of_user_chat(&k).ok_or_else(|| ServiceError::Internal("bad chat index key".into()))?;
+        let chat = load_chat(txn, chat_id)?;
+        let peer = direct_peer(txn, actor, &chat)?;
+        let peer_id = chat.members.iter().copied().find(|&m| m != actor.user_id).unwrap_or(0);
+        let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();
+        let theirs: CursorRecord = records::get(txn, &keys::cursor(chat_id, peer_id))?.unwrap_or_default();
+        let last_message = if chat.last_seq > 0 {
+            records::get::<v1::Message>(txn, &keys::message(chat_id, chat.last_seq))?
+        } else {
+            None
+        };
+        out.push((
+            chat.last_activity_ms,
+            v1::ChatSummary {
+                chat_id,
+                kind: chat.kind,
+                peer,
+                last_message,
+                unread: chat.last_seq.saturating_sub(mine.read),
+                my_delivered_seq: mine.delivered,
+                my_read_seq: mine.read,
+                peer_delivered_seq: theirs.delivered,
+                peer_read_seq: theirs.read,
+            },
+        ));
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.chat_id.cmp(&a.1.chat_id)));
+    Ok(out.into_iter().map(|(_, s)| s).collect())
+}
