@@ -1,5 +1,36 @@
-//! quipd internals.
+//! quipd: the Quip messaging server.
+//!
+//! ```text
+//!  QUIC (quinn) ─► quic.rs: frames per stream ─► session.rs: handshake, auth,
+//!                                                  rate limits, dispatch
+//!                                                      │
+//!        hub.rs: push to online devices ◄── service/: domain logic over Txn
+//!                                                      │
+//!                                         store/: Store trait; embedded redb
+//!                                                 with group commit
+//! ```
+//!
+//! # Layout
+//! - [`config`]: flags and environment.
+//! - [`server`]: the listener and graceful shutdown.
+//! - [`quic`]: the QUIC transport shell (streams, lanes, pipelining).
+//! - [`session`]: per-connection protocol logic, transport-independent.
+//! - [`hub`]: online devices and live push with bounded queues.
+//! - [`service`]: accounts, messages, receipts, the per-user log.
+//! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
+//! - [`tls`]: certificates; [`ratelimit`]: token buckets.
+
+pub mod config;
+pub mod hub;
 pub mod keys;
+pub mod quic;
+pub mod ratelimit;
 pub mod records;
+pub mod server;
 pub mod service;
+pub mod session;
 pub mod store;
+pub mod tls;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,89 @@
+//! Configuration: command-line flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// quipd: the Quip messaging server.
+///
+/// With no flags it runs in dev mode: data in ./quip-data, listening on
+/// 127.0.0.1:4433, with a self-signed certificate generated in the data
+/// directory (clients trust it with `quip --ca <data-dir>/dev-cert.pem`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quipd", version, about, long_about)]
+pub struct Config {
+    /// UDP address for QUIC. Use 0.0.0.0:4433 (or [::]:4433) to accept remote clients.
+    #[arg(long, env = "QUIP_LISTEN", default_value = "127.0.0.1:4433")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the database (quip.redb) and the dev certificate.
+    #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
+    pub data_dir: PathBuf,
+
+    /// TLS certificate chain (PEM). Without --cert/--key a self-signed dev
+    /// certificate for localhost is generated in the data directory.
+    #[arg(long, env = "QUIP_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) matching --cert.
+    #[arg(long, env = "QUIP_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Largest message body (text + payload) in bytes.
+    #[arg(long, env = "QUIP_MAX_BODY", default_value_t = quip_protocol::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+
+    /// Requests per second each connection may make, sustained. Excess
+    /// requests get RATE_LIMITED with a retry delay.
+    #[arg(long, env = "QUIP_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+
+    /// Requests a connection may make in a burst above the sustained rate.
+    #[arg(long, env = "QUIP_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
+
+    /// Pushed events queued per connection before it counts as a slow
+    /// consumer and is closed (it resyncs on reconnect). Bounds memory per
+    /// connection at roughly this many events.
+    #[arg(long, env = "QUIP_PUSH_QUEUE", default_value_t = 1024)]
+    pub push_queue: usize,
+
+    /// Server-initiated streams that carry pushed events; chat C uses lane
+    /// C mod N. More lanes: less head-of-line blocking between chats, more
+    /// streams per connection.
+    #[arg(long, env = "QUIP_PUSH_LANES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub push_lanes: u32,
+
+    /// Bidirectional (request) streams a client may have open at once.
+    #[arg(long, env = "QUIP_MAX_STREAMS", default_value_t = 16)]
+    pub max_streams: u32,
+
+    /// Connections accepted at once; further handshakes are refused.
+    #[arg(long, env = "QUIP_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Seconds without any packet before a connection is dropped. Clients
+    /// keep alive well inside this (the CLI pings every 10 s).
+    #[arg(long, env = "QUIP_IDLE_TIMEOUT", default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+
+    /// Writes waiting for the store's writer before senders wait (backpressure).
+    #[arg(long, env = "QUIP_WRITE_QUEUE", default_value_t = 8192)]
+    pub write_queue: usize,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "quip_server=debug".
+    #[arg(long, env = "QUIP_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The defaults, with the given data directory and an ephemeral port on
+    /// loopback: what tests use.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut c = Self::parse_from(["quipd"]);
+        c.data_dir = data_dir.into();
+        c.listen = "127.0.0.1:0".parse().expect("valid address");
+        c
+    }
+}

@@ -1,0 +1,255 @@
+//! The QUIC transport: the thin async shell around [`Session`].
+//!
+//! Per connection: the first bidirectional stream carries the handshake and
+//! then requests; further bidirectional streams carry requests; the server
+//! opens up to `push_lanes` unidirectional streams for pushed events, chat C
+//! on lane C mod N. See `spec/protocol.md`, "Streams", for why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::stream::{FuturesOrdered, StreamExt};
+use quip_protocol::v1::ErrorCode;
+use quip_protocol::{CloseCode, Envelope, FrameDecoder, FrameError, encode_frame};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::hub::{Closer, Push};
+use crate::session::{Reply, Session, Shared};
+use crate::store::BoxFuture;
+
+/// How long a client has to open its control stream and send Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests a stream may have in flight before the server stops reading it.
+const MAX_INFLIGHT_PER_STREAM: usize = 64;
+
+/// How long to wait for a final frame to reach the peer before closing.
+const LINGER: Duration = Duration::from_secs(1);
+
+fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
+    conn.close(quinn::VarInt::from_u32(code.code()), reason.as_bytes());
+}
+
+/// Drives one connection to its end.
+pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let remote = conn.remote_address();
+    let (closer, mut close_rx) = Closer::new();
+    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
+    let session = Session::new(shared.clone(), closer.clone(), push_tx);
+    let max_frame = quip_protocol::MAX_FRAME;
+
+    let handshake = async {
+        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+        let mut dec = FrameDecoder::new(max_frame);
+        let first = read_frame(&mut recv, &mut dec).await;
+        Some((send_first(&mut send, first, &session).await, send, recv, dec))
+    };
+    let (ok, mut send, recv, dec) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(_) => {
+            close(&conn, CloseCode::HandshakeTimeout, "no Hello within 10 s");
+            return;
+        }
+    };
+    if let Err(code) = ok {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+        close(&conn, code, "handshake refused");
+        return;
+    }
+    tracing::debug!(%remote, "connection ready");
+
+    let lanes = shared.config.push_lanes;
+    let streams = async {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(serve_stream(session.clone(), send, recv, dec, conn.clone()));
+        loop {
+            tokio::select! {
+                s = conn.accept_bi() => match s {
+                    Ok((send, recv)) => {
+                        tasks.spawn(serve_stream(session.clone(), send, recv, FrameDecoder::new(max_frame), conn.clone()));
+                    }
+                    Err(_) => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = streams => {}
+        _ = push_loop(conn.clone(), push_rx, lanes) => {}
+        _ = close_rx.changed() => {
+            let (code, reason) = close_rx.borrow().clone().unwrap_or((CloseCode::Normal, String::new()));
+            tracing::debug!(%remote, ?code, %reason, "closing connection");
+            close(&conn, code, &reason);
+        }
+        _ = conn.closed() => {}
+    }
+    session.disconnect();
+}
+
+/// Answers the first frame: Welcome, or an error (then the caller closes).
+async fn send_first(
+    send: &mut quinn::SendStream,
+    first: Result<Option<Envelope>, FrameError>,
+    session: &Arc<Session>,
+) -> Result<(), CloseCode> {
+    let (reply, outcome) = match first {
+        Ok(Some(env)) => match session.hello(env) {
+            Ok(w) => (w, Ok(())),
+            Err((e, code)) => (e, Err(code)),
+        },
+        Ok(None) => return Err(CloseCode::ProtocolError),
+        Err(e) => (frame_error(&e), Err(CloseCode::ProtocolError)),
+    };
+    write_envelope(send, &reply).await.map_err(|_| CloseCode::ProtocolError)?;
+    outcome
+}
+
+fn frame_error(e: &FrameError) -> Envelope {
+    let code = match e {
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    };
+    Envelope::error(0, code, e.to_string())
+}
+
+/// Reads the next frame: `Ok(None)` at a clean end of stream.
+async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Option<Envelope>, FrameError> {
+    loop {
+        if let Some(env) = dec.decode()? {
+            return Ok(Some(env));
+        }
+        let want = dec.wanted().unwrap_or(0).clamp(1024, 64 * 1024);
+        dec.buffer_mut().reserve(want);
+        match recv.read_buf(dec.buffer_mut()).await {
+            Ok(0) | Err(_) => {
+                dec.finish()?;
+                return Ok(None);
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), quinn::WriteError> {
+    let mut buf = BytesMut::new();
+    if let Err(e) = encode_frame(env, quip_protocol::MAX_FRAME, &mut buf) {
+        tracing::error!(error = %e, "reply does not fit in a frame");
+        buf.clear();
+        encode_frame(
+            &Envelope::error(env.id, ErrorCode::Internal, "reply too large"),
+            quip_protocol::MAX_FRAME,
+            &mut buf,
+        )
+        .expect("small frame");
+    }
+    send.write_all(&buf).await
+}
+
+/// Serves one request stream: reads requests in order, keeps up to
+/// `MAX_INFLIGHT_PER_STREAM` pending writes in flight, and writes replies in
+/// request order. A read waits for the stream's earlier writes first.
+async fn serve_stream(
+    session: Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut dec: FrameDecoder,
+    conn: quinn::Connection,
+) {
+    let mut inflight: FuturesOrdered<BoxFuture<'static, Envelope>> = FuturesOrdered::new();
+    let mut reading = true;
+    while reading || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if !send_reply(&session, &mut send, &reply, &conn).await {
+                    return;
+                }
+            }
+            frame = read_frame(&mut recv, &mut dec), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => {
+                match frame {
+                    Ok(Some(env)) => {
+                        if Session::is_read(&env) {
+                            while let Some(reply) = inflight.next().await {
+                                if !send_reply(&session, &mut send, &reply, &conn).await {
+                                    return;
+                                }
+                            }
+                        }
+                        match session.handle(env).await {
+                            Reply::Ready(reply) if inflight.is_empty() => {
+                                if !send_reply(&session, &mut send, &reply, &conn).await {
+                                    return;
+                                }
+                            }
+                            Reply::Ready(reply) => inflight.push_back(Box::pin(async move { reply })),
+                            Reply::Pending(handle) => inflight.push_back(Box::pin(async move {
+                                handle.await.unwrap_or_else(|e| {
+                                    Envelope::error(0, ErrorCode::Internal, format!("request task failed: {e}"))
+                                })
+                            })),
+                        }
+                    }
+                    Ok(None) => reading = false,
+                    Err(e) => {
+                        // Framing is lost: answer, then close the connection.
+                        // Writes already queued still commit and stay durable.
+                        tracing::debug!(error = %e, "bad frame");
+                        while let Some(reply) = inflight.next().await {
+                            let _ = write_envelope(&mut send, &reply).await;
+                        }
+                        let _ = write_envelope(&mut send, &frame_error(&e)).await;
+                        let _ = send.finish();
+                        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+                        close(&conn, CloseCode::ProtocolError, &e.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Writes a reply; handles a requested close after it. False: stop serving.
+async fn send_reply(session: &Session, send: &mut quinn::SendStream, reply: &Envelope, conn: &quinn::Connection) -> bool {
+    if write_envelope(send, reply).await.is_err() {
+        return false;
+    }
+    if let Some(code) = session.take_close_after_reply() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+        close(conn, code, "logged out");
+        return false;
+    }
+    true
+}
+
+/// Writes pushed events to their lanes, opening lanes on first use.
+async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>, lanes: u32) {
+    let mut streams: Vec<Option<quinn::SendStream>> = (0..lanes).map(|_| None).collect();
+    while let Some(push) = rx.recv().await {
+        let lane = (push.chat_id % u64::from(lanes)) as usize;
+        if streams[lane].is_none() {
+            match conn.open_uni().await {
+                Ok(s) => streams[lane] = Some(s),
+                Err(_) => return,
+            }
+        }
+        let stream = streams[lane].as_mut().expect("opened above");
+        if stream.write_all(&push.frame).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The listener: binds the QUIC endpoint, accepts connections, shuts down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use quip_protocol::{ALPN, CloseCode};
+
+use crate::config::Config;
+use crate::session::Shared;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::{quic, tls};
+
+/// A bound, not yet running server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    dev_cert: Option<PathBuf>,
+}
+
+impl Server {
+    /// Opens the store in the data directory and binds the QUIC endpoint.
+    pub fn bind(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let store = EmbeddedStore::open(&config.data_dir.join("quip.redb"), config.write_queue)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 unavailable")?
+            .with_no_client_auth()
+            .with_single_cert(id.certs, id.key)
+            .context("certificate and key do not match")?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.max_early_data_size = 0;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(config.max_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs)).context("idle timeout")?,
+            ));
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("binding UDP {}", config.listen))?;
+        let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config)));
+        Ok(Self {
+            endpoint,
+            shared,
+            dev_cert: id.dev_cert_path,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound socket has an address")
+    }
+
+    /// The dev certificate's path, when running with one.
+    pub fn dev_cert(&self) -> Option<&PathBuf> {
+        self.dev_cert.as_ref()
+    }
+
+    /// The store (tests inspect its counters).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.shared.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops
+    /// accepting, refuses new writes, finishes queued commits (so every
+    /// acknowledged write is durable, and replies already due go out), then
+    /// closes connections with code 3 and releases the store.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { endpoint, shared, .. } = self;
+        let max_conn = shared.config.max_connections;
+        let mut conns = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    if conns.len() >= max_conn {
+                        incoming.refuse();
+                        continue;
+                    }
+                    conns.spawn(quic::serve_connection(incoming, shared.clone()));
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!("shutting down: finishing in-flight writes");
+        endpoint.set_server_config(None);
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        shared.store.shutdown().await;
+        // Let replies for the last commits reach their streams.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shared.hub.close_all(CloseCode::ServerShutdown, "server shutting down");
+        endpoint.close(quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        conns.shutdown().await;
+        drop(shared);
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}

@@ -1,0 +1,525 @@
+//! One connection's protocol session, independent of the transport.
+//!
+//! The transport (QUIC today, WebSocket later) decodes frames and hands each
+//! Envelope here; this module checks the handshake, authentication and rate
+//! limits, runs the request against the store and says what to answer. It
+//! never touches a socket, so every transport gets identical behaviour.
+//!
+//! Writes are answered with [`Reply::Pending`]: the write is already queued
+//! in order when `handle` returns, and the pending reply resolves once it is
+//! durable and its events are pushed. A transport keeps several pending
+//! replies per stream in flight (pipelining) and sends them in order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use quip_protocol::v1::{self, ErrorCode, ReceiptKind};
+use quip_protocol::{Body, CloseCode, Envelope, negotiate_version};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::hub::{Closer, DeviceHandle, Hub, Push};
+use crate::ratelimit::TokenBucket;
+use crate::service::messages::{self, Target};
+use crate::service::{Actor, ServiceError, accounts, log, receipts};
+use crate::store::{self, Store};
+
+/// State shared by every connection of a server.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Online devices.
+    pub hub: Hub,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Token hash → actor, in front of `sess/` reads on every connect.
+    sessions: moka::sync::Cache<[u8; 32], Actor>,
+    /// Chat id → participants, in front of membership checks on reads.
+    /// Direct chats never change members, so entries never go stale.
+    members: moka::sync::Cache<u64, Arc<[u64]>>,
+    next_conn: AtomicU64,
+    /// Set when shutdown starts: writes are refused from then on.
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// State around a store.
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
+        Self {
+            store,
+            hub: Hub::default(),
+            config,
+            sessions: moka::sync::Cache::new(100_000),
+            members: moka::sync::Cache::new(100_000),
+            next_conn: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        quip_protocol::MAX_FRAME
+    }
+
+    /// Resolves a token to its actor, through the cache.
+    fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32])>, ServiceError> {
+        let hash = accounts::token_hash(token);
+        if let Some(actor) = self.sessions.get(&hash) {
+            return Ok(Some((actor, hash)));
+        }
+        let actor = store::read(&*self.store, |t| {
+            let Some(s) = accounts::session(t, &hash)? else { return Ok(None) };
+            let name = accounts::username(t, s.user_id)?.unwrap_or_default();
+            Ok::<_, ServiceError>(Some(Actor {
+                user_id: s.user_id,
+                username: name,
+                device_id: s.device_id,
+            }))
+        })?;
+        Ok(actor.map(|a| {
+            self.sessions.insert(hash, a.clone());
+            (a, hash)
+        }))
+    }
+}
+
+/// What to answer a request with.
+pub enum Reply {
+    /// The answer, now.
+    Ready(Envelope),
+    /// A queued write's answer, once it is durable.
+    Pending(tokio::task::JoinHandle<Envelope>),
+}
+
+#[derive(Clone)]
+struct Auth {
+    actor: Actor,
+    token_hash: [u8; 32],
+}
+
+/// One connection's session.
+pub struct Session {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    auth: Mutex<Option<Auth>>,
+    limiter: Mutex<TokenBucket>,
+    closer: Arc<Closer>,
+    push_tx: mpsc::Sender<Push>,
+    /// Set by logout: close the connection once the reply is sent.
+    close_after_reply: Mutex<Option<CloseCode>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn err(id: u64, e: &ServiceError) -> Envelope {
+    Envelope::new(id, Body::Error(e.to_wire()))
+}
+
+impl Session {
+    /// A session for a new connection; pushed frames go to `push_tx`.
+    pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: mpsc::Sender<Push>) -> Arc<Self> {
+        let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now());
+        Arc::new(Self {
+            shared,
+            conn_id,
+            auth: Mutex::new(None),
+            limiter: Mutex::new(limiter),
+            closer,
+            push_tx,
+            close_after_reply: Mutex::new(None),
+        })
+    }
+
+    /// The Welcome for the first frame, or the error to send before closing.
+    pub fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, (Envelope, CloseCode)> {
+        let id = env.id;
+        let Some(Body::Hello(hello)) = env.body else {
+            return Err((
+                Envelope::error(id, ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
+                CloseCode::ProtocolError,
+            ));
+        };
+        let Some(version) = negotiate_version(&hello.versions) else {
+            return Err((
+                Envelope::error(
+                    id,
+                    ErrorCode::UnsupportedVersion,
+                    format!("no common protocol version: server speaks 1, client offered {:?}", hello.versions),
+                ),
+                CloseCode::UnsupportedVersion,
+            ));
+        };
+        let mut welcome = v1::Welcome {
+            version,
+            user: String::new(),
+            device_id: 0,
+            push_lanes: self.shared.config.push_lanes,
+            max_frame: u32::try_from(self.shared.max_frame()).unwrap_or(u32::MAX),
+            max_body: u32::try_from(self.shared.config.max_body).unwrap_or(u32::MAX),
+            server: concat!("quipd/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        if !hello.token.is_empty() {
+            match self.shared.authenticate(&hello.token) {
+                Ok(Some((actor, hash))) => {
+                    welcome.user = actor.username.clone();
+                    welcome.device_id = actor.device_id;
+                    self.login_connection(actor, hash);
+                }
+                Ok(None) => {
+                    return Err((
+                        Envelope::error(id, ErrorCode::Unauthenticated, "unknown or revoked token: log in again"),
+                        CloseCode::LoggedOut,
+                    ));
+                }
+                Err(e) => return Err((err(id, &e), CloseCode::ServerShutdown)),
+            }
+        }
+        tracing::debug!(conn = self.conn_id, client = %hello.client, user = %welcome.user, "handshake");
+        Ok(Envelope::new(id, Body::Welcome(welcome)))
+    }
+
+    /// Marks this connection as the actor's device and puts it online.
+    fn login_connection(&self, actor: Actor, token_hash: [u8; 32]) {
+        self.shared.hub.register(
+            actor.user_id,
+            DeviceHandle {
+                conn_id: self.conn_id,
+                device_id: actor.device_id,
+                tx: self.push_tx.clone(),
+                closer: self.closer.clone(),
+            },
+        );
+        *self.auth.lock().expect("auth lock") = Some(Auth { actor, token_hash });
+    }
+
+    /// Takes the device offline; call when the connection ends.
+    pub fn disconnect(&self) {
+        if let Some(a) = self.auth.lock().expect("auth lock").take() {
+            self.shared.hub.unregister(a.actor.user_id, self.conn_id);
+        }
+    }
+
+    /// Whether the connection must be closed after the reply just sent.
+    pub fn take_close_after_reply(&self) -> Option<CloseCode> {
+        self.close_after_reply.lock().expect("close lock").take()
+    }
+
+    fn actor(&self) -> Result<Actor, ServiceError> {
+        self.auth
+            .lock()
+            .expect("auth lock")
+            .as_ref()
+            .map(|a| a.actor.clone())
+            .ok_or_else(|| ServiceError::Unauthenticated("log in first (register or login)".into()))
+    }
+
+    /// Whether a request must observe earlier writes on its stream: reads
+    /// wait for the stream's pending writes before they run.
+    pub fn is_read(env: &Envelope) -> bool {
+        matches!(
+            env.body,
+            Some(Body::Whoami(_) | Body::History(_) | Body::Chats(_) | Body::Sync(_))
+        )
+    }
+
+    /// Handles one request. Writes are queued before this returns, so calling
+    /// it in stream order applies writes in stream order.
+    pub async fn handle(self: &Arc<Self>, env: Envelope) -> Reply {
+        let id = env.id;
+        match self.dispatch(env).await {
+            Ok(r) => r,
+            Err(e) => Reply::Ready(err(id, &e)),
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, env: Envelope) -> Result<Reply, ServiceError> {
+        let id = env.id;
+        let Some(body) = env.body else {
+            return Ok(Reply::Ready(Envelope::error(
+                id,
+                ErrorCode::UnknownRequest,
+                "unknown request type (newer client?)",
+            )));
+        };
+        if let Body::Hello(_) = body {
+            return Ok(Reply::Ready(Envelope::error(
+                id,
+                ErrorCode::HandshakeRequired,
+                "Hello is only valid as the first frame of the connection",
+            )));
+        }
+        if let Err(wait) = self.limiter.lock().expect("limiter lock").try_take(Instant::now()) {
+            return Err(ServiceError::RateLimited {
+                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+            });
+        }
+        let writes = !matches!(
+            body,
+            Body::Whoami(_) | Body::History(_) | Body::Chats(_) | Body::Sync(_) | Body::Ping(_)
+        );
+        if writes && self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(ServiceError::Unavailable);
+        }
+        let shared = &self.shared;
+        let max_frame = shared.max_frame();
+        match body {
+            Body::Ping(_) => Ok(Reply::Ready(Envelope::new(
+                id,
+                Body::Pong(v1::PongResponse { server_time_ms: now_ms() }),
+            ))),
+            Body::Register(r) => self.register(id, r).await,
+            Body::Login(r) => self.login(id, r).await,
+            Body::Logout(_) => {
+                let auth = self.auth.lock().expect("auth lock").clone();
+                let auth = auth.ok_or_else(|| ServiceError::Unauthenticated("not logged in".into()))?;
+                let hash = auth.token_hash;
+                let pending = store::enqueue_write(&*shared.store, move |t| accounts::logout(t, &hash)).await?;
+                let this = self.clone();
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(()) => {
+                            this.shared.sessions.invalidate(&hash);
+                            this.disconnect();
+                            *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::LoggedOut);
+                            Envelope::new(id, Body::LoggedOut(v1::LogoutResponse {}))
+                        }
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
+            Body::Whoami(_) => {
+                let a = self.actor()?;
+                Ok(Reply::Ready(Envelope::new(
+                    id,
+                    Body::Identity(v1::WhoAmIResponse {
+                        user: a.username,
+                        device_id: a.device_id,
+                    }),
+                )))
+            }
+            Body::Send(r) => {
+                let actor = self.actor()?;
+                messages::validate_send(&r.client_msg_id, r.content.as_ref(), shared.config.max_body)?;
+                let target = Target::from_fields(&r.to_user, r.chat_id)?;
+                let content = r.content.unwrap_or_default();
+                let now = now_ms();
+                let pending = store::enqueue_write(&*shared.store, move |t| {
+                    messages::send(t, &actor, &target, &r.client_msg_id, &content, now)
+                })
+                .await?;
+                let shared = shared.clone();
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(sent) => {
+                            shared.hub.publish(sent.notifications, max_frame);
+                            Envelope::new(id, Body::Sent(sent.response))
+                        }
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
+            Body::History(r) => {
+                let actor = self.actor()?;
+                let target = Target::from_fields(&r.with_user, r.chat_id)?;
+                self.check_member_cached(&actor, &target)?;
+                let page = store::read(&*shared.store, |t| {
+                    messages::history(t, &actor, &target, r.before_seq, r.limit, max_frame - 1024)
+                })?;
+                Ok(Reply::Ready(Envelope::new(id, Body::HistoryPage(page))))
+            }
+            Body::Chats(_) => {
+                let actor = self.actor()?;
+                let chats = store::read(&*shared.store, |t| messages::chats(t, &actor))?;
+                Ok(Reply::Ready(Envelope::new(id, Body::ChatList(v1::ChatsResponse { chats }))))
+            }
+            Body::Receipt(r) => {
+                let actor = self.actor()?;
+                let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+                if r.chat_id == 0 {
+                    return Err(ServiceError::InvalidArgument("chat_id is required".into()));
+                }
+                self.check_member_cached(&actor, &Target::Chat(r.chat_id))?;
+                let pending = store::enqueue_write(&*shared.store, move |t| {
+                    receipts::mark(t, &actor, r.chat_id, kind, r.seq)
+                })
+                .await?;
+                let shared = shared.clone();
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok((seq, notes)) => {
+                            shared.hub.publish(notes, max_frame);
+                            Envelope::new(id, Body::ReceiptStored(v1::ReceiptResponse { seq }))
+                        }
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
+            Body::Sync(r) => {
+                let actor = self.actor()?;
+                let page = store::read(&*shared.store, |t| {
+                    log::sync(t, actor.user_id, actor.device_id, r.limit, max_frame - 1024)
+                })?;
+                Ok(Reply::Ready(Envelope::new(
+                    id,
+                    Body::SyncPage(v1::SyncResponse {
+                        events: page.events,
+                        more: page.more,
+                        head: page.head,
+                    }),
+                )))
+            }
+            Body::Ack(r) => {
+                let actor = self.actor()?;
+                let pending =
+                    store::enqueue_write(&*shared.store, move |t| log::ack(t, actor.user_id, actor.device_id, r.pos))
+                        .await?;
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(pos) => Envelope::new(id, Body::Acked(v1::AckResponse { pos })),
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
+            Body::Hello(_)
+            | Body::Welcome(_)
+            | Body::Error(_)
+            | Body::Auth(_)
+            | Body::LoggedOut(_)
+            | Body::Identity(_)
+            | Body::Sent(_)
+            | Body::HistoryPage(_)
+            | Body::ChatList(_)
+            | Body::ReceiptStored(_)
+            | Body::SyncPage(_)
+            | Body::Acked(_)
+            | Body::Pong(_)
+            | Body::Event(_) => Ok(Reply::Ready(Envelope::error(
+                id,
+                ErrorCode::UnknownRequest,
+                "that message type is sent by servers, not clients",
+            ))),
+        }
+    }
+
+    /// Refuses a chat-id request early from the membership cache; fills the
+    /// cache from the store on a miss. Name-addressed requests are checked in
+    /// their transaction.
+    fn check_member_cached(&self, actor: &Actor, target: &Target) -> Result<(), ServiceError> {
+        let Target::Chat(chat_id) = *target else { return Ok(()) };
+        let members = match self.shared.members.get(&chat_id) {
+            Some(m) => m,
+            None => {
+                let chat = store::read(&*self.shared.store, |t| {
+                    crate::records::get::<crate::records::ChatRecord>(t, &crate::keys::chat(chat_id))
+                        .map_err(ServiceError::from)
+                })?
+                .ok_or_else(|| ServiceError::NotFound(format!("no chat {chat_id}")))?;
+                let m: Arc<[u64]> = chat.members.into();
+                self.shared.members.insert(chat_id, m.clone());
+                m
+            }
+        };
+        if members.contains(&actor.user_id) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!("you are not a participant of chat {chat_id}")))
+        }
+    }
+
+    fn ensure_anonymous(&self) -> Result<(), ServiceError> {
+        if self.auth.lock().expect("auth lock").is_some() {
+            return Err(ServiceError::InvalidArgument(
+                "this connection is already logged in; open a new connection to switch accounts".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn register(self: &Arc<Self>, id: u64, r: v1::RegisterRequest) -> Result<Reply, ServiceError> {
+        self.ensure_anonymous()?;
+        accounts::validate_username(&r.username)?;
+        accounts::validate_password(&r.password)?;
+        accounts::validate_device_name(&r.device_name)?;
+        let pw = r.password;
+        let phc = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let (token, hash) = accounts::new_token();
+        let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
+        let pending = store::enqueue_write(&*self.shared.store, move |t| {
+            accounts::register(t, &name, &phc, &device_name, &hash, now)
+        })
+        .await?;
+        Ok(self.finish_auth(id, r.username, token, hash, pending))
+    }
+
+    async fn login(self: &Arc<Self>, id: u64, r: v1::LoginRequest) -> Result<Reply, ServiceError> {
+        self.ensure_anonymous()?;
+        accounts::validate_device_name(&r.device_name)?;
+        let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
+        let pw = r.password;
+        let ok = tokio::task::spawn_blocking(move || match user {
+            Some(u) => accounts::verify_password(&pw, &u.password_phc),
+            None => {
+                // Same work as a real check, so timing does not reveal which names exist.
+                let _ = accounts::verify_password(&pw, accounts::dummy_hash());
+                false
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if !ok {
+            return Err(ServiceError::InvalidCredentials);
+        }
+        let (token, hash) = accounts::new_token();
+        let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
+        let pending = store::enqueue_write(&*self.shared.store, move |t| {
+            accounts::login(t, &name, &device_name, &hash, now)
+        })
+        .await?;
+        Ok(self.finish_auth(id, r.username, token, hash, pending))
+    }
+
+    fn finish_auth(
+        self: &Arc<Self>,
+        id: u64,
+        username: String,
+        token: String,
+        hash: [u8; 32],
+        pending: store::PendingWrite<Result<(u64, u32), ServiceError>>,
+    ) -> Reply {
+        let this = self.clone();
+        Reply::Pending(tokio::spawn(async move {
+            match pending.wait().await {
+                Ok((user_id, device_id)) => {
+                    let actor = Actor {
+                        user_id,
+                        username: username.clone(),
+                        device_id,
+                    };
+                    this.login_connection(actor, hash);
+                    Envelope::new(
+                        id,
+                        Body::Auth(v1::AuthResponse {
+                            user: username,
+                            device_id,
+                            token,
+                        }),
+                    )
+                }
+                Err(e) => err(id, &e),
+            }
+        }))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
