@@ -1,1 +1,477 @@
+//! The Quip client library: one QUIC connection to `quipd`, with pipelined
+//! requests and a stream of pushed events.
+//!
+//! ```text
+//!  request() ─► control stream ─► quipd ─► control stream ─► reader task ─► the caller's oneshot (by id)
+//!  quipd push lanes (uni streams) ─► lane reader tasks ─► bounded event channel ─► next_event()
+//! ```
+//!
+//! Any number of tasks may call [`Client::request`] at once; frames are
+//! written in call order and answers matched by correlation id. Events must
+//! be consumed: the channel is bounded, so a client that stops reading
+//! eventually stops the server's pushes (and is disconnected as a slow
+//! consumer, to resync later) rather than growing without bound.
+//!
+//! [`AckTracker`] implements the acknowledgement rule of the spec: only a
+//! contiguous prefix of the user's log is acknowledged.
 
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quip_protocol::v1::{self, ErrorCode};
+use quip_protocol::{ALPN, Body, CloseCode, Envelope, FrameDecoder, PROTOCOL_VERSION, encode_frame};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+pub use tracker::AckTracker;
+
+/// Unwraps the expected reply variant or reports what came instead.
+macro_rules! reply_as {
+    ($body:expr, $variant:ident) => {
+        match $body {
+            Body::$variant(x) => Ok(x),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected reply {}",
+                quip_protocol::body_name(&Envelope::new(0, other))
+            ))),
+        }
+    };
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not reach or handshake with the server.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The server answered with an error.
+    #[error("{message} ({code:?})")]
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+        /// For RATE_LIMITED: when to retry.
+        retry_after_ms: u32,
+    },
+    /// The connection is gone.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port`.
+    pub server: String,
+    /// PEM certificate to trust (a dev server's self-signed one). Without it
+    /// the platform's web PKI roots are used.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Session token to resume; `None` connects anonymously.
+    pub token: Option<String>,
+    /// Sent in Hello for the server's logs.
+    pub client_name: String,
+}
+
+impl ConnectOptions {
+    /// Options for `server`, trusting the PEM file at `ca` if given.
+    pub fn new(server: impl Into<String>, ca: Option<&Path>) -> Result<Self, ClientError> {
+        let ca_pem = ca
+            .map(|p| std::fs::read(p).map_err(|e| ClientError::Connect(format!("reading CA {}: {e}", p.display()))))
+            .transpose()?;
+        Ok(Self {
+            server: server.into(),
+            ca_pem,
+            token: None,
+            client_name: concat!("quip-client/", env!("CARGO_PKG_VERSION")).into(),
+        })
+    }
+
+    /// With a session token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Envelope>>>>;
+
+/// A connected client.
+pub struct Client {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_id: AtomicU64,
+    events: tokio::sync::Mutex<mpsc::Receiver<v1::Event>>,
+    welcome: v1::Welcome,
+}
+
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(|e| ClientError::Connect(format!("bad CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Connect(format!("bad CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Connect("no certificate in the CA file".into()));
+        }
+    } else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+fn resolve(server: &str) -> Result<(SocketAddr, String), ClientError> {
+    let addr = server
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Connect(format!("resolving {server}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Connect(format!("{server} resolves to no address")))?;
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((addr, host))
+}
+
+fn closed(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Closed(e.to_string())
+}
+
+impl Client {
+    /// Opens a QUIC connection (TLS 1.3, ALPN `quip/1`) without the Quip
+    /// handshake: for tools and tests that speak frames themselves.
+    pub async fn connect_raw(opts: &ConnectOptions) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+        let (addr, host) = resolve(&opts.server)?;
+        let tls = tls_config(opts.ca_pem.as_deref())?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .max_concurrent_uni_streams(64u32.into());
+        cfg.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(cfg);
+        let conn = endpoint
+            .connect(addr, &host)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok((endpoint, conn))
+    }
+
+    /// Connects, performs the handshake, and starts receiving pushes.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let (endpoint, conn) = Self::connect_raw(opts).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(closed)?;
+        let hello = Envelope::new(
+            1,
+            Body::Hello(v1::Hello {
+                versions: vec![PROTOCOL_VERSION],
+                token: opts.token.clone().unwrap_or_default(),
+                client: opts.client_name.clone(),
+            }),
+        );
+        write(&mut send, &hello).await?;
+        let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+        let first = read(&mut recv, &mut dec).await?.ok_or_else(|| closed("server ended the stream during handshake"))?;
+        let welcome = match first.body {
+            Some(Body::Welcome(w)) => w,
+            Some(Body::Error(e)) => return Err(server_error(e)),
+            _ => return Err(ClientError::Protocol("expected Welcome".into())),
+        };
+
+        let pending: Pending = Arc::default();
+        tokio::spawn(read_replies(recv, dec, pending.clone()));
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        tokio::spawn(accept_lanes(conn.clone(), ev_tx));
+        Ok(Self {
+            conn,
+            _endpoint: endpoint,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_id: AtomicU64::new(2),
+            events: tokio::sync::Mutex::new(ev_rx),
+            welcome,
+        })
+    }
+
+    /// What the server said in the handshake.
+    pub fn welcome(&self) -> &v1::Welcome {
+        &self.welcome
+    }
+
+    /// Sends one request and waits for its answer. Error answers become
+    /// [`ClientError::Server`].
+    pub async fn request(&self, body: Body) -> Result<Body, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        {
+            let mut send = self.send.lock().await;
+            if let Err(e) = write(&mut send, &Envelope::new(id, body)).await {
+                self.pending.lock().expect("pending lock").remove(&id);
+                return Err(e);
+            }
+        }
+        let reply = rx.await.map_err(|_| self.close_reason())?;
+        match reply.body {
+            Some(Body::Error(e)) => Err(server_error(e)),
+            Some(b) => Ok(b),
+            None => Err(ClientError::Protocol("empty reply".into())),
+        }
+    }
+
+    fn close_reason(&self) -> ClientError {
+        match self.conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                let code = CloseCode::from_code(c.error_code.into_inner());
+                ClientError::Closed(format!("{code:?}: {}", String::from_utf8_lossy(&c.reason)))
+            }
+            Some(e) => closed(e),
+            None => closed("reply stream ended"),
+        }
+    }
+
+    /// The next pushed event; `None` once the connection is closed.
+    pub async fn next_event(&self) -> Option<v1::Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Waits until the connection closes; returns the close code and reason.
+    pub async fn closed(&self) -> (Option<CloseCode>, String) {
+        match self.conn.closed().await {
+            quinn::ConnectionError::ApplicationClosed(c) => (
+                CloseCode::from_code(c.error_code.into_inner()),
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            ),
+            e => (None, e.to_string()),
+        }
+    }
+
+    /// Closes the connection normally.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+
+    /// The underlying QUIC connection (tests open raw streams on it).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    // ------------------------------------------------------------ typed calls
+
+    /// Creates an account; the connection is then logged in.
+    pub async fn register(&self, user: &str, password: &str, device: &str) -> Result<v1::AuthResponse, ClientError> {
+        let body = Body::Register(v1::RegisterRequest {
+            username: user.into(),
+            password: password.into(),
+            device_name: device.into(),
+        });
+        reply_as!(self.request(body).await?, Auth)
+    }
+
+    /// Logs in as a new device of an existing account.
+    pub async fn login(&self, user: &str, password: &str, device: &str) -> Result<v1::AuthResponse, ClientError> {
+        let body = Body::Login(v1::LoginRequest {
+            username: user.into(),
+            password: password.into(),
+            device_name: device.into(),
+        });
+        reply_as!(self.request(body).await?, Auth)
+    }
+
+    /// Revokes this connection's token.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        reply_as!(self.request(Body::Logout(v1::LogoutRequest {})).await?, LoggedOut).map(|_| ())
+    }
+
+    /// Who this connection is logged in as.
+    pub async fn whoami(&self) -> Result<v1::WhoAmIResponse, ClientError> {
+        reply_as!(self.request(Body::Whoami(v1::WhoAmIRequest {})).await?, Identity)
+    }
+
+    /// Sends a text message to a user with a fresh client_msg_id.
+    pub async fn send_text(&self, to_user: &str, text: &str) -> Result<v1::SendResponse, ClientError> {
+        self.send(v1::SendRequest {
+            to_user: to_user.into(),
+            client_msg_id: new_client_msg_id(),
+            content: Some(v1::Content {
+                text: text.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends a message as given (retry with the same client_msg_id is safe).
+    pub async fn send(&self, req: v1::SendRequest) -> Result<v1::SendResponse, ClientError> {
+        reply_as!(self.request(Body::Send(req)).await?, Sent)
+    }
+
+    /// A page of history with a user (newest first).
+    pub async fn history(&self, with_user: &str, before_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+        let body = Body::History(v1::HistoryRequest {
+            with_user: with_user.into(),
+            chat_id: 0,
+            before_seq,
+            limit,
+        });
+        reply_as!(self.request(body).await?, HistoryPage)
+    }
+
+    /// A page of history of a chat by id.
+    pub async fn history_of_chat(&self, chat_id: u64, before_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+        let body = Body::History(v1::HistoryRequest {
+            with_user: String::new(),
+            chat_id,
+            before_seq,
+            limit,
+        });
+        reply_as!(self.request(body).await?, HistoryPage)
+    }
+
+    /// The chat list.
+    pub async fn chats(&self) -> Result<Vec<v1::ChatSummary>, ClientError> {
+        reply_as!(self.request(Body::Chats(v1::ChatsRequest {})).await?, ChatList).map(|c| c.chats)
+    }
+
+    /// Moves this user's receipt cursor in a chat (seq 0: newest).
+    pub async fn receipt(&self, chat_id: u64, kind: v1::ReceiptKind, seq: u64) -> Result<u64, ClientError> {
+        let body = Body::Receipt(v1::ReceiptRequest {
+            chat_id,
+            kind: kind as i32,
+            seq,
+        });
+        reply_as!(self.request(body).await?, ReceiptStored).map(|r| r.seq)
+    }
+
+    /// One sync page after this device's acknowledged position.
+    pub async fn sync(&self, limit: u32) -> Result<v1::SyncResponse, ClientError> {
+        reply_as!(self.request(Body::Sync(v1::SyncRequest { limit })).await?, SyncPage)
+    }
+
+    /// Acknowledges the log up to `pos`.
+    pub async fn ack(&self, pos: u64) -> Result<u64, ClientError> {
+        reply_as!(self.request(Body::Ack(v1::AckRequest { pos })).await?, Acked).map(|a| a.pos)
+    }
+
+    /// Fetches and acknowledges everything this device missed, in order.
+    pub async fn sync_all(&self, tracker: &mut AckTracker) -> Result<Vec<v1::Event>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self.sync(0).await?;
+            for e in &page.events {
+                tracker.observe(e.pos);
+            }
+            let n = page.events.len();
+            out.extend(page.events);
+            if let Some(pos) = tracker.take_ack() {
+                self.ack(pos).await?;
+            }
+            if !page.more || n == 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+
+/// A random client_msg_id (128 bits, hex).
+pub fn new_client_msg_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn server_error(e: v1::Error) -> ClientError {
+    ClientError::Server {
+        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+        message: e.message,
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+async fn write(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), ClientError> {
+    let mut buf = BytesMut::new();
+    encode_frame(env, quip_protocol::MAX_FRAME, &mut buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    send.write_all(&buf).await.map_err(closed)
+}
+
+async fn read(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Option<Envelope>, ClientError> {
+    loop {
+        if let Some(env) = dec.decode().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            return Ok(Some(env));
+        }
+        dec.buffer_mut().reserve(8192);
+        match recv.read_buf(dec.buffer_mut()).await {
+            Ok(0) => {
+                dec.finish().map_err(|e| ClientError::Protocol(e.to_string()))?;
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(closed(e)),
+        }
+    }
+}
+
+async fn read_replies(mut recv: quinn::RecvStream, mut dec: FrameDecoder, pending: Pending) {
+    while let Ok(Some(env)) = read(&mut recv, &mut dec).await {
+        let waiter = pending.lock().expect("pending lock").remove(&env.id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(env);
+            }
+            None => tracing::debug!(id = env.id, "reply for no request (connection-level error?)"),
+        }
+    }
+    // Dropping the senders wakes every waiter with "closed".
+    pending.lock().expect("pending lock").clear();
+}
+
+async fn accept_lanes(conn: quinn::Connection, events: mpsc::Sender<v1::Event>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let events = events.clone();
+        tokio::spawn(async move {
+            let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+            while let Ok(Some(env)) = read(&mut recv, &mut dec).await {
+                if let Some(Body::Event(e)) = env.body {
+                    if events.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

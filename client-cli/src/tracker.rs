@@ -1,0 +1,82 @@
+//! Which log positions this device has, and what it may acknowledge.
+//!
+//! Events arrive from several push lanes, sync pages and send replies, so
+//! positions come out of order. Acknowledging position P promises the server
+//! that everything up to P is here; acknowledging past a gap would lose the
+//! missing event forever. So only the contiguous prefix is acknowledged.
+
+use std::collections::BTreeSet;
+
+/// Tracks received positions; sans-IO.
+#[derive(Debug, Default, Clone)]
+pub struct AckTracker {
+    /// Every position up to this one has been received.
+    contiguous: u64,
+    /// Received positions above a gap.
+    ahead: BTreeSet<u64>,
+    /// The last position handed out by `take_ack`.
+    acked: u64,
+}
+
+impl AckTracker {
+    /// A tracker for a device whose server-side position is `acked`.
+    pub fn new(acked: u64) -> Self {
+        Self {
+            contiguous: acked,
+            ahead: BTreeSet::new(),
+            acked,
+        }
+    }
+
+    /// Records a received position. Returns false for a duplicate.
+    pub fn observe(&mut self, pos: u64) -> bool {
+        if pos <= self.contiguous || !self.ahead.insert(pos) {
+            return false;
+        }
+        while self.ahead.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
+    }
+
+    /// The position to acknowledge now, if it moved since the last call.
+    pub fn take_ack(&mut self) -> Option<u64> {
+        (self.contiguous > self.acked).then(|| {
+            self.acked = self.contiguous;
+            self.acked
+        })
+    }
+
+    /// Highest position with no gap below it.
+    pub fn contiguous(&self) -> u64 {
+        self.contiguous
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_only_the_contiguous_prefix() {
+        let mut t = AckTracker::new(0);
+        assert!(t.observe(2));
+        assert!(t.observe(3));
+        assert_eq!(t.take_ack(), None, "1 is missing");
+        assert!(t.observe(1));
+        assert_eq!(t.take_ack(), Some(3));
+        assert_eq!(t.take_ack(), None);
+        assert!(!t.observe(2), "duplicate");
+        assert!(t.observe(5));
+        assert!(t.observe(4));
+        assert_eq!(t.take_ack(), Some(5));
+    }
+
+    #[test]
+    fn starts_from_the_server_position() {
+        let mut t = AckTracker::new(10);
+        assert!(!t.observe(9));
+        assert!(t.observe(11));
+        assert_eq!(t.take_ack(), Some(11));
+    }
+}

@@ -1,0 +1,125 @@
+//! Test support: a real quipd on loopback QUIC with its store in a temp dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quip_client::{Client, ConnectOptions};
+use quip_protocol::v1;
+use quip_server::store::Store;
+use quip_server::{Config, Server};
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running server.
+pub struct TestServer {
+    pub addr: String,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+    pub store: Arc<dyn Store>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(Config::for_tests(dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let data_dir = config.data_dir.clone();
+        // A restarted server must wait for the old one to release the store file.
+        let server = {
+            let mut tries = 0;
+            loop {
+                match Server::bind(config.clone()) {
+                    Ok(s) => break s,
+                    Err(e) if tries < 100 => {
+                        tries += 1;
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("server did not start: {e:#}"),
+                }
+            }
+        };
+        let addr = server.local_addr().to_string();
+        let ca = server.dev_cert().expect("dev cert").clone();
+        let store = server.store();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            ca,
+            data_dir,
+            store,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions::new(self.addr.clone(), Some(&self.ca)).unwrap()
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.options()).await.expect("connect")
+    }
+
+    pub async fn connect_as(&self, token: &str) -> Client {
+        Client::connect(&self.options().token(token)).await.expect("connect with token")
+    }
+
+    /// Registers `name` on a fresh connection; returns it and the token.
+    pub async fn user(&self, name: &str) -> (Client, String) {
+        let c = self.connect().await;
+        let auth = c.register(name, PASSWORD, "test").await.expect("register");
+        (c, auth.token)
+    }
+
+    /// Logs `name` in as another device.
+    pub async fn device(&self, name: &str) -> (Client, String) {
+        let c = self.connect().await;
+        let auth = c.login(name, PASSWORD, "another").await.expect("login");
+        (c, auth.token)
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.take().map(|s| s.send(()));
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// The next pushed event, or panic after a few seconds.
+pub async fn next_event(c: &Client) -> v1::Event {
+    tokio::time::timeout(Duration::from_secs(5), c.next_event())
+        .await
+        .expect("an event within 5 s")
+        .expect("connection open")
+}
+
+/// The next pushed message event (skipping receipts).
+pub async fn next_message(c: &Client) -> (u64, v1::Message) {
+    loop {
+        let e = next_event(c).await;
+        if let Some(v1::event::Kind::Message(m)) = e.kind {
+            return (e.pos, m);
+        }
+    }
+}
+
+/// Asserts no event arrives for a short while.
+pub async fn no_event(c: &Client) {
+    let r = tokio::time::timeout(Duration::from_millis(300), c.next_event()).await;
+    assert!(r.is_err(), "unexpected event: {:?}", r.unwrap());
+}
+
+pub fn text(m: &v1::Message) -> &str {
+    m.content.as_ref().map_or("", |c| c.text.as_str())
+}
