@@ -466,10 +466,10 @@ async fn accept_lanes(conn: quinn::Connection, events: mpsc::Sender<v1::Event>) 
         tokio::spawn(async move {
             let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
             while let Ok(Some(env)) = read(&mut recv, &mut dec).await {
-                if let Some(Body::Event(e)) = env.body {
-                    if events.send(e).await.is_err() {
-                        return;
-                    }
+                if let Some(Body::Event(e)) = env.body
+                    && events.send(e).await.is_err()
+                {
+                    return;
                 }
             }
         });

@@ -51,8 +51,7 @@ pub fn encode_frame(env: &Envelope, max_frame: usize, out: &mut BytesMut) -> Res
         return Err(FrameError::TooLarge { len, max: max_frame });
     }
     out.reserve(prost::length_delimiter_len(len) + len);
-    env.encode_length_delimited(out)
-        .expect("reserved enough capacity");
+    env.encode_length_delimited(out).expect("reserved enough capacity");
     Ok(())
 }
 
@@ -228,7 +227,10 @@ mod tests {
     fn encoder_refuses_oversized_frames() {
         let env = send(1, &"y".repeat(200));
         let mut out = BytesMut::new();
-        assert!(matches!(encode_frame(&env, 100, &mut out), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&env, 100, &mut out),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(out.is_empty());
     }
 

@@ -87,10 +87,7 @@ impl v1::Error {
 impl Envelope {
     /// An envelope with the given correlation id and body.
     pub fn new(id: u64, body: Body) -> Self {
-        Self {
-            id,
-            body: Some(body),
-        }
+        Self { id, body: Some(body) }
     }
 
     /// An error answer to request `id` (0 for a connection-level error).

@@ -13,10 +13,7 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
 
 /// Picks the highest version both sides speak, or `None` when there is none.
 pub fn negotiate_version(offered: &[u32]) -> Option<u32> {
-    SUPPORTED_VERSIONS
-        .iter()
-        .copied()
-        .find(|v| offered.contains(v))
+    SUPPORTED_VERSIONS.iter().copied().find(|v| offered.contains(v))
 }
 
 /// QUIC application close codes (`CONNECTION_CLOSE` frames of type 0x1d).

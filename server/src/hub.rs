@@ -93,7 +93,9 @@ impl Hub {
     /// Pushes committed notifications to their users' online devices.
     pub fn publish(&self, notifications: Vec<Notification>, max_frame: usize) {
         for n in notifications {
-            let Some(devices) = self.users.get(&n.user_id) else { continue };
+            let Some(devices) = self.users.get(&n.user_id) else {
+                continue;
+            };
             let targets: Vec<&DeviceHandle> = devices.iter().filter(|d| Some(d.device_id) != n.skip_device).collect();
             if targets.is_empty() {
                 continue;
@@ -115,7 +117,8 @@ impl Hub {
                 match d.tx.try_send(push) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        d.closer.close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
+                        d.closer
+                            .close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }

@@ -43,7 +43,10 @@ pub fn message(chat: u64, seq: u64) -> Vec<u8> {
 
 /// `idem/{chat_id}{sender user_id}{client_msg_id}` → `IdemRecord`.
 pub fn idempotency(chat: u64, sender: u64, client_msg_id: &str) -> Vec<u8> {
-    cat(b"idem/", &[&chat.to_be_bytes(), &sender.to_be_bytes(), client_msg_id.as_bytes()])
+    cat(
+        b"idem/",
+        &[&chat.to_be_bytes(), &sender.to_be_bytes(), client_msg_id.as_bytes()],
+    )
 }
 
 /// `cur/{chat_id}{user_id}` → `CursorRecord` (delivered and read seq).
@@ -78,7 +81,10 @@ pub fn counter(name: &str) -> Vec<u8> {
 
 /// The chat id from a [`user_chat`] key.
 pub fn chat_of_user_chat(key: &[u8]) -> Option<u64> {
-    key.get(key.len().checked_sub(8)?..)?.try_into().ok().map(u64::from_be_bytes)
+    key.get(key.len().checked_sub(8)?..)?
+        .try_into()
+        .ok()
+        .map(u64::from_be_bytes)
 }
 
 fn cat(tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {

@@ -13,7 +13,11 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::bind(config.clone())?;
     tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), "quipd listening (QUIC, ALPN quip/1)");
     if let Some(cert) = server.dev_cert() {
-        tracing::info!("dev mode: self-signed certificate at {}; clients trust it with --ca {}", cert.display(), cert.display());
+        tracing::info!(
+            "dev mode: self-signed certificate at {}; clients trust it with --ca {}",
+            cert.display(),
+            cert.display()
+        );
     }
     server.run(shutdown_signal()).await
 }

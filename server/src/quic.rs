@@ -107,12 +107,17 @@ async fn send_first(
     let (reply, outcome) = match first {
         Ok(Some(env)) => match session.hello(env) {
             Ok(w) => (w, Ok(())),
-            Err((e, code)) => (e, Err(code)),
+            Err(refused) => {
+                let (e, code) = *refused;
+                (e, Err(code))
+            }
         },
         Ok(None) => return Err(CloseCode::ProtocolError),
         Err(e) => (frame_error(&e), Err(CloseCode::ProtocolError)),
     };
-    write_envelope(send, &reply).await.map_err(|_| CloseCode::ProtocolError)?;
+    write_envelope(send, &reply)
+        .await
+        .map_err(|_| CloseCode::ProtocolError)?;
     outcome
 }
 
@@ -223,7 +228,12 @@ async fn serve_stream(
 }
 
 /// Writes a reply; handles a requested close after it. False: stop serving.
-async fn send_reply(session: &Session, send: &mut quinn::SendStream, reply: &Envelope, conn: &quinn::Connection) -> bool {
+async fn send_reply(
+    session: &Session,
+    send: &mut quinn::SendStream,
+    reply: &Envelope,
+    conn: &quinn::Connection,
+) -> bool {
     if write_envelope(send, reply).await.is_err() {
         return false;
     }

@@ -128,9 +128,13 @@ pub fn get<M: Message + Default>(txn: &mut dyn crate::store::ReadTxn, key: &[u8]
 pub fn get_u64(txn: &mut dyn crate::store::ReadTxn, key: &[u8]) -> Result<u64, StoreError> {
     match txn.get(key)? {
         None => Ok(0),
-        Some(b) => b.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
-            key: key.escape_ascii().to_string(),
-            reason: format!("expected 8 bytes, found {}", b.len()),
-        }),
+        Some(b) => b
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                key: key.escape_ascii().to_string(),
+                reason: format!("expected 8 bytes, found {}", b.len()),
+            }),
     }
 }

@@ -106,7 +106,10 @@ impl Server {
         // Let replies for the last commits reach their streams.
         tokio::time::sleep(Duration::from_millis(100)).await;
         shared.hub.close_all(CloseCode::ServerShutdown, "server shutting down");
-        endpoint.close(quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()), b"server shutting down");
+        endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()),
+            b"server shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         conns.shutdown().await;
         drop(shared);

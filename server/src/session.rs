@@ -68,7 +68,9 @@ impl Shared {
             return Ok(Some((actor, hash)));
         }
         let actor = store::read(&*self.store, |t| {
-            let Some(s) = accounts::session(t, &hash)? else { return Ok(None) };
+            let Some(s) = accounts::session(t, &hash)? else {
+                return Ok(None);
+            };
             let name = accounts::username(t, s.user_id)?.unwrap_or_default();
             Ok::<_, ServiceError>(Some(Actor {
                 user_id: s.user_id,
@@ -136,23 +138,26 @@ impl Session {
     }
 
     /// The Welcome for the first frame, or the error to send before closing.
-    pub fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, (Envelope, CloseCode)> {
+    pub fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, Box<(Envelope, CloseCode)>> {
         let id = env.id;
         let Some(Body::Hello(hello)) = env.body else {
-            return Err((
+            return Err(Box::new((
                 Envelope::error(id, ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
                 CloseCode::ProtocolError,
-            ));
+            )));
         };
         let Some(version) = negotiate_version(&hello.versions) else {
-            return Err((
+            return Err(Box::new((
                 Envelope::error(
                     id,
                     ErrorCode::UnsupportedVersion,
-                    format!("no common protocol version: server speaks 1, client offered {:?}", hello.versions),
+                    format!(
+                        "no common protocol version: server speaks 1, client offered {:?}",
+                        hello.versions
+                    ),
                 ),
                 CloseCode::UnsupportedVersion,
-            ));
+            )));
         };
         let mut welcome = v1::Welcome {
             version,
@@ -171,12 +176,12 @@ impl Session {
                     self.login_connection(actor, hash);
                 }
                 Ok(None) => {
-                    return Err((
+                    return Err(Box::new((
                         Envelope::error(id, ErrorCode::Unauthenticated, "unknown or revoked token: log in again"),
                         CloseCode::LoggedOut,
-                    ));
+                    )));
                 }
-                Err(e) => return Err((err(id, &e), CloseCode::ServerShutdown)),
+                Err(e) => return Err(Box::new((err(id, &e), CloseCode::ServerShutdown))),
             }
         }
         tracing::debug!(conn = self.conn_id, client = %hello.client, user = %welcome.user, "handshake");
@@ -270,7 +275,9 @@ impl Session {
         match body {
             Body::Ping(_) => Ok(Reply::Ready(Envelope::new(
                 id,
-                Body::Pong(v1::PongResponse { server_time_ms: now_ms() }),
+                Body::Pong(v1::PongResponse {
+                    server_time_ms: now_ms(),
+                }),
             ))),
             Body::Register(r) => self.register(id, r).await,
             Body::Login(r) => self.login(id, r).await,
@@ -335,7 +342,10 @@ impl Session {
             Body::Chats(_) => {
                 let actor = self.actor()?;
                 let chats = store::read(&*shared.store, |t| messages::chats(t, &actor))?;
-                Ok(Reply::Ready(Envelope::new(id, Body::ChatList(v1::ChatsResponse { chats }))))
+                Ok(Reply::Ready(Envelope::new(
+                    id,
+                    Body::ChatList(v1::ChatsResponse { chats }),
+                )))
             }
             Body::Receipt(r) => {
                 let actor = self.actor()?;
@@ -375,9 +385,10 @@ impl Session {
             }
             Body::Ack(r) => {
                 let actor = self.actor()?;
-                let pending =
-                    store::enqueue_write(&*shared.store, move |t| log::ack(t, actor.user_id, actor.device_id, r.pos))
-                        .await?;
+                let pending = store::enqueue_write(&*shared.store, move |t| {
+                    log::ack(t, actor.user_id, actor.device_id, r.pos)
+                })
+                .await?;
                 Ok(Reply::Pending(tokio::spawn(async move {
                     match pending.wait().await {
                         Ok(pos) => Envelope::new(id, Body::Acked(v1::AckResponse { pos })),
@@ -427,7 +438,9 @@ impl Session {
         if members.contains(&actor.user_id) {
             Ok(())
         } else {
-            Err(ServiceError::Forbidden(format!("you are not a participant of chat {chat_id}")))
+            Err(ServiceError::Forbidden(format!(
+                "you are not a participant of chat {chat_id}"
+            )))
         }
     }
 

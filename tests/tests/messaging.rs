@@ -19,18 +19,28 @@ async fn live_delivery_with_receipts() {
     assert!(sent.pos > 0);
 
     let (_, m) = next_message(&bob).await;
-    assert_eq!((m.chat_id, m.seq, m.sender.as_str(), m.recipient.as_str(), text(&m)), (sent.chat_id, 1, "alice", "bob", "hi bob"));
+    assert_eq!(
+        (m.chat_id, m.seq, m.sender.as_str(), m.recipient.as_str(), text(&m)),
+        (sent.chat_id, 1, "alice", "bob", "hi bob")
+    );
     // Not echoed to the sending device.
     no_event(&alice).await;
 
     // Two ticks, then blue ticks, pushed live to the sender.
     assert_eq!(bob.receipt(m.chat_id, ReceiptKind::Delivered, m.seq).await.unwrap(), 1);
     let e = next_event(&alice).await;
-    let Some(v1::event::Kind::Receipt(r)) = e.kind else { panic!("{e:?}") };
-    assert_eq!((r.user.as_str(), r.kind, r.seq), ("bob", ReceiptKind::Delivered as i32, 1));
+    let Some(v1::event::Kind::Receipt(r)) = e.kind else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (r.user.as_str(), r.kind, r.seq),
+        ("bob", ReceiptKind::Delivered as i32, 1)
+    );
     assert_eq!(bob.receipt(m.chat_id, ReceiptKind::Read, 0).await.unwrap(), 1);
     let e = next_event(&alice).await;
-    let Some(v1::event::Kind::Receipt(r)) = e.kind else { panic!("{e:?}") };
+    let Some(v1::event::Kind::Receipt(r)) = e.kind else {
+        panic!("{e:?}")
+    };
     assert_eq!((r.kind, r.seq), (ReceiptKind::Read as i32, 1));
 
     // Cursors never go backwards.
@@ -38,7 +48,15 @@ async fn live_delivery_with_receipts() {
 
     let chats = alice.chats().await.unwrap();
     assert_eq!(chats.len(), 1);
-    assert_eq!((chats[0].peer.as_str(), chats[0].peer_delivered_seq, chats[0].peer_read_seq, chats[0].unread), ("bob", 1, 1, 0));
+    assert_eq!(
+        (
+            chats[0].peer.as_str(),
+            chats[0].peer_delivered_seq,
+            chats[0].peer_read_seq,
+            chats[0].unread
+        ),
+        ("bob", 1, 1, 0)
+    );
     server.stop().await;
 }
 
@@ -89,7 +107,10 @@ async fn sync_pages_when_more_is_missed_than_one_page() {
     let page = bob.sync(5).await.unwrap();
     assert_eq!(page.events.len(), 5);
     assert!(page.more);
-    assert_eq!(page.events.iter().map(|e| e.pos).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        page.events.iter().map(|e| e.pos).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     bob.ack(5).await.unwrap();
     let page = bob.sync(100).await.unwrap();
     assert_eq!(page.events.first().map(|e| e.pos), Some(6));
@@ -105,7 +126,10 @@ async fn every_device_of_a_user_gets_messages() {
     let (alice, _) = server.user("alice").await;
     let (bob1, _) = server.user("bob").await;
     let (bob2, _) = server.device("bob").await;
-    assert_ne!(bob1.whoami().await.unwrap().device_id, bob2.whoami().await.unwrap().device_id);
+    assert_ne!(
+        bob1.whoami().await.unwrap().device_id,
+        bob2.whoami().await.unwrap().device_id
+    );
 
     alice.send_text("bob", "to both").await.unwrap();
     assert_eq!(text(&next_message(&bob1).await.1), "to both");
@@ -135,19 +159,35 @@ async fn retried_send_is_stored_once() {
     let req = v1::SendRequest {
         to_user: "bob".into(),
         client_msg_id: new_client_msg_id(),
-        content: Some(v1::Content { text: "once".into(), ..Default::default() }),
+        content: Some(v1::Content {
+            text: "once".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let first = alice.send(req.clone()).await.unwrap();
     let retry = alice.send(req.clone()).await.unwrap();
     assert!(retry.duplicate);
-    assert_eq!((retry.chat_id, retry.seq, retry.pos, retry.sent_at_ms), (first.chat_id, first.seq, first.pos, first.sent_at_ms));
+    assert_eq!(
+        (retry.chat_id, retry.seq, retry.pos, retry.sent_at_ms),
+        (first.chat_id, first.seq, first.pos, first.sent_at_ms)
+    );
     // Same id by chat id instead of user: still the same message.
-    let by_chat = alice.send(v1::SendRequest { to_user: String::new(), chat_id: first.chat_id, ..req.clone() }).await.unwrap();
+    let by_chat = alice
+        .send(v1::SendRequest {
+            to_user: String::new(),
+            chat_id: first.chat_id,
+            ..req.clone()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_chat.seq, first.seq);
 
     let mut changed = req.clone();
-    changed.content = Some(v1::Content { text: "different".into(), ..Default::default() });
+    changed.content = Some(v1::Content {
+        text: "different".into(),
+        ..Default::default()
+    });
     let err = alice.send(changed).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::IdempotencyConflict));
 
@@ -185,7 +225,10 @@ async fn concurrent_senders_get_one_gap_free_order() {
             let acks = futures::future::join_all(futs).await;
             let seqs: Vec<u64> = acks.into_iter().map(|a| a.unwrap().seq).collect();
             // One stream applies a device's writes in order.
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "device {i} seqs out of order: {seqs:?}");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "device {i} seqs out of order: {seqs:?}"
+            );
             seqs
         }));
     }
@@ -195,7 +238,11 @@ async fn concurrent_senders_get_one_gap_free_order() {
     }
     all.sort_unstable();
     let total = senders.len() * PER;
-    assert_eq!(all, (1..=total as u64).collect::<Vec<_>>(), "seqs are 1..=N with no gap or repeat");
+    assert_eq!(
+        all,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "seqs are 1..=N with no gap or repeat"
+    );
 
     // Every reader sees the identical order.
     let mut orders = Vec::new();
@@ -203,7 +250,11 @@ async fn concurrent_senders_get_one_gap_free_order() {
         let mut seen = Vec::new();
         let mut before = 0;
         loop {
-            let page = c.history("alice", before, 0).await.or(c.history("bob", before, 0).await).unwrap();
+            let page = c
+                .history("alice", before, 0)
+                .await
+                .or(c.history("bob", before, 0).await)
+                .unwrap();
             seen.extend(page.messages.iter().map(|m| (m.seq, text(m).to_owned())));
             if !page.more {
                 break;

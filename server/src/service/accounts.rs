@@ -5,8 +5,8 @@
 //! SHA-256 of the token is a safe lookup key: the database holds no usable
 //! token, and checking one costs a hash, not an argon2 run.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -25,7 +25,10 @@ pub fn validate_username(name: &str) -> Result<(), ServiceError> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-    let ok_first = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok_len && ok_chars && ok_first {
         Ok(())
     } else {
@@ -49,7 +52,9 @@ pub fn validate_device_name(name: &str) -> Result<(), ServiceError> {
     if name.len() <= 64 {
         Ok(())
     } else {
-        Err(ServiceError::InvalidArgument("device_name must be at most 64 bytes".into()))
+        Err(ServiceError::InvalidArgument(
+            "device_name must be at most 64 bytes".into(),
+        ))
     }
 }
 
@@ -79,7 +84,10 @@ pub fn dummy_hash() -> &'static str {
 pub fn new_token() -> (String, [u8; 32]) {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
-    let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
     let hash = token_hash(&token);
     (token, hash)
 }

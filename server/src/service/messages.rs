@@ -29,7 +29,9 @@ impl Target {
             (false, 0) => Ok(Self::User(user.to_owned())),
             (true, id) if id != 0 => Ok(Self::Chat(id)),
             (true, _) => Err(ServiceError::InvalidArgument("name a user or a chat_id".into())),
-            (false, _) => Err(ServiceError::InvalidArgument("set either a user or a chat_id, not both".into())),
+            (false, _) => Err(ServiceError::InvalidArgument(
+                "set either a user or a chat_id, not both".into(),
+            )),
         }
     }
 }
@@ -37,14 +39,18 @@ impl Target {
 /// Checks a send's fields before any storage work.
 pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_body: usize) -> Result<(), ServiceError> {
     if client_msg_id.is_empty() || client_msg_id.len() > 64 {
-        return Err(ServiceError::InvalidArgument("client_msg_id must be 1 to 64 bytes".into()));
+        return Err(ServiceError::InvalidArgument(
+            "client_msg_id must be 1 to 64 bytes".into(),
+        ));
     }
     let Some(c) = content else {
         return Err(ServiceError::InvalidArgument("content is required".into()));
     };
     let len = c.text.len() + c.payload.len();
     if len == 0 {
-        return Err(ServiceError::InvalidArgument("message has neither text nor payload".into()));
+        return Err(ServiceError::InvalidArgument(
+            "message has neither text nor payload".into(),
+        ));
     }
     if len > max_body {
         return Err(ServiceError::BodyTooLarge { len, max: max_body });
@@ -147,13 +153,16 @@ pub fn send(
                 seq: 0,
                 receipt: Some(receipt.clone()),
             };
-            notifications.push(log::append(txn, member, &rec, v1::event::Kind::Receipt(receipt.clone()), None)?);
+            notifications.push(log::append(
+                txn,
+                member,
+                &rec,
+                v1::event::Kind::Receipt(receipt.clone()),
+                None,
+            )?);
         }
     }
-    txn.set(
-        &idem_key,
-        &IdemRecord { seq, sender_pos }.encode_to_vec(),
-    );
+    txn.set(&idem_key, &IdemRecord { seq, sender_pos }.encode_to_vec());
     Ok(Sent {
         response: v1::SendResponse {
             chat_id,
@@ -176,7 +185,9 @@ fn resolve_for_send(
     match target {
         Target::User(name) => {
             if *name == actor.username {
-                return Err(ServiceError::InvalidArgument("cannot send a message to yourself".into()));
+                return Err(ServiceError::InvalidArgument(
+                    "cannot send a message to yourself".into(),
+                ));
             }
             let peer = accounts::find_user(txn, name)?.ok_or_else(|| no_user(name))?;
             let dm = keys::direct(actor.user_id, peer.id);
@@ -218,9 +229,9 @@ fn no_user(name: &str) -> ServiceError {
 }
 
 fn be_u64(key: &[u8], b: &[u8]) -> Result<u64, ServiceError> {
-    b.try_into().map(u64::from_be_bytes).map_err(|_| {
-        ServiceError::Internal(format!("corrupt id under {}", key.escape_ascii()))
-    })
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| ServiceError::Internal(format!("corrupt id under {}", key.escape_ascii())))
 }
 
 fn load_chat(txn: &mut dyn ReadTxn, chat_id: u64) -> Result<ChatRecord, ServiceError> {
@@ -234,7 +245,9 @@ pub fn member_chat(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64) -> Result
     if chat.members.contains(&actor.user_id) {
         Ok(chat)
     } else {
-        Err(ServiceError::Forbidden(format!("you are not a participant of chat {chat_id}")))
+        Err(ServiceError::Forbidden(format!(
+            "you are not a participant of chat {chat_id}"
+        )))
     }
 }
 
@@ -247,7 +260,11 @@ fn direct_peer(txn: &mut dyn ReadTxn, actor: &Actor, chat: &ChatRecord) -> Resul
 }
 
 /// Resolves a read request's target to a chat the actor is in.
-pub fn resolve_for_read(txn: &mut dyn ReadTxn, actor: &Actor, target: &Target) -> Result<(u64, ChatRecord), ServiceError> {
+pub fn resolve_for_read(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    target: &Target,
+) -> Result<(u64, ChatRecord), ServiceError> {
     match target {
         Target::User(name) => {
             let peer = accounts::find_user(txn, name)?.ok_or_else(|| no_user(name))?;
@@ -272,9 +289,22 @@ pub fn history(
     max_bytes: usize,
 ) -> Result<v1::HistoryResponse, ServiceError> {
     let (chat_id, chat) = resolve_for_read(txn, actor, target)?;
-    let limit = if limit == 0 { DEFAULT_HISTORY } else { limit.min(MAX_HISTORY) } as usize;
-    let end_seq = if before == 0 { chat.last_seq + 1 } else { before.min(chat.last_seq + 1) };
-    let rows = txn.range(&keys::message(chat_id, 1), &keys::message(chat_id, end_seq), limit, true)?;
+    let limit = if limit == 0 {
+        DEFAULT_HISTORY
+    } else {
+        limit.min(MAX_HISTORY)
+    } as usize;
+    let end_seq = if before == 0 {
+        chat.last_seq + 1
+    } else {
+        before.min(chat.last_seq + 1)
+    };
+    let rows = txn.range(
+        &keys::message(chat_id, 1),
+        &keys::message(chat_id, end_seq),
+        limit,
+        true,
+    )?;
     let mut messages = Vec::with_capacity(rows.len());
     let mut bytes = 0;
     for (k, v) in rows {

@@ -20,10 +20,16 @@ pub fn mark(
     seq: u64,
 ) -> Result<(u64, Vec<Notification>), ServiceError> {
     if kind == ReceiptKind::Unspecified {
-        return Err(ServiceError::InvalidArgument("receipt kind must be DELIVERED or READ".into()));
+        return Err(ServiceError::InvalidArgument(
+            "receipt kind must be DELIVERED or READ".into(),
+        ));
     }
     let chat = messages::member_chat(txn, actor, chat_id)?;
-    let target = if seq == 0 { chat.last_seq } else { seq.min(chat.last_seq) };
+    let target = if seq == 0 {
+        chat.last_seq
+    } else {
+        seq.min(chat.last_seq)
+    };
     let key = keys::cursor(chat_id, actor.user_id);
     let mut cur: CursorRecord = records::get(txn, &key)?.unwrap_or_default();
     let moved = match kind {
@@ -39,7 +45,11 @@ pub fn mark(
             moved
         }
     };
-    let after = if kind == ReceiptKind::Delivered { cur.delivered } else { cur.read };
+    let after = if kind == ReceiptKind::Delivered {
+        cur.delivered
+    } else {
+        cur.read
+    };
     let mut out = Vec::new();
     if moved {
         txn.set(&key, &cur.encode_to_vec());
@@ -60,7 +70,13 @@ pub fn mark(
                 continue;
             }
             let skip = own.then_some(actor.device_id);
-            out.push(log::append(txn, member, &rec, v1::event::Kind::Receipt(receipt.clone()), skip)?);
+            out.push(log::append(
+                txn,
+                member,
+                &rec,
+                v1::event::Kind::Receipt(receipt.clone()),
+                skip,
+            )?);
         }
     }
     Ok((after, out))

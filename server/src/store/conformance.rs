@@ -79,8 +79,14 @@ pub async fn range_reads(store: &dyn Store) {
     .unwrap();
     assert_eq!(fwd.len(), 10);
     assert!(fwd.windows(2).all(|w| w[0].0 < w[1].0));
-    assert_eq!(rev.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![k("rg/", 9), k("rg/", 8), k("rg/", 7)]);
-    assert_eq!(mid.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![k("rg/", 2), k("rg/", 3), k("rg/", 4)]);
+    assert_eq!(
+        rev.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![k("rg/", 9), k("rg/", 8), k("rg/", 7)]
+    );
+    assert_eq!(
+        mid.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![k("rg/", 2), k("rg/", 3), k("rg/", 4)]
+    );
     assert!(empty.is_empty());
 }
 
@@ -140,7 +146,10 @@ pub async fn rollback_leaves_no_trace(store: &dyn Store) {
     assert_eq!(bad.wait().await, Err(TestError::Abort));
     // The write after the failed one saw the state before it.
     assert_eq!(ok2.wait().await.unwrap().as_deref(), Some(&b"1"[..]));
-    let (b, o1, o2) = read(store, |t| Ok::<_, TestError>((t.get(b"rb/bad")?, t.get(b"rb/ok1")?, t.get(b"rb/ok2")?))).unwrap();
+    let (b, o1, o2) = read(store, |t| {
+        Ok::<_, TestError>((t.get(b"rb/bad")?, t.get(b"rb/ok1")?, t.get(b"rb/ok2")?))
+    })
+    .unwrap();
     assert_eq!(b, None);
     assert_eq!(o1.as_deref(), Some(&b"1"[..]));
     assert_eq!(o2.as_deref(), Some(&b"2"[..]));
@@ -164,8 +173,13 @@ pub async fn writes_apply_in_queue_order(store: &dyn Store) {
     for p in pending {
         p.wait().await.unwrap();
     }
-    let log = read(store, |t| t.get(b"ord/log").map_err(TestError::from)).unwrap().unwrap();
-    let got: Vec<u32> = log.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect();
+    let log = read(store, |t| t.get(b"ord/log").map_err(TestError::from))
+        .unwrap()
+        .unwrap();
+    let got: Vec<u32> = log
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(got, (0..50).collect::<Vec<_>>());
 }
 
@@ -174,7 +188,10 @@ pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
     let n = 64u64;
     let futs = (0..n).map(|_| async {
         write(store, |t| {
-            let v = t.get(b"ctr/x")?.map(|v| u64::from_be_bytes(v.try_into().unwrap())).unwrap_or(0);
+            let v = t
+                .get(b"ctr/x")?
+                .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                .unwrap_or(0);
             t.set(b"ctr/x", &(v + 1).to_be_bytes());
             Ok::<_, TestError>(v + 1)
         })
@@ -183,5 +200,9 @@ pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
     });
     let mut seen: Vec<u64> = futures::future::join_all(futs).await;
     seen.sort_unstable();
-    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "every increment saw a distinct value");
+    assert_eq!(
+        seen,
+        (1..=n).collect::<Vec<_>>(),
+        "every increment saw a distinct value"
+    );
 }

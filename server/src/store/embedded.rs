@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Committed, Outcome, ReadTxn, Store, StoreError, StoreStats, Txn, WriteFn};
+use super::{BoxFuture, Committed, KeyValue, Outcome, ReadTxn, Store, StoreError, StoreStats, Txn, WriteFn};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -214,13 +214,7 @@ impl ReadTxn for Snapshot<'_> {
         Ok(self.table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
-    fn range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
         if begin >= end {
             return Ok(Vec::new());
         }
@@ -229,14 +223,22 @@ impl ReadTxn for Snapshot<'_> {
     }
 }
 
-fn collect<'a, I>(iter: I, limit: usize, reverse: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>
+/// One entry of a redb range scan.
+type Guarded<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+fn collect<'a, I>(iter: I, limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError>
 where
-    I: DoubleEndedIterator<
-        Item = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>,
-    >,
+    I: DoubleEndedIterator<Item = Guarded<'a>>,
 {
-    let conv = |r: Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>| {
-        r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).map_err(backend)
+    let conv = |r: Guarded<'a>| {
+        r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+            .map_err(backend)
     };
     if reverse {
         iter.rev().take(limit).map(conv).collect()
@@ -270,13 +272,7 @@ impl ReadTxn for Overlay<'_, '_> {
         }
     }
 
-    fn range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
         if begin >= end || limit == 0 {
             return Ok(Vec::new());
         }
@@ -297,10 +293,11 @@ impl ReadTxn for Overlay<'_, '_> {
         } else {
             merge(base, ours, limit, |a, b| a.cmp(b))
         };
-        merged.inspect_err(|e| {
-            self.error = Some(backend(e));
-        })
-        .map_err(backend)
+        merged
+            .inspect_err(|e| {
+                self.error = Some(backend(e));
+            })
+            .map_err(backend)
     }
 }
 
@@ -311,9 +308,9 @@ fn merge<'o, B, O>(
     ours: O,
     limit: usize,
     order: impl Fn(&[u8], &[u8]) -> std::cmp::Ordering,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, redb::StorageError>
+) -> Result<Vec<KeyValue>, redb::StorageError>
 where
-    B: Iterator<Item = Result<(Vec<u8>, Vec<u8>), redb::StorageError>>,
+    B: Iterator<Item = Result<KeyValue, redb::StorageError>>,
     O: Iterator<Item = (&'o Vec<u8>, &'o Option<Vec<u8>>)>,
 {
     use std::cmp::Ordering::*;

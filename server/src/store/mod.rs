@@ -45,6 +45,9 @@ pub enum StoreError {
     },
 }
 
+/// A key and its value, as range reads return them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Whether a write closure's buffered writes should be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -61,13 +64,7 @@ pub trait ReadTxn {
 
     /// Up to `limit` pairs with `begin <= key < end`, ascending, or descending
     /// when `reverse` (then the `limit` highest keys of the range).
-    fn range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// A read-write transaction.

@@ -71,7 +71,9 @@ impl TestServer {
     }
 
     pub async fn connect_as(&self, token: &str) -> Client {
-        Client::connect(&self.options().token(token)).await.expect("connect with token")
+        Client::connect(&self.options().token(token))
+            .await
+            .expect("connect with token")
     }
 
     /// Registers `name` on a fresh connection; returns it and the token.

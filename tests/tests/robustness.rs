@@ -1,0 +1,385 @@
+//! Bad input, access control, durability across restarts, logout, limits.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use quip_client::{Client, ClientError};
+use quip_protocol::v1::{self, ErrorCode, ReceiptKind};
+use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder, encode_frame};
+use tokio::io::AsyncReadExt;
+
+/// Reads frames from a raw stream until it ends.
+async fn read_all(recv: &mut quinn::RecvStream) -> Vec<Envelope> {
+    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+    let mut out = Vec::new();
+    loop {
+        while let Ok(Some(e)) = dec.decode() {
+            out.push(e);
+        }
+        dec.buffer_mut().reserve(4096);
+        match tokio::time::timeout(Duration::from_secs(5), recv.read_buf(dec.buffer_mut())).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return out,
+        }
+    }
+}
+
+fn frame(env: &Envelope) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    encode_frame(env, quip_protocol::MAX_FRAME, &mut b).unwrap();
+    b.to_vec()
+}
+
+fn hello(versions: Vec<u32>) -> Envelope {
+    Envelope::new(
+        1,
+        Body::Hello(v1::Hello {
+            versions,
+            token: String::new(),
+            client: "raw".into(),
+        }),
+    )
+}
+
+fn error_code(env: &Envelope) -> Option<ErrorCode> {
+    match &env.body {
+        Some(Body::Error(e)) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+async fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => CloseCode::from_code(c.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+/// Sends raw bytes as the first stream of a fresh connection; returns the
+/// frames answered and the close code.
+async fn raw_exchange(server: &TestServer, bytes: &[u8]) -> (Vec<Envelope>, Option<CloseCode>) {
+    let (_ep, conn) = Client::connect_raw(&server.options()).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let frames = read_all(&mut recv).await;
+    (frames, close_code(&conn).await)
+}
+
+#[tokio::test]
+async fn garbage_and_bad_handshakes_are_refused_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    for i in 0..5 {
+        alice.send_text("bob", &format!("before {i}")).await.unwrap();
+    }
+
+    // A stream of random junk (a varint longer than five bytes).
+    let (frames, code) = raw_exchange(&server, &[0xff; 64]).await;
+    assert_eq!(
+        frames.iter().map(error_code).collect::<Vec<_>>(),
+        vec![Some(ErrorCode::MalformedFrame)]
+    );
+    assert_eq!(code, Some(CloseCode::ProtocolError));
+
+    // A length prefix far over the limit is refused before any body arrives.
+    let mut huge = Vec::new();
+    prost::encode_length_delimiter(50 << 20, &mut huge).unwrap();
+    let (frames, code) = raw_exchange(&server, &huge).await;
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::FrameTooLarge));
+    assert_eq!(code, Some(CloseCode::ProtocolError));
+
+    // A body that is not a protobuf Envelope.
+    let (frames, code) = raw_exchange(&server, &[3, 0x0f, 0x01, 0x02]).await;
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::MalformedFrame));
+    assert_eq!(code, Some(CloseCode::ProtocolError));
+
+    // An unsupported version.
+    let (frames, code) = raw_exchange(&server, &frame(&hello(vec![7, 9]))).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].id, 1);
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::UnsupportedVersion));
+    assert_eq!(code, Some(CloseCode::UnsupportedVersion));
+
+    // A request before the handshake.
+    let (frames, code) = raw_exchange(&server, &frame(&Envelope::new(5, Body::Ping(v1::PingRequest {})))).await;
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::HandshakeRequired));
+    assert_eq!(code, Some(CloseCode::ProtocolError));
+
+    // Garbage after a good handshake: same, and queued writes stay durable.
+    let mut bytes = frame(&hello(vec![1]));
+    bytes.extend_from_slice(&[2, 0xff, 0xff]);
+    let (frames, code) = raw_exchange(&server, &bytes).await;
+    assert!(matches!(frames[0].body, Some(Body::Welcome(_))));
+    assert_eq!(error_code(&frames[1]), Some(ErrorCode::MalformedFrame));
+    assert_eq!(code, Some(CloseCode::ProtocolError));
+
+    // Meanwhile everyone else is served, and nothing acknowledged is lost.
+    for i in 0..5 {
+        alice.send_text("bob", &format!("after {i}")).await.unwrap();
+    }
+    let h = bob.history("alice", 0, 100).await.unwrap();
+    assert_eq!(h.messages.len(), 10);
+    assert_eq!(text(&h.messages[0]), "after 4");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_request_types_get_a_typed_error_and_the_connection_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_ep, conn) = Client::connect_raw(&server.options()).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Hello, then an Envelope whose body is field 999 (from a "newer client"),
+    // then a server-only body, then a ping.
+    let mut bytes = frame(&hello(vec![1]));
+    let mut unknown = Vec::new();
+    prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut unknown);
+    prost::encoding::encode_varint(7, &mut unknown);
+    prost::encoding::encode_key(999, prost::encoding::WireType::LengthDelimited, &mut unknown);
+    prost::encoding::encode_varint(0, &mut unknown);
+    prost::encode_length_delimiter(unknown.len(), &mut bytes).unwrap();
+    bytes.extend_from_slice(&unknown);
+    bytes.extend(frame(&Envelope::new(8, Body::Welcome(v1::Welcome::default()))));
+    bytes.extend(frame(&Envelope::new(9, Body::Ping(v1::PingRequest {}))));
+    bytes.extend(frame(&hello(vec![1])));
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let frames = read_all(&mut recv).await;
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert_eq!(
+        (frames[1].id, error_code(&frames[1])),
+        (7, Some(ErrorCode::UnknownRequest))
+    );
+    assert_eq!(
+        (frames[2].id, error_code(&frames[2])),
+        (8, Some(ErrorCode::UnknownRequest))
+    );
+    assert!(matches!(frames[3].body, Some(Body::Pong(_))));
+    assert_eq!(error_code(&frames[4]), Some(ErrorCode::HandshakeRequired));
+    assert!(conn.close_reason().is_none(), "connection stays open");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_and_arguments_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let c = server.connect().await;
+    let code = |r: Result<v1::AuthResponse, ClientError>| r.unwrap_err().code();
+    assert_eq!(
+        code(c.login("alice", "wrong password", "x").await),
+        Some(ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(
+        code(c.login("nobody", PASSWORD, "x").await),
+        Some(ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(
+        code(c.register("alice", PASSWORD, "x").await),
+        Some(ErrorCode::UsernameTaken)
+    );
+    assert_eq!(
+        code(c.register("Not Valid", PASSWORD, "x").await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        code(c.register("carol", "short", "x").await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    // Anonymous connections can't do anything else.
+    assert_eq!(
+        c.send_text("alice", "hi").await.unwrap_err().code(),
+        Some(ErrorCode::Unauthenticated)
+    );
+    assert_eq!(c.chats().await.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+
+    let send = |text: String, cmid: &str| v1::SendRequest {
+        to_user: "bob".into(),
+        client_msg_id: cmid.into(),
+        content: Some(v1::Content {
+            text,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    server.user("bob").await;
+    let max = alice.welcome().max_body as usize;
+    assert_eq!(max, quip_protocol::DEFAULT_MAX_BODY);
+    let e = alice.send(send("x".repeat(max + 1), "big")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BodyTooLarge));
+    assert_eq!(alice.send(send("x".repeat(max), "max")).await.unwrap().seq, 1);
+    assert_eq!(
+        alice.send(send(String::new(), "empty")).await.unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        alice.send(send("a".into(), "")).await.unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        alice.send_text("alice", "me").await.unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        alice.send_text("nobody", "hi").await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_participants_can_read_or_write_a_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (_bob, _) = server.user("bob").await;
+    let (carol, _) = server.user("carol").await;
+    let chat = alice.send_text("bob", "private").await.unwrap().chat_id;
+
+    let forbidden = Some(ErrorCode::Forbidden);
+    assert_eq!(carol.history_of_chat(chat, 0, 10).await.unwrap_err().code(), forbidden);
+    assert_eq!(
+        carol.receipt(chat, ReceiptKind::Read, 0).await.unwrap_err().code(),
+        forbidden
+    );
+    let req = v1::SendRequest {
+        chat_id: chat,
+        client_msg_id: "x".into(),
+        content: Some(v1::Content {
+            text: "intrude".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(carol.send(req).await.unwrap_err().code(), forbidden);
+    // No chat between carol and alice: nothing to read.
+    assert_eq!(
+        carol.history("alice", 0, 10).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        carol.history_of_chat(9999, 0, 10).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    assert!(carol.chats().await.unwrap().is_empty());
+    assert!(
+        carol.sync(0).await.unwrap().events.is_empty(),
+        "carol's log holds nothing of alice and bob"
+    );
+    // The chat is untouched.
+    assert_eq!(alice.history("bob", 0, 10).await.unwrap().messages.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restart_on_the_same_data_dir_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, alice_token) = server.user("alice").await;
+    let (bob, bob_token) = server.user("bob").await;
+    for i in 1..=10 {
+        alice.send_text("bob", &format!("m{i}")).await.unwrap();
+    }
+    bob.receipt(1, ReceiptKind::Read, 4).await.unwrap();
+    drop((alice, bob));
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let alice = server.connect_as(&alice_token).await;
+    assert_eq!(alice.welcome().user, "alice", "sessions survive restarts");
+    let h = alice.history("bob", 0, 50).await.unwrap();
+    assert_eq!(
+        h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=10).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(alice.send_text("bob", "after restart").await.unwrap().seq, 11);
+    let chats = alice.chats().await.unwrap();
+    assert_eq!(chats[0].peer_read_seq, 4);
+    let bob = server.connect_as(&bob_token).await;
+    let mut t = quip_client::AckTracker::new(0);
+    let events = bob.sync_all(&mut t).await.unwrap();
+    let msgs = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(v1::event::Kind::Message(_))))
+        .count();
+    assert_eq!(msgs, 11);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn logout_revokes_one_device_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob1, token1) = server.user("bob").await;
+    let (bob2, token2) = server.device("bob").await;
+    bob1.logout().await.unwrap();
+    assert_eq!(bob1.closed().await.0, Some(CloseCode::LoggedOut));
+
+    let Err(e) = Client::connect(&server.options().token(&token1)).await else {
+        panic!("revoked token accepted");
+    };
+    assert_eq!(e.code(), Some(ErrorCode::Unauthenticated));
+
+    alice.send_text("bob", "still here?").await.unwrap();
+    assert_eq!(text(&next_message(&bob2).await.1), "still here?");
+    let again = server.connect_as(&token2).await;
+    assert_eq!(again.whoami().await.unwrap().user, "bob");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.rate_limit = 5.0;
+    config.rate_burst = 5.0;
+    let server = TestServer::start_with(config).await;
+    let flooder = server.connect().await;
+    let calm = server.connect().await;
+    let mut limited = 0;
+    let mut retry = 0;
+    for _ in 0..20 {
+        match flooder.request(Body::Ping(v1::PingRequest {})).await {
+            Ok(_) => {}
+            Err(ClientError::Server {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) => {
+                limited += 1;
+                retry = retry_after_ms;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(limited >= 14, "only {limited} of 20 limited");
+    assert!(retry > 0 && retry <= 200, "retry_after_ms {retry}");
+    // Another connection is unaffected.
+    calm.request(Body::Ping(v1::PingRequest {})).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    server.user("bob").await;
+    let sent = alice.send_text("bob", "last words").await.unwrap();
+    server.stop().await;
+    assert_eq!(alice.closed().await.0, Some(CloseCode::ServerShutdown));
+    let server = TestServer::start(dir.path()).await;
+    let (bob, _) = server.device("bob").await;
+    assert_eq!(bob.history("alice", 0, 1).await.unwrap().messages[0].seq, sent.seq);
+    server.stop().await;
+}
