@@ -383,3 +383,41 @@ async fn shutdown_closes_connections_with_a_reason() {
     assert_eq!(bob.history("alice", 0, 1).await.unwrap().messages[0].seq, sent.seq);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_that_stops_reading_is_disconnected_and_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.push_queue = 4;
+    let server = TestServer::start_with(config).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, bob_token) = server.user("bob").await;
+    drop(bob);
+
+    // Bob's phone: handshakes, then never reads its push lanes.
+    let (_ep, stalled) = Client::connect_raw(&server.options()).await.unwrap();
+    let (mut send, mut recv) = stalled.open_bi().await.unwrap();
+    let mut h = hello(vec![1]);
+    if let Some(Body::Hello(x)) = &mut h.body {
+        x.token = bob_token.clone();
+    }
+    send.write_all(&frame(&h)).await.unwrap();
+    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+    while dec.decode().unwrap().is_none() {
+        dec.buffer_mut().reserve(4096);
+        recv.read_buf(dec.buffer_mut()).await.unwrap();
+    }
+
+    let big = "x".repeat(60_000);
+    for i in 0..60 {
+        alice.send_text("bob", &format!("{i}{big}")).await.unwrap();
+    }
+    assert_eq!(close_code(&stalled).await, Some(CloseCode::SlowConsumer));
+    // The sender was never slowed down or refused, and bob loses nothing.
+    let bob = server.connect_as(&bob_token).await;
+    let mut t = quip_client::AckTracker::new(0);
+    let events = bob.sync_all(&mut t).await.unwrap();
+    assert_eq!(events.len(), 60);
+    assert!(events.windows(2).all(|w| w[0].pos + 1 == w[1].pos));
+    server.stop().await;
+}
