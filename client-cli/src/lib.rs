@@ -174,14 +174,17 @@ impl Client {
     pub async fn connect_raw(opts: &ConnectOptions) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
         let (addr, host) = resolve(&opts.server)?;
         let tls = tls_config(opts.ca_pem.as_deref())?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
             .keep_alive_interval(Some(Duration::from_secs(10)))
             .max_concurrent_uni_streams(64u32.into());
         cfg.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
         let conn = endpoint
@@ -206,7 +209,9 @@ impl Client {
         );
         write(&mut send, &hello).await?;
         let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
-        let first = read(&mut recv, &mut dec).await?.ok_or_else(|| closed("server ended the stream during handshake"))?;
+        let first = read(&mut recv, &mut dec)
+            .await?
+            .ok_or_else(|| closed("server ended the stream during handshake"))?;
         let welcome = match first.body {
             Some(Body::Welcome(w)) => w,
             Some(Body::Error(e)) => return Err(server_error(e)),
@@ -343,7 +348,12 @@ impl Client {
     }
 
     /// A page of history with a user (newest first).
-    pub async fn history(&self, with_user: &str, before_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+    pub async fn history(
+        &self,
+        with_user: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::HistoryResponse, ClientError> {
         let body = Body::History(v1::HistoryRequest {
             with_user: with_user.into(),
             chat_id: 0,
@@ -354,7 +364,12 @@ impl Client {
     }
 
     /// A page of history of a chat by id.
-    pub async fn history_of_chat(&self, chat_id: u64, before_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+    pub async fn history_of_chat(
+        &self,
+        chat_id: u64,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::HistoryResponse, ClientError> {
         let body = Body::History(v1::HistoryRequest {
             with_user: String::new(),
             chat_id,
@@ -390,10 +405,13 @@ impl Client {
     }
 
     /// Fetches and acknowledges everything this device missed, in order.
+    /// The tracker learns the server's position from the first page, so a
+    /// fresh `AckTracker::new(0)` is fine.
     pub async fn sync_all(&self, tracker: &mut AckTracker) -> Result<Vec<v1::Event>, ClientError> {
         let mut out = Vec::new();
         loop {
             let page = self.sync(0).await?;
+            tracker.server_position(page.acked);
             for e in &page.events {
                 tracker.observe(e.pos);
             }
@@ -408,7 +426,6 @@ impl Client {
         }
     }
 }
-
 
 /// A random client_msg_id (128 bits, hex).
 pub fn new_client_msg_id() -> String {

@@ -28,6 +28,19 @@ impl AckTracker {
         }
     }
 
+    /// Learns the server's position for this device (from a sync page):
+    /// everything up to it is settled, so tracking continues above it.
+    pub fn server_position(&mut self, acked: u64) {
+        if acked > self.contiguous {
+            self.contiguous = acked;
+            self.acked = self.acked.max(acked);
+            self.ahead = self.ahead.split_off(&(acked + 1));
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        }
+    }
+
     /// Records a received position. Returns false for a duplicate.
     pub fn observe(&mut self, pos: u64) -> bool {
         if pos <= self.contiguous || !self.ahead.insert(pos) {
@@ -70,6 +83,16 @@ mod tests {
         assert!(t.observe(5));
         assert!(t.observe(4));
         assert_eq!(t.take_ack(), Some(5));
+    }
+
+    #[test]
+    fn learns_the_server_position_later() {
+        let mut t = AckTracker::new(0);
+        t.observe(12); // pushed before the first sync page arrived
+        t.server_position(10);
+        assert_eq!(t.take_ack(), None, "11 is still missing");
+        t.observe(11);
+        assert_eq!(t.take_ack(), Some(12));
     }
 
     #[test]

@@ -380,6 +380,7 @@ impl Session {
                         events: page.events,
                         more: page.more,
                         head: page.head,
+                        acked: page.acked,
                     }),
                 )))
             }

@@ -44,6 +44,8 @@ pub struct SyncPage {
     pub more: bool,
     /// The newest position in the log.
     pub head: u64,
+    /// The device's acknowledged position.
+    pub acked: u64,
 }
 
 /// Reads events after `device`'s position: at most `limit`, and at most
@@ -79,7 +81,12 @@ pub fn sync(
     }
     let last = events.last().map_or(dev.acked_pos, |e| e.pos);
     more |= last < head;
-    Ok(SyncPage { events, more, head })
+    Ok(SyncPage {
+        events,
+        more,
+        head,
+        acked: dev.acked_pos,
+    })
 }
 
 /// Turns a log record into the event a client sees.
