@@ -280,6 +280,36 @@ mod tests {
         assert_eq!(decode_envelope(&bytes, 1 << 20).unwrap(), env);
     }
 
+    #[test]
+    fn spec_example_frames_decode() {
+        // spec/protocol.md, "Framing": Envelope{id: 1, ping: {}}.
+        let mut dec = FrameDecoder::new(MAX_FRAME_FOR_TESTS);
+        dec.extend(&[0x05, 0x08, 0x01, 0xa2, 0x01, 0x00]);
+        assert_eq!(
+            dec.decode().unwrap(),
+            Some(Envelope::new(1, Body::Ping(crate::v1::PingRequest {})))
+        );
+        // Envelope{id: 1, hello: {versions: [1], token: "t", client: "c"}}.
+        dec.extend(&[
+            13, 0x08, 0x01, 0x12, 0x09, 0x0a, 0x01, 0x01, 0x12, 0x01, 0x74, 0x1a, 0x01, 0x63,
+        ]);
+        let hello = Envelope::new(
+            1,
+            Body::Hello(Hello {
+                versions: vec![1],
+                token: "t".into(),
+                client: "c".into(),
+            }),
+        );
+        assert_eq!(dec.decode().unwrap(), Some(hello.clone()));
+        let mut out = BytesMut::new();
+        encode_frame(&hello, MAX_FRAME_FOR_TESTS, &mut out).unwrap();
+        assert_eq!(out[0], 13, "encoding matches the spec byte for byte");
+        assert_eq!(&out[1..5], &[0x08, 0x01, 0x12, 0x09]);
+    }
+
+    const MAX_FRAME_FOR_TESTS: usize = 1 << 20;
+
     proptest! {
         /// Whatever bytes arrive, the decoder never panics, never yields a
         /// frame longer than the limit, and, until it reports an error,
