@@ -225,36 +225,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let opts = ConnectOptions::new(server.clone(), ca.as_deref())?;
 
+    let register = matches!(cli.command, Command::Register(_));
     match cli.command {
-        Command::Register(a) | Command::Login(a)
-            if profile.token.is_some() && profile.user.as_deref() != Some(&a.user) =>
-        {
-            // Switching accounts: the old token stays valid on the server
-            // until that user logs out; say so rather than silently drop it.
-            let _ = a;
-            bail!(
-                "this profile is logged in as {}; run 'quip logout' first or use another QUIP_HOME",
-                profile.user.unwrap_or_default()
-            )
-        }
-        Command::Register(a) => {
+        Command::Register(a) | Command::Login(a) => {
+            if profile.token.is_some() && profile.user.as_deref() != Some(&a.user) {
+                // The old token stays valid on the server until that user
+                // logs out; refuse rather than silently forget it.
+                bail!(
+                    "this profile is logged in as {}; run 'quip logout' first or use another QUIP_HOME",
+                    profile.user.unwrap_or_default()
+                );
+            }
             let password = password(a.password)?;
             let client = Client::connect(&opts).await?;
-            let auth = client.register(&a.user, &password, &a.device).await?;
+            let auth = if register {
+                client.register(&a.user, &password, &a.device).await?
+            } else {
+                client.login(&a.user, &password, &a.device).await?
+            };
             save_login(&home, &mut profile, server, ca, &auth)?;
+            let verb = if register { "registered" } else { "logged in as" };
             out.emit(
-                || format!("registered {} (device {})", auth.user, auth.device_id),
-                || json!({"type": "auth", "user": auth.user, "device_id": auth.device_id}),
-            );
-            client.close();
-        }
-        Command::Login(a) => {
-            let password = password(a.password)?;
-            let client = Client::connect(&opts).await?;
-            let auth = client.login(&a.user, &password, &a.device).await?;
-            save_login(&home, &mut profile, server, ca, &auth)?;
-            out.emit(
-                || format!("logged in as {} (device {})", auth.user, auth.device_id),
+                || format!("{verb} {} (device {})", auth.user, auth.device_id),
                 || json!({"type": "auth", "user": auth.user, "device_id": auth.device_id}),
             );
             client.close();
