@@ -34,12 +34,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_MAX_BODY", default_value_t = quip_protocol::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
-    /// Requests per second each connection may make, sustained. Excess
+    /// Requests per second each device may make, sustained (summed over its
+    /// connections; anonymous connections each get their own budget). Excess
     /// requests get RATE_LIMITED with a retry delay.
     #[arg(long, env = "QUIP_RATE_LIMIT", default_value_t = 50.0)]
     pub rate_limit: f64,
 
-    /// Requests a connection may make in a burst above the sustained rate.
+    /// Requests a device may make in a burst above the sustained rate.
     #[arg(long, env = "QUIP_RATE_BURST", default_value_t = 100.0)]
     pub rate_burst: f64,
 

@@ -38,6 +38,9 @@ pub struct Shared {
     /// Chat id → participants, in front of membership checks on reads.
     /// Direct chats never change members, so entries never go stale.
     members: moka::sync::Cache<u64, Arc<[u64]>>,
+    /// (user, device) → request budget, shared by all of a device's
+    /// connections so opening more connections does not multiply it.
+    device_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
     next_conn: AtomicU64,
     /// Set when shutdown starts: writes are refused from then on.
     pub shutting_down: AtomicBool,
@@ -52,6 +55,7 @@ impl Shared {
             config,
             sessions: moka::sync::Cache::new(100_000),
             members: moka::sync::Cache::new(100_000),
+            device_limits: moka::sync::Cache::new(1_000_000),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }
@@ -104,6 +108,7 @@ pub struct Session {
     shared: Arc<Shared>,
     conn_id: u64,
     auth: Mutex<Option<Auth>>,
+    /// Budget while anonymous; a logged-in connection uses its device's.
     limiter: Mutex<TokenBucket>,
     closer: Arc<Closer>,
     push_tx: mpsc::Sender<Push>,
@@ -202,6 +207,28 @@ impl Session {
         *self.auth.lock().expect("auth lock") = Some(Auth { actor, token_hash });
     }
 
+    /// Charges one request to the device's budget (the connection's while
+    /// anonymous).
+    fn take_token(&self) -> Result<(), std::time::Duration> {
+        let now = Instant::now();
+        let device = self
+            .auth
+            .lock()
+            .expect("auth lock")
+            .as_ref()
+            .map(|a| (a.actor.user_id, a.actor.device_id));
+        match device {
+            None => self.limiter.lock().expect("limiter lock").try_take(now),
+            Some(key) => {
+                let config = &self.shared.config;
+                let bucket = self.shared.device_limits.get_with(key, || {
+                    Arc::new(Mutex::new(TokenBucket::new(config.rate_limit, config.rate_burst, now)))
+                });
+                bucket.lock().expect("limiter lock").try_take(now)
+            }
+        }
+    }
+
     /// Takes the device offline; call when the connection ends.
     pub fn disconnect(&self) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
@@ -258,7 +285,7 @@ impl Session {
                 "Hello is only valid as the first frame of the connection",
             )));
         }
-        if let Err(wait) = self.limiter.lock().expect("limiter lock").try_take(Instant::now()) {
+        if let Err(wait) = self.take_token() {
             return Err(ServiceError::RateLimited {
                 retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
             });

@@ -337,19 +337,12 @@ async fn logout_revokes_one_device_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn floods_are_rate_limited_per_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = quip_server::Config::for_tests(dir.path());
-    config.rate_limit = 5.0;
-    config.rate_burst = 5.0;
-    let server = TestServer::start_with(config).await;
-    let flooder = server.connect().await;
-    let calm = server.connect().await;
-    let mut limited = 0;
-    let mut retry = 0;
-    for _ in 0..20 {
-        match flooder.request(Body::Ping(v1::PingRequest {})).await {
+/// Sends 20 pings round-robin over `conns`; returns how many were limited
+/// and the last retry delay.
+async fn flood(conns: &[&Client]) -> (usize, u32) {
+    let (mut limited, mut retry) = (0, 0);
+    for i in 0..20 {
+        match conns[i % conns.len()].request(Body::Ping(v1::PingRequest {})).await {
             Ok(_) => {}
             Err(ClientError::Server {
                 code: ErrorCode::RateLimited,
@@ -362,10 +355,40 @@ async fn floods_are_rate_limited_per_connection() {
             Err(e) => panic!("{e}"),
         }
     }
+    (limited, retry)
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited_per_device_across_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.rate_limit = 5.0;
+    config.rate_burst = 5.0;
+    let server = TestServer::start_with(config).await;
+
+    let anonymous = server.connect().await;
+    let (limited, retry) = flood(&[&anonymous]).await;
     assert!(limited >= 14, "only {limited} of 20 limited");
     assert!(retry > 0 && retry <= 200, "retry_after_ms {retry}");
-    // Another connection is unaffected.
-    calm.request(Body::Ping(v1::PingRequest {})).await.unwrap();
+
+    // One device on two connections shares one budget.
+    let (bob1, token) = server.user("bob").await;
+    let bob2 = server.connect_as(&token).await;
+    let (limited, _) = flood(&[&bob1, &bob2]).await;
+    assert!(
+        limited >= 14,
+        "two connections of one device: only {limited} of 20 limited"
+    );
+
+    // Another device and another connection are unaffected.
+    let (alice, _) = server.user("alice").await;
+    alice.request(Body::Ping(v1::PingRequest {})).await.unwrap();
+    server
+        .connect()
+        .await
+        .request(Body::Ping(v1::PingRequest {}))
+        .await
+        .unwrap();
     server.stop().await;
 }
 
