@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BoxFuture, Committed, KeyValue, Outcome, ReadTxn, Store, StoreError, StoreStats, Txn, WriteFn};
@@ -148,7 +148,10 @@ fn commit_batch(
     counters: &Counters,
 ) {
     let result = (|| -> Result<u64, StoreError> {
-        let w = db.begin_write().map_err(backend)?;
+        let mut w = db.begin_write().map_err(backend)?;
+        // The default, stated: commit returns only after fsync. Replies to
+        // writes ("sent" ticks) depend on it.
+        w.set_durability(Durability::Immediate).map_err(backend)?;
         let mut keys = 0u64;
         {
             let mut table = w.open_table(KV).map_err(backend)?;
