@@ -375,6 +375,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_writes_share_commits() {
+        let (_dir, store) = open();
+        // Queue 200 writes without waiting: while the writer fsyncs one
+        // batch, the rest pile up and go into the next commit together.
+        let mut pending = Vec::new();
+        for i in 0..200u32 {
+            pending.push(
+                crate::store::enqueue_write(&store, move |t| {
+                    t.set(&i.to_be_bytes(), b"v");
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.writes, 200);
+        assert_eq!(stats.keys_written, 200);
+        assert!(
+            stats.commits < 100,
+            "{} commits for 200 writes: no batching",
+            stats.commits
+        );
+    }
+
+    #[tokio::test]
     async fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quip.redb");
