@@ -1,0 +1,370 @@
+//! `quip-bench`: load scenarios against a real `quipd` (started in-process
+//! on loopback with its store in a temp dir, so runs are self-contained and
+//! bounded). Each scenario prints a summary, or with `--json` one object with
+//! every figure, the parameters, the git commit and the machine.
+//!
+//! Clients and server share the machine: figures are for "server and load
+//! generator on one box", the setting the targets in benches/README.md use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use quip_client::{AckTracker, Client, ConnectOptions};
+use quip_protocol::v1;
+use quip_server::{Config, Server};
+use serde_json::{Value, json};
+
+/// Load scenarios for quipd.
+#[derive(Debug, Parser)]
+#[command(name = "quip-bench", version, about)]
+struct Cli {
+    /// Print one JSON object with every figure instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Closed loop: N users in sender/receiver pairs, each sender keeping a
+    /// window of sends in flight. Messages durably stored and delivered per
+    /// second, and send-to-receive latency.
+    Throughput {
+        /// Users (half send, half receive).
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Messages each sender sends.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Sends each sender keeps in flight.
+        #[arg(long, default_value_t = 20)]
+        window: usize,
+    },
+    /// Open loop at a fixed total rate: send-to-receive latency percentiles.
+    Latency {
+        /// Users (half send, half receive).
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Total messages per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// A device offline while K messages arrive; time from reconnect until
+    /// it has them all.
+    Sync {
+        /// Messages missed.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+    },
+}
+
+/// Messages carry the sender's send instant (ns since the run started), so a
+/// receiver in the same process computes send-to-receive latency.
+fn stamp(start: Instant) -> String {
+    format!("t{}", start.elapsed().as_nanos())
+}
+
+fn latency_of(start: Instant, m: &v1::Message) -> Option<u64> {
+    let text = m.content.as_ref()?.text.strip_prefix('t')?;
+    let sent: u128 = text.parse().ok()?;
+    let now = start.elapsed().as_nanos();
+    u64::try_from(now.saturating_sub(sent) / 1000).ok()
+}
+
+struct Bench {
+    opts: ConnectOptions,
+    _dir: tempfile::TempDir,
+    server_pid: u32,
+}
+
+impl Bench {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = Config::for_tests(dir.path());
+        // The generator is one trusted client with many devices: no throttling.
+        config.rate_limit = 1e12;
+        config.rate_burst = 1e12;
+        let server = Server::bind(config)?;
+        let opts = ConnectOptions::new(server.local_addr().to_string(), server.dev_cert().map(|p| p.as_path()))?;
+        tokio::spawn(server.run(std::future::pending()));
+        Ok(Self {
+            opts,
+            _dir: dir,
+            server_pid: std::process::id(),
+        })
+    }
+
+    async fn users(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<(Arc<Client>, String)>> {
+        // Registration hashes passwords (argon2id, deliberately slow): do it
+        // with bounded concurrency, outside the measured part.
+        let mut out = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+            let futs = chunk.iter().map(|i| async move {
+                let c = Client::connect(&self.opts).await?;
+                let auth = c.register(&format!("{prefix}{i}"), "bench-password", "bench").await?;
+                anyhow::Ok((Arc::new(c), auth.token))
+            });
+            for r in futures::future::join_all(futs).await {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.50),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    })
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
+    json!({"cores": cores, "memory_kib": mem_kib})
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bench = Bench::start().await?;
+    let (name, params, figures, summary) = match cli.scenario {
+        Scenario::Throughput {
+            users,
+            messages,
+            window,
+        } => throughput(&bench, users, messages, window).await?,
+        Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
+        Scenario::Sync { messages } => sync(&bench, messages).await?,
+    };
+    let mut figures = figures;
+    figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "scenario": name, "params": params, "figures": figures,
+                "commit": git_commit(), "machine": machine(),
+                "note": "server and load generator in one process on one machine",
+            })
+        );
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+type Outcome = (&'static str, Value, Value, String);
+
+async fn throughput(bench: &Bench, users: usize, messages: usize, window: usize) -> anyhow::Result<Outcome> {
+    let pairs = (users / 2).max(1);
+    let senders = bench.users("snd", pairs).await?;
+    let receivers = bench.users("rcv", pairs).await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, ((s, _), (r, _))) in senders.into_iter().zip(receivers).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let to = format!("rcv{i}");
+            let recv = tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let mut got = 0;
+                while got < messages {
+                    match r.next_event().await {
+                        Some(v1::Event {
+                            kind: Some(v1::event::Kind::Message(m)),
+                            ..
+                        }) => {
+                            got += 1;
+                            if let Some(us) = latency_of(start, &m) {
+                                let _ = h.record(us);
+                            }
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                h
+            });
+            let mut sent = 0;
+            while sent < messages {
+                let n = window.min(messages - sent);
+                let stamps: Vec<String> = (0..n).map(|_| stamp(start)).collect();
+                let futs = stamps.iter().map(|t| s.send_text(&to, t));
+                for r in futures::future::join_all(futs).await {
+                    r.context("send")?;
+                }
+                sent += n;
+            }
+            let acked_at = start.elapsed();
+            let h = recv.await?;
+            anyhow::Ok((acked_at, h))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut last_ack = Duration::ZERO;
+    for t in tasks {
+        let (acked, h) = t.await??;
+        last_ack = last_ack.max(acked);
+        hist.add(h)?;
+    }
+    let elapsed = start.elapsed();
+    let total = pairs * messages;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let figures = json!({
+        "messages": total,
+        "seconds": elapsed.as_secs_f64(),
+        "delivered_per_sec": rate,
+        "acked_per_sec": total as f64 / last_ack.as_secs_f64(),
+        "latency": percentiles(&hist),
+    });
+    let summary = format!(
+        "throughput: {total} messages ({pairs} pairs x {messages}, window {window}) stored and delivered in {:.2} s = {rate:.0} msg/s; send->receive p50 {} us, p99 {} us",
+        elapsed.as_secs_f64(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99)
+    );
+    Ok((
+        "throughput",
+        json!({"users": users, "messages": messages, "window": window}),
+        figures,
+        summary,
+    ))
+}
+
+async fn latency(bench: &Bench, users: usize, rate: u64, seconds: u64) -> anyhow::Result<Outcome> {
+    let pairs = (users / 2).max(1);
+    let senders = bench.users("snd", pairs).await?;
+    let receivers = bench.users("rcv", pairs).await?;
+    let per_pair = (rate as f64 / pairs as f64).max(0.001);
+    let each = (per_pair * seconds as f64).round() as usize;
+    let start = Instant::now();
+    let mut recvs = Vec::new();
+    let mut sends = Vec::new();
+    for (i, ((s, _), (r, _))) in senders.into_iter().zip(receivers).enumerate() {
+        recvs.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut got = 0;
+            while got < each {
+                match tokio::time::timeout(Duration::from_secs(30), r.next_event()).await {
+                    Ok(Some(v1::Event {
+                        kind: Some(v1::event::Kind::Message(m)),
+                        ..
+                    })) => {
+                        got += 1;
+                        if let Some(us) = latency_of(start, &m) {
+                            let _ = h.record(us);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            h
+        }));
+        sends.push(tokio::spawn(async move {
+            let to = format!("rcv{i}");
+            // Open loop: each send starts on schedule, whatever the replies do.
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pair));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            for _ in 0..each {
+                tick.tick().await;
+                let s = s.clone();
+                let to = to.clone();
+                inflight.push(tokio::spawn(async move { s.send_text(&to, &stamp(start)).await }));
+            }
+            use futures::StreamExt;
+            while let Some(r) = inflight.next().await {
+                r??;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for s in sends {
+        s.await??;
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for r in recvs {
+        hist.add(r.await?)?;
+    }
+    let elapsed = start.elapsed();
+    let figures = json!({
+        "messages": hist.len(),
+        "expected": each * pairs,
+        "seconds": elapsed.as_secs_f64(),
+        "latency": percentiles(&hist),
+    });
+    let summary = format!(
+        "latency at {rate} msg/s for {seconds} s ({pairs} pairs): {} delivered; send->receive p50 {} us, p99 {} us, p99.9 {} us",
+        hist.len(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999)
+    );
+    Ok((
+        "latency",
+        json!({"users": users, "rate": rate, "seconds": seconds}),
+        figures,
+        summary,
+    ))
+}
+
+async fn sync(bench: &Bench, messages: usize) -> anyhow::Result<Outcome> {
+    let mut users = bench.users("usr", 2).await?;
+    let (receiver, token) = users.pop().expect("two users");
+    let (sender, _) = users.pop().expect("two users");
+    receiver.close();
+    drop(receiver);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let n = 50.min(messages - sent);
+        let stamps: Vec<String> = (0..n).map(|_| stamp(start)).collect();
+        for r in futures::future::join_all(stamps.iter().map(|t| sender.send_text("usr1", t))).await {
+            r?;
+        }
+        sent += n;
+    }
+    let t0 = Instant::now();
+    let device = Client::connect(&bench.opts.clone().token(token)).await?;
+    let mut tracker = AckTracker::new(0);
+    let events = device.sync_all(&mut tracker).await?;
+    let elapsed = t0.elapsed();
+    anyhow::ensure!(events.len() == messages, "synced {} of {messages}", events.len());
+    let figures = json!({"messages": messages, "reconnect_and_sync_ms": elapsed.as_secs_f64() * 1000.0});
+    let summary = format!(
+        "sync: reconnect and fetch {messages} missed messages in {:.1} ms",
+        elapsed.as_secs_f64() * 1000.0
+    );
+    Ok(("sync", json!({"messages": messages}), figures, summary))
+}
