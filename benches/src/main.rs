@@ -80,6 +80,7 @@ fn latency_of(start: Instant, m: &v1::Message) -> Option<u64> {
 
 struct Bench {
     opts: ConnectOptions,
+    store: Arc<dyn quip_server::store::Store>,
     _dir: tempfile::TempDir,
     server_pid: u32,
 }
@@ -93,9 +94,11 @@ impl Bench {
         config.rate_burst = 1e12;
         let server = Server::bind(config)?;
         let opts = ConnectOptions::new(server.local_addr().to_string(), server.dev_cert().map(|p| p.as_path()))?;
+        let store = server.store();
         tokio::spawn(server.run(std::future::pending()));
         Ok(Self {
             opts,
+            store,
             _dir: dir,
             server_pid: std::process::id(),
         })
@@ -169,6 +172,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut figures = figures;
     figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
+    let st = bench.store.stats();
+    figures["store"] = json!({
+        "commits": st.commits, "writes": st.writes, "keys_written": st.keys_written,
+        "writes_per_commit": st.writes as f64 / st.commits.max(1) as f64,
+        "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,
+    });
+    let summary = format!("{summary}\n  store: {}", figures["store"]);
     if cli.json {
         println!(
             "{}",
@@ -301,17 +311,22 @@ async fn latency(bench: &Bench, users: usize, rate: u64, seconds: u64) -> anyhow
                 tick.tick().await;
                 let s = s.clone();
                 let to = to.clone();
-                inflight.push(tokio::spawn(async move { s.send_text(&to, &stamp(start)).await }));
+                inflight.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    s.send_text(&to, &stamp(start)).await.map(|_| t.elapsed())
+                }));
             }
             use futures::StreamExt;
+            let mut acks = Histogram::<u64>::new(3).expect("histogram");
             while let Some(r) = inflight.next().await {
-                r??;
+                let _ = acks.record(u64::try_from(r??.as_micros()).unwrap_or(u64::MAX));
             }
-            anyhow::Ok(())
+            anyhow::Ok(acks)
         }));
     }
+    let mut acks = Histogram::<u64>::new(3)?;
     for s in sends {
-        s.await??;
+        acks.add(s.await??)?;
     }
     let mut hist = Histogram::<u64>::new(3)?;
     for r in recvs {
@@ -323,13 +338,16 @@ async fn latency(bench: &Bench, users: usize, rate: u64, seconds: u64) -> anyhow
         "expected": each * pairs,
         "seconds": elapsed.as_secs_f64(),
         "latency": percentiles(&hist),
+        "ack_latency": percentiles(&acks),
     });
     let summary = format!(
-        "latency at {rate} msg/s for {seconds} s ({pairs} pairs): {} delivered; send->receive p50 {} us, p99 {} us, p99.9 {} us",
+        "latency at {rate} msg/s for {seconds} s ({pairs} pairs): {} delivered; send->receive p50 {} us, p99 {} us, p99.9 {} us; send->durable ack p50 {} us, p99 {} us",
         hist.len(),
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.99),
-        hist.value_at_quantile(0.999)
+        hist.value_at_quantile(0.999),
+        acks.value_at_quantile(0.5),
+        acks.value_at_quantile(0.99)
     );
     Ok((
         "latency",

@@ -38,6 +38,7 @@ struct Counters {
     commits: AtomicU64,
     writes: AtomicU64,
     keys: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`.
@@ -104,6 +105,7 @@ impl Store for EmbeddedStore {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             keys_written: self.counters.keys.load(Ordering::Relaxed),
+            commit_micros: self.counters.commit_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -147,6 +149,7 @@ fn commit_batch(
     batch: &mut Vec<(WriteFn, oneshot::Sender<Result<(), StoreError>>)>,
     counters: &Counters,
 ) {
+    let started = std::time::Instant::now();
     let result = (|| -> Result<u64, StoreError> {
         let mut w = db.begin_write().map_err(backend)?;
         // The default, stated: commit returns only after fsync. Replies to
@@ -190,6 +193,8 @@ fn commit_batch(
         Ok(keys)
     })();
     counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counters.commit_micros.fetch_add(micros, Ordering::Relaxed);
     match result {
         Ok(keys) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);

@@ -111,6 +111,8 @@ pub struct StoreStats {
     pub writes: u64,
     /// Key-value pairs set or cleared.
     pub keys_written: u64,
+    /// Time spent in commits (applying the batch and fsync), microseconds.
+    pub commit_micros: u64,
 }
 
 /// A queued typed write; [`wait`](Self::wait) gives its result once durable.
