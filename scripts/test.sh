@@ -16,10 +16,11 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"
-cargo build --locked -p quip-bench
+cargo build --locked -p quip-bench -p quip-server
 ./target/debug/quip-bench throughput --users 20 --messages 20
 ./target/debug/quip-bench latency --users 10 --rate 100 --seconds 1
 ./target/debug/quip-bench sync --messages 200
+./target/debug/quip-bench connections --connections 50 --users 2
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so the summary closes the log.

@@ -56,6 +56,20 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Open N idle authenticated connections to a separate quipd process:
+    /// handshakes per second and the server's RSS per connection.
+    Connections {
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Accounts the connections log in as (tokens are reused; each
+        /// account's devices share them).
+        #[arg(long, default_value_t = 10)]
+        users: usize,
+    },
     /// A device offline while K messages arrive; time from reconnect until
     /// it has them all.
     Sync {
@@ -160,6 +174,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Connections {
+        connections,
+        concurrency,
+        users,
+    } = cli.scenario
+    {
+        let (params, figures, summary) = connections_scenario(connections, concurrency, users).await?;
+        report(cli.json, "connections", params, figures, summary);
+        return Ok(());
+    }
     let bench = Bench::start().await?;
     let (name, params, figures, summary) = match cli.scenario {
         Scenario::Throughput {
@@ -169,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         } => throughput(&bench, users, messages, window).await?,
         Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
         Scenario::Sync { messages } => sync(&bench, messages).await?,
+        Scenario::Connections { .. } => unreachable!("handled above"),
     };
     let mut figures = figures;
     figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
@@ -179,19 +204,145 @@ async fn main() -> anyhow::Result<()> {
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,
     });
     let summary = format!("{summary}\n  store: {}", figures["store"]);
-    if cli.json {
+    report(cli.json, name, params, figures, summary);
+    Ok(())
+}
+
+fn report(json_out: bool, name: &str, params: Value, figures: Value, summary: String) {
+    if json_out {
         println!(
             "{}",
             json!({
                 "scenario": name, "params": params, "figures": figures,
                 "commit": git_commit(), "machine": machine(),
-                "note": "server and load generator in one process on one machine",
+                "note": "server and load generator on one machine",
             })
         );
     } else {
         println!("{summary}");
     }
-    Ok(())
+}
+
+/// A quipd child process on loopback with its own temp data dir.
+struct Quipd {
+    child: std::process::Child,
+    addr: String,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Quipd {
+    /// Starts the `quipd` built next to this binary.
+    fn spawn(max_connections: usize) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?.with_file_name("quipd");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} not found: build it (cargo build -p quip-server)",
+            exe.display()
+        );
+        let dir = tempfile::tempdir()?;
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rate-limit",
+                "1e12",
+                "--rate-burst",
+                "1e12",
+            ])
+            .arg("--max-connections")
+            .arg(max_connections.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("QUIP_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("quipd stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().context("quipd exited before listening")??;
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            addr,
+            ca: dir.path().join("dev-cert.pem"),
+            _dir: dir,
+        })
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for Quipd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> anyhow::Result<(Value, Value, String)> {
+    use futures::StreamExt;
+    let quipd = Quipd::spawn(n + 100)?;
+    let opts = ConnectOptions::new(quipd.addr.clone(), Some(&quipd.ca))?;
+    let mut tokens = Vec::new();
+    for i in 0..users.max(1) {
+        let c = Client::connect(&opts).await?;
+        tokens.push(c.register(&format!("conn{i}"), "bench-password", "bench").await?.token);
+        c.close();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = quipd.rss_kib().unwrap_or(0);
+    // A few client sockets, each carrying many connections.
+    let endpoints: Vec<quinn::Endpoint> = (0..4).map(|_| Client::endpoint(&opts)).collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    let mut attempts = futures::stream::iter(0..n)
+        .map(|i| {
+            let o = opts.clone().token(tokens[i % tokens.len()].clone());
+            let ep = endpoints[i % endpoints.len()].clone();
+            async move { Client::connect_on(ep, &o).await }
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut failed = 0usize;
+    while let Some(r) = attempts.next().await {
+        match r {
+            Ok(c) => clients.push(c),
+            Err(_) => failed += 1,
+        }
+    }
+    let elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = quipd.rss_kib().unwrap_or(0);
+    let open = clients.len();
+    let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / open.max(1) as f64;
+    let rate = open as f64 / elapsed.as_secs_f64();
+    for c in &clients {
+        c.close();
+    }
+    let figures = json!({
+        "open": open, "failed": failed, "seconds": elapsed.as_secs_f64(),
+        "handshakes_per_sec": rate, "server_rss_kib_before": rss_before,
+        "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
+    });
+    let summary = format!(
+        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_after} KiB = {:.1} KiB per connection",
+        elapsed.as_secs_f64(),
+        per_conn / 1024.0
+    );
+    Ok((
+        json!({"connections": n, "concurrency": concurrency, "users": users}),
+        figures,
+        summary,
+    ))
 }
 
 type Outcome = (&'static str, Value, Value, String);

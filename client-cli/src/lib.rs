@@ -169,10 +169,11 @@ fn closed(e: impl std::fmt::Display) -> ClientError {
 }
 
 impl Client {
-    /// Opens a QUIC connection (TLS 1.3, ALPN `quip/1`) without the Quip
-    /// handshake: for tools and tests that speak frames themselves.
-    pub async fn connect_raw(opts: &ConnectOptions) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-        let (addr, host) = resolve(&opts.server)?;
+    /// A client endpoint (one UDP socket) set up to reach `opts.server`.
+    /// Many connections can share one: tools that open thousands of
+    /// connections use [`connect_on`](Self::connect_on) with a few of these.
+    pub fn endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
+        let (addr, _) = resolve(&opts.server)?;
         let tls = tls_config(opts.ca_pem.as_deref())?;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -187,17 +188,34 @@ impl Client {
             .expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
-        let conn = endpoint
+        Ok(endpoint)
+    }
+
+    /// Opens a QUIC connection (TLS 1.3, ALPN `quip/1`) without the Quip
+    /// handshake: for tools and tests that speak frames themselves.
+    pub async fn connect_raw(opts: &ConnectOptions) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+        let endpoint = Self::endpoint(opts)?;
+        let conn = Self::quic_connect(&endpoint, opts).await?;
+        Ok((endpoint, conn))
+    }
+
+    async fn quic_connect(endpoint: &quinn::Endpoint, opts: &ConnectOptions) -> Result<quinn::Connection, ClientError> {
+        let (addr, host) = resolve(&opts.server)?;
+        endpoint
             .connect(addr, &host)
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok((endpoint, conn))
+            .map_err(|e| ClientError::Connect(e.to_string()))
     }
 
     /// Connects, performs the handshake, and starts receiving pushes.
     pub async fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let (endpoint, conn) = Self::connect_raw(opts).await?;
+        Self::connect_on(Self::endpoint(opts)?, opts).await
+    }
+
+    /// Like [`connect`](Self::connect), over an existing endpoint.
+    pub async fn connect_on(endpoint: quinn::Endpoint, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let conn = Self::quic_connect(&endpoint, opts).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(closed)?;
         let hello = Envelope::new(
             1,
