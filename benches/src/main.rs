@@ -304,7 +304,7 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
     // A few client sockets, each carrying many connections.
     let endpoints: Vec<quinn::Endpoint> = (0..4).map(|_| Client::endpoint(&opts)).collect::<Result<_, _>>()?;
     let start = Instant::now();
-    let mut clients = Vec::with_capacity(n);
+    let mut clients: Vec<Client> = Vec::with_capacity(n);
     let mut attempts = futures::stream::iter(0..n)
         .map(|i| {
             let o = opts.clone().token(tokens[i % tokens.len()].clone());

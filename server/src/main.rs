@@ -4,6 +4,13 @@ use clap::Parser;
 use quip_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: glibc's arenas kept the 19 MiB blocks of
+/// every concurrent argon2id hash, so a server that had handled a few logins
+/// sat at 184 MiB RSS; with mimalloc it returns to 45 MiB (measured with
+/// `quip-bench connections`; per-connection memory is unchanged by this).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
