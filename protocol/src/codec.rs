@@ -114,7 +114,7 @@ impl FrameDecoder {
     /// A decoder refusing frames longer than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             max_frame,
         }
     }

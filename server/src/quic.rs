@@ -135,7 +135,8 @@ async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Res
         if let Some(env) = dec.decode()? {
             return Ok(Some(env));
         }
-        let want = dec.wanted().unwrap_or(0).clamp(1024, 64 * 1024);
+        // Small reads for small frames: an idle connection keeps its buffer.
+        let want = dec.wanted().unwrap_or(0).clamp(512, 64 * 1024);
         dec.buffer_mut().reserve(want);
         match recv.read_buf(dec.buffer_mut()).await {
             Ok(0) | Err(_) => {
