@@ -186,7 +186,14 @@ impl Client {
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .expect("valid");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let socket = udp_socket(bind).map_err(|e| ClientError::Connect(format!("UDP socket: {e}")))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
         Ok(endpoint)
     }
@@ -443,6 +450,19 @@ impl Client {
             }
         }
     }
+}
+
+/// A UDP socket with 1 MiB kernel buffers where the kernel allows: an
+/// endpoint may carry many connections (tools, benchmarks), and the default
+/// ~208 KiB drops packets under bursts, each drop costing a retransmission
+/// timeout.
+fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    let _ = socket.set_send_buffer_size(1 << 20);
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }
 
 /// A random client_msg_id (128 bits, hex).

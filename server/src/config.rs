@@ -69,6 +69,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_IDLE_TIMEOUT", default_value_t = 30)]
     pub idle_timeout_secs: u64,
 
+    /// UDP socket send and receive buffer size in bytes. Bursts of
+    /// handshakes overflow the kernel's default (~208 KiB) and dropped
+    /// Initial packets cost a retransmission timeout each; the kernel caps
+    /// the value at net.core.rmem_max / wmem_max.
+    #[arg(long, env = "QUIP_SOCKET_BUFFER", default_value_t = 4 << 20)]
+    pub socket_buffer: usize,
+
     /// Writes waiting for the store's writer before senders wait (backpressure).
     #[arg(long, env = "QUIP_WRITE_QUEUE", default_value_t = 8192)]
     pub write_queue: usize,

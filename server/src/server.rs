@@ -16,6 +16,26 @@ use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::{quic, tls};
 
+/// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
+/// allows; the effective size is logged).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket
+        .set_recv_buffer_size(buffer)
+        .and_then(|()| socket.set_send_buffer_size(buffer))
+    {
+        tracing::warn!(error = %e, "could not enlarge UDP socket buffers");
+    }
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
@@ -51,8 +71,15 @@ impl Server {
                 quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs)).context("idle timeout")?,
             ));
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let socket = udp_socket(config.listen, config.socket_buffer)
             .with_context(|| format!("binding UDP {}", config.listen))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("starting QUIC on {}", config.listen))?;
         let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config)));
         Ok(Self {
             endpoint,

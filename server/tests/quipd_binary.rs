@@ -65,6 +65,7 @@ fn help_explains_every_flag() {
         "--max-connections",
         "--idle-timeout",
         "--write-queue",
+        "--socket-buffer",
         "--log",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
