@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         "commits": st.commits, "writes": st.writes, "keys_written": st.keys_written,
         "writes_per_commit": st.writes as f64 / st.commits.max(1) as f64,
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,
+        "max_commit_us": st.max_commit_micros,
     });
     let summary = format!("{summary}\n  store: {}", figures["store"]);
     report(cli.json, name, params, figures, summary);

@@ -39,6 +39,7 @@ struct Counters {
     writes: AtomicU64,
     keys: AtomicU64,
     commit_micros: AtomicU64,
+    max_commit_micros: AtomicU64,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`.
@@ -106,6 +107,7 @@ impl Store for EmbeddedStore {
             writes: self.counters.writes.load(Ordering::Relaxed),
             keys_written: self.counters.keys.load(Ordering::Relaxed),
             commit_micros: self.counters.commit_micros.load(Ordering::Relaxed),
+            max_commit_micros: self.counters.max_commit_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,6 +197,7 @@ fn commit_batch(
     counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     counters.commit_micros.fetch_add(micros, Ordering::Relaxed);
+    counters.max_commit_micros.fetch_max(micros, Ordering::Relaxed);
     match result {
         Ok(keys) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);

@@ -113,6 +113,8 @@ pub struct StoreStats {
     pub keys_written: u64,
     /// Time spent in commits (applying the batch and fsync), microseconds.
     pub commit_micros: u64,
+    /// The longest single commit, microseconds.
+    pub max_commit_micros: u64,
 }
 
 /// A queued typed write; [`wait`](Self::wait) gives its result once durable.
