@@ -444,3 +444,66 @@ async fn a_device_that_stops_reading_is_disconnected_and_resyncs() {
     assert!(events.windows(2).all(|w| w[0].pos + 1 == w[1].pos));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_requests_on_one_stream_apply_in_order_and_reads_see_earlier_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_alice, token) = server.user("alice").await;
+    server.user("bob").await;
+    let (_ep, conn) = Client::connect_raw(&server.options()).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut h = hello(vec![1]);
+    if let Some(Body::Hello(x)) = &mut h.body {
+        x.token = token;
+    }
+    // Everything in one write, without waiting for any answer.
+    let mut bytes = frame(&h);
+    for (id, text) in [(2, "one"), (3, "two"), (4, "three")] {
+        bytes.extend(frame(&Envelope::new(
+            id,
+            Body::Send(v1::SendRequest {
+                to_user: "bob".into(),
+                client_msg_id: format!("m{id}"),
+                content: Some(v1::Content {
+                    text: text.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )));
+    }
+    bytes.extend(frame(&Envelope::new(
+        5,
+        Body::History(v1::HistoryRequest {
+            with_user: "bob".into(),
+            ..Default::default()
+        }),
+    )));
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let frames = read_all(&mut recv).await;
+    assert_eq!(
+        frames.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "answers in request order"
+    );
+    let seqs: Vec<u64> = frames[1..4]
+        .iter()
+        .map(|f| match &f.body {
+            Some(Body::Sent(s)) => s.seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "writes applied in stream order");
+    let Some(Body::HistoryPage(page)) = &frames[4].body else {
+        panic!("{:?}", frames[4])
+    };
+    let texts: Vec<&str> = page.messages.iter().map(text).collect();
+    assert_eq!(
+        texts,
+        vec!["three", "two", "one"],
+        "the read saw every earlier write of its stream"
+    );
+    server.stop().await;
+}
