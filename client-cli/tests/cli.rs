@@ -1,17 +1,19 @@
-//! The `quip` binary end to end against a real quipd on loopback.
+//! The `quip` binary end to end against a real quipd on loopback: the server
+//! runs in this process, the CLI as subprocesses with one profile directory
+//! (QUIP_HOME) per user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use quip_server::{Config, Server};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 struct Env {
     addr: String,
-    ca: std::path::PathBuf,
+    ca: PathBuf,
 }
 
 impl Env {
@@ -22,7 +24,8 @@ impl Env {
             .env("QUIP_CA", &self.ca)
             .env_remove("QUIP_PASSWORD")
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         c
     }
 
@@ -36,15 +39,35 @@ impl Env {
         )
     }
 
+    /// Runs quip, which must succeed; returns its stdout.
     async fn ok(&self, home: &Path, args: &[&str]) -> String {
         let (ok, out, err) = self.run(home, args).await;
         assert!(ok, "quip {args:?} failed: {err}");
         out
     }
+
+    /// Runs quip, which must fail with one line on stderr; returns that line.
+    async fn fails(&self, home: &Path, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(home, args).await;
+        assert!(!ok, "quip {args:?} succeeded: {out}");
+        assert_eq!(err.lines().count(), 1, "quip {args:?}: {err}");
+        assert!(err.starts_with("quip: error: "), "{err}");
+        err
+    }
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
-    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn messages(events: &[Value]) -> Vec<(u64, &str)> {
+    events
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|m| (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,16 +84,37 @@ async fn cli_end_to_end() {
     }));
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
-    let pw = ["--password", "alice-secret-1"];
 
-    let out = env.ok(&alice, &["register", "alice", pw[0], pw[1]]).await;
+    let out = env
+        .ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
     assert_eq!(out.trim(), "registered alice (device 1)");
     let out = env
         .ok(&bob, &["--json", "register", "bob", "--password", "bob-secret-12"])
         .await;
-    assert_eq!(json_lines(&out)[0]["user"], "bob");
+    let auth = &json_lines(&out)[0];
+    assert_eq!(
+        (auth["type"].as_str(), auth["user"].as_str()),
+        (Some("auth"), Some("bob"))
+    );
+    assert_eq!(auth["device_id"], 1);
+    // The profile holds the token, readable by its owner only.
+    let profile: Value = serde_json::from_slice(&std::fs::read(bob.join("profile.json")).unwrap()).unwrap();
+    assert_eq!(profile["user"], "bob");
+    assert!(profile["token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(Path::new(profile["ca"].as_str().unwrap()).is_absolute());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bob.join("profile.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
-    // Bob listens for two messages; alice sends them.
+    // Bob listens for two messages; alice sends them. Whatever arrives before
+    // the listener is connected comes with its first sync, so no waiting.
     let mut listen = env
         .quip(&bob)
         .args(["--json", "listen", "--count", "2"])
@@ -85,105 +129,139 @@ async fn cli_end_to_end() {
         .await;
     let sent = &json_lines(&out)[0];
     assert_eq!(
-        (sent["type"].as_str(), sent["seq"].as_u64(), sent["duplicate"].as_bool()),
-        (Some("sent"), Some(2), Some(false))
+        (
+            sent["type"].as_str(),
+            sent["chat"].as_u64(),
+            sent["seq"].as_u64(),
+            sent["duplicate"].as_bool()
+        ),
+        (Some("sent"), Some(1), Some(2), Some(false))
     );
     // A retry with the same id is stored once.
     let out = env
         .ok(&alice, &["--json", "send", "bob", "second", "--id", "m-2"])
         .await;
+    assert_eq!(json_lines(&out)[0]["seq"], 2);
     assert_eq!(json_lines(&out)[0]["duplicate"], true);
 
-    let stdout = listen.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
     let mut got = Vec::new();
     while let Some(line) = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
-        .unwrap()
+        .expect("listen printed nothing for 10 s")
         .unwrap()
     {
         got.push(serde_json::from_str::<Value>(&line).unwrap());
     }
     let status = tokio::time::timeout(Duration::from_secs(10), listen.wait())
         .await
-        .unwrap()
+        .expect("listen --count 2 did not exit")
         .unwrap();
-    assert!(status.success());
-    let msgs: Vec<_> = got.iter().filter(|v| v["type"] == "message").collect();
-    assert_eq!(msgs.len(), 2, "{got:?}");
-    for (m, (seq, text)) in msgs.iter().zip([(1, "hello bob"), (2, "second")]) {
+    let mut err = String::new();
+    listen.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert!(status.success(), "listen failed: {err}");
+    assert_eq!(messages(&got), [(1, "hello bob"), (2, "second")], "{got:?}");
+    for m in got.iter().filter(|v| v["type"] == "message") {
         assert_eq!(
-            (
-                m["from"].as_str(),
-                m["chat"].as_u64(),
-                m["seq"].as_u64(),
-                m["text"].as_str()
-            ),
-            (Some("alice"), Some(1), Some(seq), Some(text))
+            (m["from"].as_str(), m["to"].as_str(), m["chat"].as_u64()),
+            (Some("alice"), Some("bob"), Some(1))
         );
+        assert!(m["pos"].as_u64().is_some_and(|p| p > 0), "{m}");
+        assert!(m["sent_at_ms"].as_i64().is_some_and(|t| t > 0), "{m}");
     }
+    // Listen acknowledged what it printed: nothing left to sync.
+    assert_eq!(env.ok(&bob, &["--json", "sync"]).await, "");
 
     let hist = json_lines(&env.ok(&bob, &["--json", "history", "alice"]).await);
-    assert_eq!(
-        hist.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(),
-        vec!["hello bob", "second"]
-    );
+    assert_eq!(messages(&hist), [(1, "hello bob"), (2, "second")]);
+    assert!(hist.iter().all(|m| m["from"] == "alice" && m.get("pos").is_none()));
+    let out = env
+        .ok(&bob, &["history", "alice", "--before", "2", "--limit", "1"])
+        .await;
+    assert_eq!(out, "#1 alice: hello bob\n");
 
-    // Bob's listen sent "delivered"; alice sees two ticks.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Bob's listen sent DELIVERED receipts: alice sees two ticks.
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let chats = json_lines(&env.ok(&alice, &["--json", "chats"]).await);
-        assert_eq!(chats[0]["peer"], "bob");
+        assert_eq!((chats.len(), chats[0]["peer"].as_str()), (1, Some("bob")));
         if chats[0]["peer_delivered_seq"] == 2 {
             assert_eq!(chats[0]["peer_read_seq"], 0);
+            assert_eq!(chats[0]["last_seq"], 2);
+            assert_eq!(chats[0]["last_text"], "second");
             break;
         }
         assert!(Instant::now() < deadline, "delivered receipt never landed: {chats:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let chats = json_lines(&env.ok(&bob, &["--json", "chats"]).await);
-    assert_eq!(chats[0]["unread"], 2);
     assert_eq!(
-        env.ok(&bob, &["read", "alice"]).await.trim(),
-        "read up to #2 with alice"
+        (chats[0]["peer"].as_str(), chats[0]["unread"].as_u64()),
+        (Some("alice"), Some(2))
     );
+    assert_eq!(env.ok(&bob, &["read", "alice"]).await, "read up to #2\n");
     let chats = json_lines(&env.ok(&alice, &["--json", "chats"]).await);
     assert_eq!(chats[0]["peer_read_seq"], 2);
+    assert_eq!(
+        env.ok(&alice, &["chats"]).await,
+        "bob  unread 0  last #2 alice: second  (sent ticks: delivered #2, read #2)\n"
+    );
     let chats = json_lines(&env.ok(&bob, &["--json", "chats"]).await);
-    assert_eq!(chats[0]["unread"], 0);
+    assert_eq!(
+        (chats[0]["unread"].as_u64(), chats[0]["my_read_seq"].as_u64()),
+        (Some(0), Some(2))
+    );
 
-    // Sync: alice's own device has the read receipt to fetch; a second sync is empty.
+    // Sync: alice's device fetches the receipts; a second sync is empty.
     let synced = json_lines(&env.ok(&alice, &["--json", "sync"]).await);
     assert!(
         synced
             .iter()
-            .any(|e| e["type"] == "receipt" && e["kind"] == "read" && e["seq"] == 2),
+            .any(|e| e["type"] == "receipt" && e["user"] == "bob" && e["kind"] == "read" && e["seq"] == 2),
         "{synced:?}"
     );
-    assert!(env.ok(&alice, &["--json", "sync"]).await.is_empty());
+    assert_eq!(env.ok(&alice, &["--json", "sync"]).await, "");
+
+    // `listen --count 1` with two messages waiting prints one and leaves the
+    // other unacknowledged for the next sync.
+    env.ok(&alice, &["send", "bob", "third"]).await;
+    env.ok(&alice, &["send", "bob", "fourth"]).await;
+    // (Bob's own READ receipt from `quip read` comes first: it is in his log.)
+    let out = env.ok(&bob, &["listen", "--count", "1"]).await;
+    assert_eq!(out, "[chat 1] bob read up to #2\n[chat 1 #3] alice: third\n");
+    let out = json_lines(&env.ok(&bob, &["--json", "sync"]).await);
+    assert_eq!(messages(&out), [(4, "fourth")]);
+    assert_eq!(env.ok(&bob, &["sync"]).await, "");
 
     // Errors: one line on stderr, non-zero exit.
-    let (ok, _, err) = env
-        .run(
-            &dir.path().join("eve"),
-            &["login", "alice", "--password", "wrong-password"],
+    let eve = dir.path().join("eve");
+    let err = env
+        .fails(&eve, &["login", "alice", "--password", "wrong-password"])
+        .await;
+    assert!(err.contains("invalid username or password"), "{err}");
+    assert!(!eve.join("profile.json").exists());
+    let err = env.fails(&dir.path().join("nobody"), &["send", "bob", "hi"]).await;
+    assert!(err.contains("not logged in"), "{err}");
+    let err = env.fails(&alice, &["send", "nosuchuser", "hi"]).await;
+    assert!(err.contains("NotFound") && err.contains("no user"), "{err}");
+
+    // A second device of alice's; logging out revokes only this one.
+    let alice2 = dir.path().join("alice2");
+    let out = env
+        .ok(
+            &alice2,
+            &["login", "alice", "--password", "alice-secret-1", "--device", "laptop"],
         )
         .await;
-    assert!(!ok);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("invalid username or password"), "{err}");
-    let (ok, _, err) = env.run(&dir.path().join("nobody"), &["send", "bob", "hi"]).await;
-    assert!(!ok);
+    assert_eq!(out, "logged in as alice (device 2)\n");
+    assert_eq!(
+        env.ok(&alice, &["whoami"]).await,
+        format!("alice (device 1) on {}\n", env.addr)
+    );
+    assert_eq!(env.ok(&alice, &["logout"]).await, "logged out alice\n");
+    let err = env.fails(&alice, &["whoami"]).await;
     assert!(err.contains("not logged in"), "{err}");
-    let (ok, _, err) = env.run(&alice, &["send", "nosuchuser", "hi"]).await;
-    assert!(!ok);
-    assert!(err.contains("NotFound"), "{err}");
-
-    assert!(env.ok(&alice, &["whoami"]).await.starts_with("alice (device 1)"));
-    env.ok(&alice, &["logout"]).await;
-    let (ok, _, err) = env.run(&alice, &["whoami"]).await;
-    assert!(!ok);
-    assert!(err.contains("not logged in"), "{err}");
+    assert!(env.ok(&alice2, &["whoami"]).await.starts_with("alice (device 2)"));
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
