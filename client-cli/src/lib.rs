@@ -381,9 +381,9 @@ impl Client {
     ) -> Result<v1::HistoryResponse, ClientError> {
         let body = Body::History(v1::HistoryRequest {
             with_user: with_user.into(),
-            chat_id: 0,
             before_seq,
             limit,
+            ..Default::default()
         });
         reply_as!(self.request(body).await?, HistoryPage)
     }
@@ -396,12 +396,97 @@ impl Client {
         limit: u32,
     ) -> Result<v1::HistoryResponse, ClientError> {
         let body = Body::History(v1::HistoryRequest {
-            with_user: String::new(),
             chat_id,
             before_seq,
             limit,
+            ..Default::default()
         });
         reply_as!(self.request(body).await?, HistoryPage)
+    }
+
+    /// A page of a chat's messages after `after_seq`, oldest first: how a
+    /// channel subscriber (or any client filling a gap) reads forwards.
+    pub async fn history_after(&self, chat_id: u64, after_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+        let body = Body::History(v1::HistoryRequest {
+            chat_id,
+            after_seq: Some(after_seq),
+            limit,
+            ..Default::default()
+        });
+        reply_as!(self.request(body).await?, HistoryPage)
+    }
+
+    /// Creates a group with these members (besides me) and I as admin.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<v1::ChatInfoResponse, ClientError> {
+        self.create_chat(v1::ChatKind::Group, name, members).await
+    }
+
+    /// Creates a channel with me as admin and first subscriber.
+    pub async fn create_channel(&self, name: &str) -> Result<v1::ChatInfoResponse, ClientError> {
+        self.create_chat(v1::ChatKind::Channel, name, &[]).await
+    }
+
+    async fn create_chat(
+        &self,
+        kind: v1::ChatKind,
+        name: &str,
+        members: &[&str],
+    ) -> Result<v1::ChatInfoResponse, ClientError> {
+        let body = Body::CreateChat(v1::CreateChatRequest {
+            kind: kind as i32,
+            name: name.into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        });
+        reply_as!(self.request(body).await?, Chat)
+    }
+
+    /// Changes a group's or channel's membership, admins or name.
+    pub async fn update_chat(
+        &self,
+        chat_id: u64,
+        action: v1::ChatAction,
+        users: &[&str],
+        name: &str,
+    ) -> Result<v1::ChatInfoResponse, ClientError> {
+        let body = Body::UpdateChat(v1::UpdateChatRequest {
+            chat_id,
+            action: action as i32,
+            users: users.iter().map(|m| (*m).to_owned()).collect(),
+            name: name.into(),
+        });
+        reply_as!(self.request(body).await?, Chat)
+    }
+
+    /// A group's or channel's name, members and admins.
+    pub async fn chat_info(&self, chat_id: u64) -> Result<v1::ChatInfo, ClientError> {
+        let body = Body::ChatInfo(v1::ChatInfoRequest { chat_id });
+        reply_as!(self.request(body).await?, Chat).map(|c| c.info.unwrap_or_default())
+    }
+
+    /// Every member's delivered/read cursors in a group ("message info").
+    pub async fn receipt_detail(&self, chat_id: u64) -> Result<v1::ReceiptDetailResponse, ClientError> {
+        let body = Body::ReceiptDetail(v1::ReceiptDetailRequest { chat_id });
+        reply_as!(self.request(body).await?, ReceiptDetails)
+    }
+
+    /// Subscribes to a channel (or unsubscribes).
+    pub async fn subscribe(&self, chat_id: u64, unsubscribe: bool) -> Result<v1::ChatInfoResponse, ClientError> {
+        let body = Body::Subscribe(v1::SubscribeRequest { chat_id, unsubscribe });
+        reply_as!(self.request(body).await?, Chat)
+    }
+
+    /// Sends a text message into a chat by id (group, channel or direct).
+    pub async fn send_text_to_chat(&self, chat_id: u64, text: &str) -> Result<v1::SendResponse, ClientError> {
+        self.send(v1::SendRequest {
+            chat_id,
+            client_msg_id: new_client_msg_id(),
+            content: Some(v1::Content {
+                text: text.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
     }
 
     /// The chat list.

@@ -34,6 +34,12 @@ pub struct Config {
     #[arg(long, env = "QUIP_MAX_BODY", default_value_t = quip_protocol::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
+    /// Most members a group may have (admins included). Every message is
+    /// written to each member's log, so this bounds the cost of one send;
+    /// audiences beyond it belong in a channel.
+    #[arg(long, env = "QUIP_MAX_GROUP_MEMBERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub max_group_members: u32,
+
     /// Requests per second each device may make, sustained (summed over its
     /// connections; anonymous connections each get their own budget). Excess
     /// requests get RATE_LIMITED with a retry delay.

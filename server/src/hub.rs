@@ -6,6 +6,10 @@
 //! full queue means the client is not reading: the connection is closed as a
 //! slow consumer (its events are in the log; it resyncs on reconnect), so one
 //! stalled phone cannot grow the server's memory or slow anyone else.
+//!
+//! Channels are pull-model: their posts are in no user's log. The hub keeps,
+//! per channel, the online devices of its subscribers ("watchers") and
+//! announces each post to them once; nothing is kept for offline ones.
 
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use dashmap::DashMap;
 use quip_protocol::{Body, CloseCode, Envelope, frame_bytes};
 use tokio::sync::{mpsc, watch};
 
-use crate::service::Notification;
+use crate::service::{Delivery, Notification};
 
 /// One frame to push: which chat (selects the lane) and its encoded bytes.
 #[derive(Debug, Clone)]
@@ -63,10 +67,26 @@ pub struct DeviceHandle {
     pub closer: Arc<Closer>,
 }
 
-/// Online devices by user.
+/// Queues a frame for one device; a full queue closes it as a slow consumer.
+fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes) {
+    match d.tx.try_send(Push { chat_id, frame }) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            d.closer
+                .close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// Online devices by user, and the channels they watch.
 #[derive(Debug, Default)]
 pub struct Hub {
     users: DashMap<u64, Vec<DeviceHandle>>,
+    /// Channel → online devices of its subscribers.
+    channels: DashMap<u64, Vec<(u64, DeviceHandle)>>,
+    /// Connection → the channels it watches, to unwatch them when it ends.
+    watching: DashMap<u64, Vec<u64>>,
 }
 
 impl Hub {
@@ -81,6 +101,114 @@ impl Hub {
             e.get_mut().retain(|d| d.conn_id != conn_id);
             if e.get().is_empty() {
                 e.remove();
+            }
+        }
+        if let Some((_, chats)) = self.watching.remove(&conn_id) {
+            for chat in chats {
+                self.drop_watchers(chat, |(_, d)| d.conn_id == conn_id);
+            }
+        }
+    }
+
+    /// Lets a connected device watch channels for live posts.
+    pub fn watch(&self, user_id: u64, handle: &DeviceHandle, chats: &[u64]) {
+        for &chat in chats {
+            let mut w = self.channels.entry(chat).or_default();
+            if w.iter().any(|(_, d)| d.conn_id == handle.conn_id) {
+                continue;
+            }
+            w.push((user_id, handle.clone()));
+            drop(w);
+            self.watching.entry(handle.conn_id).or_default().push(chat);
+        }
+    }
+
+    fn drop_watchers(&self, chat: u64, mut gone: impl FnMut(&(u64, DeviceHandle)) -> bool) {
+        if let dashmap::Entry::Occupied(mut e) = self.channels.entry(chat) {
+            e.get_mut().retain(|w| !gone(w));
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// A user (un)subscribed: all their online devices start or stop watching.
+    fn set_watch(&self, user_id: u64, chat: u64, on: bool) {
+        if on {
+            let devices: Vec<DeviceHandle> = self.users.get(&user_id).map(|d| d.clone()).unwrap_or_default();
+            for d in &devices {
+                self.watch(user_id, d, &[chat]);
+            }
+        } else {
+            let mut conns = Vec::new();
+            self.drop_watchers(chat, |(u, d)| {
+                let hit = *u == user_id;
+                if hit {
+                    conns.push(d.conn_id);
+                }
+                hit
+            });
+            for c in conns {
+                if let Some(mut w) = self.watching.get_mut(&c) {
+                    w.retain(|&x| x != chat);
+                }
+            }
+        }
+    }
+
+    /// Devices watching a channel (for tests and stats).
+    pub fn watchers(&self, chat: u64) -> usize {
+        self.channels.get(&chat).map_or(0, |w| w.len())
+    }
+
+    /// Pushes what one committed write produced: subscription changes
+    /// first, then log events, then a channel announcement.
+    pub fn deliver(&self, d: Delivery, max_frame: usize) {
+        for (user, chat, on) in d.watch {
+            self.set_watch(user, chat, on);
+        }
+        self.publish(d.events, max_frame);
+        if let Some(msg) = d.channel_post {
+            self.announce(msg, max_frame);
+        }
+    }
+
+    /// Tells every device watching the message's channel that it advanced,
+    /// with the message itself: encoded once, shared by all.
+    fn announce(&self, msg: quip_protocol::v1::Message, max_frame: usize) {
+        let chat_id = msg.chat_id;
+        let Some(watchers) = self.channels.get(&chat_id) else {
+            return;
+        };
+        let advanced = quip_protocol::v1::ChatAdvanced {
+            chat_id,
+            seq: msg.seq,
+            message: Some(msg),
+        };
+        let event = quip_protocol::v1::Event {
+            pos: 0,
+            kind: Some(quip_protocol::v1::event::Kind::Advanced(advanced)),
+        };
+        let frame = match frame_bytes(&Envelope::new(0, Body::Event(event)), max_frame) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "channel post does not fit in a frame; watchers will pull it");
+                return;
+            }
+        };
+        for (_, d) in watchers.iter() {
+            push_to(d, chat_id, frame.clone());
+        }
+    }
+
+    /// Closes every online device of these users: used when their pushes
+    /// could not be queued, so they reconnect and sync what they missed.
+    pub fn close_users(&self, users: impl IntoIterator<Item = u64>, reason: &str) {
+        for u in users {
+            if let Some(devices) = self.users.get(&u) {
+                for d in devices.iter() {
+                    d.closer.close(CloseCode::SlowConsumer, reason);
+                }
             }
         }
     }
@@ -110,18 +238,7 @@ impl Hub {
                 }
             };
             for d in targets {
-                let push = Push {
-                    chat_id: n.chat_id,
-                    frame: frame.clone(),
-                };
-                match d.tx.try_send(push) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        d.closer
-                            .close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                push_to(d, n.chat_id, frame.clone());
             }
         }
     }

@@ -64,6 +64,32 @@ pub fn user_chats(uid: u64) -> (Vec<u8>, Vec<u8>) {
     (user_chat(uid, 0), user_chat(uid, u64::MAX))
 }
 
+/// The range of [`cursor`] keys of one chat: its members' (subscribers') cursors.
+pub fn cursors(chat: u64) -> (Vec<u8>, Vec<u8>) {
+    (cursor(chat, 0), cursor(chat, u64::MAX))
+}
+
+/// The user id in a [`cursor`] key.
+pub fn user_of_cursor(key: &[u8]) -> Option<u64> {
+    chat_of_user_chat(key)
+}
+
+/// `ragg/{chat_id}` → `AggRecord`: a group's lowest delivered/read cursors.
+pub fn receipt_aggregate(chat: u64) -> Vec<u8> {
+    cat(b"ragg/", &[&chat.to_be_bytes()])
+}
+
+/// `uchan/{user_id}{chat_id}` → empty: the channels a user subscribes to,
+/// read when a device connects to watch them for live posts.
+pub fn user_channel(uid: u64, chat: u64) -> Vec<u8> {
+    cat(b"uchan/", &[&uid.to_be_bytes(), &chat.to_be_bytes()])
+}
+
+/// The range of [`user_channel`] keys of one user.
+pub fn user_channels(uid: u64) -> (Vec<u8>, Vec<u8>) {
+    (user_channel(uid, 0), user_channel(uid, u64::MAX))
+}
+
 /// `log/{user_id}{pos}` → `LogRecord`.
 pub fn log(uid: u64, pos: u64) -> Vec<u8> {
     cat(b"log/", &[&uid.to_be_bytes(), &pos.to_be_bytes()])
@@ -118,8 +144,9 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 11] = [
+        let tags: [&[u8]; 13] = [
             b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
+            b"ragg/", b"uchan/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

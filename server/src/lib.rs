@@ -21,6 +21,7 @@
 //! - [`tls`]: certificates; [`ratelimit`]: token buckets.
 
 pub mod config;
+pub mod fanout;
 pub mod hub;
 pub mod keys;
 pub mod quic;

@@ -72,6 +72,23 @@ pub struct ChatRecord {
     /// Time of the newest message, ms since the epoch.
     #[prost(int64, tag = "4")]
     pub last_activity_ms: i64,
+    /// Group or channel name.
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// Admins' user ids (groups and channels), ascending.
+    #[prost(uint64, repeated, tag = "6")]
+    pub admins: Vec<u64>,
+    /// Channels: the number of subscribers (their ids are not listed here;
+    /// `members` holds a channel's admins, who may post).
+    #[prost(uint32, tag = "7")]
+    pub subscribers: u32,
+}
+
+impl ChatRecord {
+    /// The chat's kind; unknown values read as unspecified.
+    pub fn kind(&self) -> quip_protocol::v1::ChatKind {
+        quip_protocol::v1::ChatKind::try_from(self.kind).unwrap_or_default()
+    }
 }
 
 /// `idem/{chat}{sender}{client_msg_id}`: what the first send with this id got.
@@ -94,6 +111,30 @@ pub struct CursorRecord {
     /// Read up to this seq.
     #[prost(uint64, tag = "2")]
     pub read: u64,
+    /// Groups: the seq of the event that added the member; their history
+    /// starts there (0 for direct chats and channels: all history).
+    #[prost(uint64, tag = "3")]
+    pub joined: u64,
+}
+
+/// `ragg/{chat}`: the lowest delivered and read cursors among a group's
+/// members, and how many members sit at each. The counts let a receipt
+/// update the minimum in O(1): only when the last member at the minimum
+/// moves is the chat's cursor range scanned again.
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct AggRecord {
+    /// Lowest delivered cursor.
+    #[prost(uint64, tag = "1")]
+    pub delivered_min: u64,
+    /// Members whose delivered cursor equals `delivered_min`.
+    #[prost(uint32, tag = "2")]
+    pub delivered_at_min: u32,
+    /// Lowest read cursor.
+    #[prost(uint64, tag = "3")]
+    pub read_min: u64,
+    /// Members whose read cursor equals `read_min`.
+    #[prost(uint32, tag = "4")]
+    pub read_at_min: u32,
 }
 
 /// `log/{user}{pos}`: one entry of a user's log. Messages are referenced, not

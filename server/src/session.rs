@@ -14,15 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use quip_protocol::v1::{self, ErrorCode, ReceiptKind};
+use quip_protocol::v1::{self, ChatAction, ChatKind, ErrorCode, ReceiptKind};
 use quip_protocol::{Body, CloseCode, Envelope, negotiate_version};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::hub::{Closer, DeviceHandle, Hub, Push};
 use crate::ratelimit::TokenBucket;
-use crate::service::messages::{self, Target};
-use crate::service::{Actor, ServiceError, accounts, log, receipts};
+use crate::service::messages::{self, Page, Target};
+use crate::service::{Actor, ServiceError, accounts, groups, log, receipts};
 use crate::store::{self, Store};
 
 /// State shared by every connection of a server.
@@ -30,13 +31,16 @@ pub struct Shared {
     /// The store.
     pub store: Arc<dyn Store>,
     /// Online devices.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// Pushes committed writes' events in commit order.
+    fanout: Fanout,
     /// Configuration.
     pub config: Arc<Config>,
     /// Token hash → actor, in front of `sess/` reads on every connect.
     sessions: moka::sync::Cache<[u8; 32], Actor>,
-    /// Chat id → participants, in front of membership checks on reads.
-    /// Direct chats never change members, so entries never go stale.
+    /// Chat id → participants of a direct chat, in front of membership
+    /// checks. Direct chats never change members, so entries never go
+    /// stale; groups do, and are checked in the store.
     members: moka::sync::Cache<u64, Arc<[u64]>>,
     /// (user, device) → request budget, shared by all of a device's
     /// connections so opening more connections does not multiply it.
@@ -47,11 +51,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State around a store.
+    /// State around a store. Starts the fan-out tasks, so call it inside a
+    /// tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
+        let hub = Arc::new(Hub::default());
+        let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+        let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
         Self {
             store,
-            hub: Hub::default(),
+            hub,
+            fanout,
             config,
             sessions: moka::sync::Cache::new(100_000),
             members: moka::sync::Cache::new(100_000),
@@ -193,17 +202,29 @@ impl Session {
         Ok(Envelope::new(id, Body::Welcome(welcome)))
     }
 
-    /// Marks this connection as the actor's device and puts it online.
+    /// Marks this connection as the actor's device and puts it online,
+    /// watching the channels the user subscribes to.
     fn login_connection(&self, actor: Actor, token_hash: [u8; 32]) {
-        self.shared.hub.register(
-            actor.user_id,
-            DeviceHandle {
-                conn_id: self.conn_id,
-                device_id: actor.device_id,
-                tx: self.push_tx.clone(),
-                closer: self.closer.clone(),
-            },
-        );
+        let handle = DeviceHandle {
+            conn_id: self.conn_id,
+            device_id: actor.device_id,
+            tx: self.push_tx.clone(),
+            closer: self.closer.clone(),
+        };
+        self.shared.hub.register(actor.user_id, handle.clone());
+        match store::read(&*self.shared.store, |t| {
+            let (from, to) = crate::keys::user_channels(actor.user_id);
+            let rows = t.range(&from, &to, usize::MAX, false)?;
+            Ok::<_, ServiceError>(
+                rows.iter()
+                    .filter_map(|(k, _)| crate::keys::chat_of_user_chat(k))
+                    .collect::<Vec<u64>>(),
+            )
+        }) {
+            Ok(chats) if !chats.is_empty() => self.shared.hub.watch(actor.user_id, &handle, &chats),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
+        }
         *self.auth.lock().expect("auth lock") = Some(Auth { actor, token_hash });
     }
 
@@ -255,7 +276,14 @@ impl Session {
     pub fn is_read(env: &Envelope) -> bool {
         matches!(
             env.body,
-            Some(Body::Whoami(_) | Body::History(_) | Body::Chats(_) | Body::Sync(_))
+            Some(
+                Body::Whoami(_)
+                    | Body::History(_)
+                    | Body::Chats(_)
+                    | Body::Sync(_)
+                    | Body::ChatInfo(_)
+                    | Body::ReceiptDetail(_)
+            )
         )
     }
 
@@ -292,7 +320,13 @@ impl Session {
         }
         let writes = !matches!(
             body,
-            Body::Whoami(_) | Body::History(_) | Body::Chats(_) | Body::Sync(_) | Body::Ping(_)
+            Body::Whoami(_)
+                | Body::History(_)
+                | Body::Chats(_)
+                | Body::Sync(_)
+                | Body::Ping(_)
+                | Body::ChatInfo(_)
+                | Body::ReceiptDetail(_)
         );
         if writes && self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
@@ -342,27 +376,82 @@ impl Session {
                 let target = Target::from_fields(&r.to_user, r.chat_id)?;
                 let content = r.content.unwrap_or_default();
                 let now = now_ms();
-                let pending = store::enqueue_write(&*shared.store, move |t| {
-                    messages::send(t, &actor, &target, &r.client_msg_id, &content, now)
-                })
-                .await?;
-                let shared = shared.clone();
+                let pending = self
+                    .write_then_deliver(
+                        move |t| messages::send(t, &actor, &target, &r.client_msg_id, &content, now),
+                        |sent| &mut sent.delivery,
+                    )
+                    .await?;
                 Ok(Reply::Pending(tokio::spawn(async move {
                     match pending.wait().await {
-                        Ok(sent) => {
-                            shared.hub.publish(sent.notifications, max_frame);
-                            Envelope::new(id, Body::Sent(sent.response))
-                        }
+                        Ok(sent) => Envelope::new(id, Body::Sent(sent.response)),
                         Err(e) => err(id, &e),
                     }
                 })))
+            }
+            Body::CreateChat(r) => {
+                let actor = self.actor()?;
+                let kind = ChatKind::try_from(r.kind).unwrap_or_default();
+                let (max, now) = (shared.config.max_group_members, now_ms());
+                let pending = self
+                    .write_then_deliver(
+                        move |t| groups::create(t, &actor, kind, &r.name, &r.members, max, now),
+                        |c| &mut c.delivery,
+                    )
+                    .await?;
+                Ok(Self::chat_reply(id, pending))
+            }
+            Body::UpdateChat(r) => {
+                let actor = self.actor()?;
+                let action = ChatAction::try_from(r.action).unwrap_or_default();
+                let (max, now) = (shared.config.max_group_members, now_ms());
+                let pending = self
+                    .write_then_deliver(
+                        move |t| groups::update(t, &actor, r.chat_id, action, &r.users, &r.name, max, now),
+                        |c| &mut c.delivery,
+                    )
+                    .await?;
+                Ok(Self::chat_reply(id, pending))
+            }
+            Body::Subscribe(r) => {
+                let actor = self.actor()?;
+                let now = now_ms();
+                let pending = self
+                    .write_then_deliver(
+                        move |t| groups::subscribe(t, &actor, r.chat_id, r.unsubscribe, now),
+                        |c| &mut c.delivery,
+                    )
+                    .await?;
+                Ok(Self::chat_reply(id, pending))
+            }
+            Body::ChatInfo(r) => {
+                let actor = self.actor()?;
+                let max = shared.config.max_group_members;
+                let info = store::read(&*shared.store, |t| groups::info(t, &actor, r.chat_id, max))?;
+                Ok(Reply::Ready(Envelope::new(
+                    id,
+                    Body::Chat(v1::ChatInfoResponse {
+                        info: Some(info),
+                        event_seq: 0,
+                    }),
+                )))
+            }
+            Body::ReceiptDetail(r) => {
+                let actor = self.actor()?;
+                let detail = store::read(&*shared.store, |t| receipts::detail(t, &actor, r.chat_id))?;
+                Ok(Reply::Ready(Envelope::new(id, Body::ReceiptDetails(detail))))
             }
             Body::History(r) => {
                 let actor = self.actor()?;
                 let target = Target::from_fields(&r.with_user, r.chat_id)?;
                 self.check_member_cached(&actor, &target)?;
+                let page = Page {
+                    before: r.before_seq,
+                    after: r.after_seq,
+                    limit: r.limit,
+                };
                 let page = store::read(&*shared.store, |t| {
-                    messages::history(t, &actor, &target, r.before_seq, r.limit, max_frame - 1024)
+                    messages::history(t, &actor, &target, page, max_frame - 1024)
                 })?;
                 Ok(Reply::Ready(Envelope::new(id, Body::HistoryPage(page))))
             }
@@ -381,17 +470,15 @@ impl Session {
                     return Err(ServiceError::InvalidArgument("chat_id is required".into()));
                 }
                 self.check_member_cached(&actor, &Target::Chat(r.chat_id))?;
-                let pending = store::enqueue_write(&*shared.store, move |t| {
-                    receipts::mark(t, &actor, r.chat_id, kind, r.seq)
-                })
-                .await?;
-                let shared = shared.clone();
+                let pending = self
+                    .write_then_deliver(
+                        move |t| receipts::mark(t, &actor, r.chat_id, kind, r.seq).map(|(seq, n)| (seq, n.into())),
+                        |r: &mut (u64, crate::service::Delivery)| &mut r.1,
+                    )
+                    .await?;
                 Ok(Reply::Pending(tokio::spawn(async move {
                     match pending.wait().await {
-                        Ok((seq, notes)) => {
-                            shared.hub.publish(notes, max_frame);
-                            Envelope::new(id, Body::ReceiptStored(v1::ReceiptResponse { seq }))
-                        }
+                        Ok((seq, _)) => Envelope::new(id, Body::ReceiptStored(v1::ReceiptResponse { seq })),
                         Err(e) => err(id, &e),
                     }
                 })))
@@ -437,6 +524,8 @@ impl Session {
             | Body::SyncPage(_)
             | Body::Acked(_)
             | Body::Pong(_)
+            | Body::Chat(_)
+            | Body::ReceiptDetails(_)
             | Body::Event(_) => Ok(Reply::Ready(Envelope::error(
                 id,
                 ErrorCode::UnknownRequest,
@@ -445,9 +534,44 @@ impl Session {
         }
     }
 
-    /// Refuses a chat-id request early from the membership cache; fills the
-    /// cache from the store on a miss. Name-addressed requests are checked in
-    /// their transaction.
+    /// Queues a write whose result carries a [`Delivery`](crate::service::Delivery):
+    /// once durable, and in commit order, the delivery goes to the fan-out,
+    /// before the reply is released.
+    async fn write_then_deliver<R, F, D>(
+        &self,
+        f: F,
+        delivery: D,
+    ) -> Result<store::PendingWrite<Result<R, ServiceError>>, ServiceError>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut dyn store::Txn) -> Result<R, ServiceError> + Send + 'static,
+        D: FnOnce(&mut R) -> &mut crate::service::Delivery + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        store::enqueue_write_then(&*self.shared.store, f, move |r: &mut R| {
+            shared.fanout.submit(std::mem::take(delivery(r)));
+        })
+        .await
+    }
+
+    fn chat_reply(id: u64, pending: store::PendingWrite<Result<groups::Changed, ServiceError>>) -> Reply {
+        Reply::Pending(tokio::spawn(async move {
+            match pending.wait().await {
+                Ok(c) => Envelope::new(
+                    id,
+                    Body::Chat(v1::ChatInfoResponse {
+                        info: Some(c.info),
+                        event_seq: c.event_seq,
+                    }),
+                ),
+                Err(e) => err(id, &e),
+            }
+        }))
+    }
+
+    /// Refuses a request for a direct chat early from the membership cache;
+    /// fills the cache from the store on a miss. Groups, channels and
+    /// name-addressed requests are checked in their transaction.
     fn check_member_cached(&self, actor: &Actor, target: &Target) -> Result<(), ServiceError> {
         let Target::Chat(chat_id) = *target else { return Ok(()) };
         let members = match self.shared.members.get(&chat_id) {
@@ -458,6 +582,9 @@ impl Session {
                         .map_err(ServiceError::from)
                 })?
                 .ok_or_else(|| ServiceError::NotFound(format!("no chat {chat_id}")))?;
+                if chat.kind() != ChatKind::Direct {
+                    return Ok(());
+                }
                 let m: Arc<[u64]> = chat.members.into();
                 self.shared.members.insert(chat_id, m.clone());
                 m

@@ -49,6 +49,9 @@ pub enum ServiceError {
     /// Storage failed; nothing of the request was stored.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
+    /// A configured limit would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// Anything else on the server's side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +71,7 @@ impl ServiceError {
             Self::IdempotencyConflict(_) => ErrorCode::IdempotencyConflict,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unavailable => ErrorCode::Unavailable,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Store(StoreError::Closed) => ErrorCode::Unavailable,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }

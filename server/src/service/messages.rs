@@ -3,7 +3,7 @@
 use prost::Message as _;
 use quip_protocol::v1::{self, ChatKind};
 
-use super::{Actor, Notification, ServiceError, accounts, log};
+use super::{Actor, Delivery, ServiceError, accounts, log, receipts};
 use crate::keys;
 use crate::records::{self, ChatRecord, CursorRecord, IdemRecord, LogRecord};
 use crate::store::{ReadTxn, Txn};
@@ -62,8 +62,8 @@ pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_bod
 pub struct Sent {
     /// The answer for the sender.
     pub response: v1::SendResponse,
-    /// Log entries to push once durable (empty for a duplicate).
-    pub notifications: Vec<Notification>,
+    /// What to push once durable (nothing for a duplicate).
+    pub delivery: Delivery,
 }
 
 /// Stores a message: resolves (or creates) the chat, checks membership and
@@ -94,58 +94,68 @@ pub fn send(
                 pos: prev.sender_pos,
                 duplicate: true,
             },
-            notifications: Vec::new(),
+            delivery: Delivery::default(),
         });
     }
 
-    let seq = chat.last_seq + 1;
+    let kind = chat.kind();
+    if kind == ChatKind::Channel && !chat.members.contains(&actor.user_id) {
+        return Err(ServiceError::Forbidden(format!(
+            "only admins post in channel {chat_id}"
+        )));
+    }
     let msg = v1::Message {
         chat_id,
-        seq,
+        seq: 0,
         sender: actor.username.clone(),
         sender_device: actor.device_id,
         recipient: peer_name,
         client_msg_id: client_msg_id.to_owned(),
         sent_at_ms: now_ms,
         content: Some(content.clone()),
+        group_event: None,
     };
-    txn.set(&keys::message(chat_id, seq), &msg.encode_to_vec());
-    chat.last_seq = seq;
-    chat.last_activity_ms = now_ms;
-    txn.set(&keys::chat(chat_id), &chat.encode_to_vec());
+    let msg = store_message(txn, &mut chat, msg)?;
+    let seq = msg.seq;
 
     // Replying implies having seen the chat: the sender's cursors move to
     // the new message, so their unread count stays "others' messages after
     // my read cursor".
     let ckey = keys::cursor(chat_id, actor.user_id);
-    let mut cur: CursorRecord = records::get(txn, &ckey)?.unwrap_or_default();
-    let had_unread = cur.read + 1 < seq;
-    cur.delivered = seq;
-    cur.read = seq;
+    let old: CursorRecord = records::get(txn, &ckey)?.unwrap_or_default();
+    let cur = CursorRecord {
+        delivered: seq,
+        read: seq,
+        joined: old.joined,
+    };
     txn.set(&ckey, &cur.encode_to_vec());
 
-    let log_rec = LogRecord {
-        chat_id,
-        seq,
-        receipt: None,
-    };
-    let mut notifications = Vec::with_capacity(chat.members.len() + 1);
+    let mut delivery = Delivery::default();
     let mut sender_pos = 0;
-    for &member in &chat.members {
-        let skip = (member == actor.user_id).then_some(actor.device_id);
-        let n = log::append(txn, member, &log_rec, v1::event::Kind::Message(msg.clone()), skip)?;
-        if member == actor.user_id {
-            sender_pos = n.event.pos;
+    match kind {
+        // Pull model: one stored message, announced to watching devices.
+        ChatKind::Channel => delivery.channel_post = Some(msg),
+        _ => {
+            delivery.events = fan_out(txn, &chat, &msg, Some((actor.user_id, actor.device_id)))?;
+            sender_pos = delivery
+                .events
+                .iter()
+                .find(|n| n.user_id == actor.user_id)
+                .map_or(0, |n| n.event.pos);
         }
-        notifications.push(n);
     }
-    if had_unread {
+    if kind == ChatKind::Group {
+        delivery
+            .events
+            .extend(receipts::aggregate_change(txn, chat_id, Some(old), Some(cur))?);
+    } else if kind == ChatKind::Direct && old.read + 1 < seq {
         // The peers' messages before this one are now read: blue ticks for them.
         let receipt = v1::Receipt {
             chat_id,
             user: actor.username.clone(),
             kind: v1::ReceiptKind::Read as i32,
             seq: seq - 1,
+            everyone: false,
         };
         for &member in chat.members.iter().filter(|&&m| m != actor.user_id) {
             let rec = LogRecord {
@@ -153,7 +163,7 @@ pub fn send(
                 seq: 0,
                 receipt: Some(receipt.clone()),
             };
-            notifications.push(log::append(
+            delivery.events.push(log::append(
                 txn,
                 member,
                 &rec,
@@ -171,8 +181,48 @@ pub fn send(
             pos: sender_pos,
             duplicate: false,
         },
-        notifications,
+        delivery,
     })
+}
+
+/// Gives `msg` the chat's next seq, stores it and the chat record. The one
+/// place a seq is assigned: messages and membership events alike.
+pub fn store_message(txn: &mut dyn Txn, chat: &mut ChatRecord, mut msg: v1::Message) -> Result<v1::Message, ServiceError> {
+    let seq = chat.last_seq + 1;
+    msg.seq = seq;
+    txn.set(&keys::message(msg.chat_id, seq), &msg.encode_to_vec());
+    chat.last_seq = seq;
+    chat.last_activity_ms = chat.last_activity_ms.max(msg.sent_at_ms);
+    txn.set(&keys::chat(msg.chat_id), &chat.encode_to_vec());
+    Ok(msg)
+}
+
+/// Appends `msg` to the log of every member of a (direct or group) chat.
+/// `skip` names the sending device, which learns its position from the
+/// response instead of a push.
+pub fn fan_out(
+    txn: &mut dyn Txn,
+    chat: &ChatRecord,
+    msg: &v1::Message,
+    skip: Option<(u64, u32)>,
+) -> Result<Vec<super::Notification>, ServiceError> {
+    let rec = LogRecord {
+        chat_id: msg.chat_id,
+        seq: msg.seq,
+        receipt: None,
+    };
+    let mut out = Vec::with_capacity(chat.members.len());
+    for &member in &chat.members {
+        let skip_device = skip.and_then(|(u, d)| (u == member).then_some(d));
+        out.push(log::append(
+            txn,
+            member,
+            &rec,
+            v1::event::Kind::Message(msg.clone()),
+            skip_device,
+        )?);
+    }
+    Ok(out)
 }
 
 /// Resolves a send's target, creating the direct chat on first contact.
@@ -204,8 +254,7 @@ fn resolve_for_send(
                     let rec = ChatRecord {
                         kind: ChatKind::Direct as i32,
                         members,
-                        last_seq: 0,
-                        last_activity_ms: 0,
+                        ..ChatRecord::default()
                     };
                     txn.set(&keys::chat(id), &rec.encode_to_vec());
                     txn.set(&keys::user_chat(actor.user_id, id), b"");
@@ -234,15 +283,16 @@ fn be_u64(key: &[u8], b: &[u8]) -> Result<u64, ServiceError> {
         .map_err(|_| ServiceError::Internal(format!("corrupt id under {}", key.escape_ascii())))
 }
 
-fn load_chat(txn: &mut dyn ReadTxn, chat_id: u64) -> Result<ChatRecord, ServiceError> {
+/// Loads a chat by id: `NotFound` if it does not exist.
+pub fn load_chat(txn: &mut dyn ReadTxn, chat_id: u64) -> Result<ChatRecord, ServiceError> {
     records::get(txn, &keys::chat(chat_id))?.ok_or_else(|| ServiceError::NotFound(format!("no chat {chat_id}")))
 }
 
 /// Loads a chat the actor belongs to: `NotFound` if it does not exist,
-/// `Forbidden` if the actor is not a participant.
+/// `Forbidden` if the actor is not a participant (member, subscriber).
 pub fn member_chat(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64) -> Result<ChatRecord, ServiceError> {
     let chat = load_chat(txn, chat_id)?;
-    if chat.members.contains(&actor.user_id) {
+    if is_member(txn, &chat, chat_id, actor.user_id)? {
         Ok(chat)
     } else {
         Err(ServiceError::Forbidden(format!(
@@ -251,8 +301,21 @@ pub fn member_chat(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64) -> Result
     }
 }
 
-/// The other participant's name in a direct chat.
+/// Whether `uid` is a participant: a member of a direct chat or group, a
+/// subscriber of a channel (a channel's record lists only its admins).
+pub fn is_member(txn: &mut dyn ReadTxn, chat: &ChatRecord, chat_id: u64, uid: u64) -> Result<bool, ServiceError> {
+    Ok(if chat.kind() == ChatKind::Channel {
+        txn.get(&keys::user_chat(uid, chat_id))?.is_some()
+    } else {
+        chat.members.contains(&uid)
+    })
+}
+
+/// The other participant's name in a direct chat ("" for other kinds).
 fn direct_peer(txn: &mut dyn ReadTxn, actor: &Actor, chat: &ChatRecord) -> Result<String, ServiceError> {
+    if chat.kind() != ChatKind::Direct {
+        return Ok(String::new());
+    }
     let Some(&peer) = chat.members.iter().find(|&&m| m != actor.user_id) else {
         return Ok(String::new());
     };
@@ -279,31 +342,54 @@ pub fn resolve_for_read(
     }
 }
 
-/// A page of history: messages with seq < `before` (0: newest), newest first.
+/// Where a history page starts and which way it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Only messages with seq below this (0: no upper bound).
+    pub before: u64,
+    /// When set: messages with seq above this, oldest first.
+    pub after: Option<u64>,
+    /// At most this many (0: the default).
+    pub limit: u32,
+}
+
+/// A page of history. Backwards (the default): messages with seq < `before`
+/// (0: newest), newest first. Forwards (`after` set): seq > `after`, oldest
+/// first. A group member sees nothing from before they joined.
 pub fn history(
     txn: &mut dyn ReadTxn,
     actor: &Actor,
     target: &Target,
-    before: u64,
-    limit: u32,
+    page: Page,
     max_bytes: usize,
 ) -> Result<v1::HistoryResponse, ServiceError> {
     let (chat_id, chat) = resolve_for_read(txn, actor, target)?;
-    let limit = if limit == 0 {
+    let limit = if page.limit == 0 {
         DEFAULT_HISTORY
     } else {
-        limit.min(MAX_HISTORY)
+        page.limit.min(MAX_HISTORY)
     } as usize;
-    let end_seq = if before == 0 {
+    let first = if chat.kind() == ChatKind::Group {
+        let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();
+        mine.joined.max(1)
+    } else {
+        1
+    };
+    let end_seq = if page.before == 0 {
         chat.last_seq + 1
     } else {
-        before.min(chat.last_seq + 1)
+        page.before.min(chat.last_seq + 1)
+    };
+    let forward = page.after.is_some();
+    let start_seq = match page.after {
+        Some(after) => first.max(after.saturating_add(1)),
+        None => first,
     };
     let rows = txn.range(
-        &keys::message(chat_id, 1),
-        &keys::message(chat_id, end_seq),
+        &keys::message(chat_id, start_seq),
+        &keys::message(chat_id, end_seq.max(start_seq)),
         limit,
-        true,
+        !forward,
     )?;
     let mut messages = Vec::with_capacity(rows.len());
     let mut bytes = 0;
@@ -316,7 +402,11 @@ pub fn history(
         bytes += len;
         messages.push(m);
     }
-    let more = messages.last().map_or(end_seq > 1, |m: &v1::Message| m.seq > 1);
+    let more = if forward {
+        messages.last().map_or(false, |m: &v1::Message| m.seq + 1 < end_seq)
+    } else {
+        messages.last().map_or(end_seq > start_seq, |m: &v1::Message| m.seq > start_seq)
+    };
     Ok(v1::HistoryResponse {
         chat_id,
         messages,
@@ -332,30 +422,50 @@ pub fn chats(txn: &mut dyn ReadTxn, actor: &Actor) -> Result<Vec<v1::ChatSummary
     for (k, _) in rows {
         let chat_id = keys::chat_of_user_chat(&k).ok_or_else(|| ServiceError::Internal("bad chat index key".into()))?;
         let chat = load_chat(txn, chat_id)?;
-        let peer = direct_peer(txn, actor, &chat)?;
-        let peer_id = chat.members.iter().copied().find(|&m| m != actor.user_id).unwrap_or(0);
-        let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();
-        let theirs: CursorRecord = records::get(txn, &keys::cursor(chat_id, peer_id))?.unwrap_or_default();
-        let last_message = if chat.last_seq > 0 {
-            records::get::<v1::Message>(txn, &keys::message(chat_id, chat.last_seq))?
-        } else {
-            None
-        };
-        out.push((
-            chat.last_activity_ms,
-            v1::ChatSummary {
-                chat_id,
-                kind: chat.kind,
-                peer,
-                last_message,
-                unread: chat.last_seq.saturating_sub(mine.read),
-                my_delivered_seq: mine.delivered,
-                my_read_seq: mine.read,
-                peer_delivered_seq: theirs.delivered,
-                peer_read_seq: theirs.read,
-            },
-        ));
+        out.push((chat.last_activity_ms, summary(txn, actor, chat_id, &chat)?));
     }
     out.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.chat_id.cmp(&a.1.chat_id)));
     Ok(out.into_iter().map(|(_, s)| s).collect())
+}
+
+/// One chat's line in the chat list.
+fn summary(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64, chat: &ChatRecord) -> Result<v1::ChatSummary, ServiceError> {
+    let kind = chat.kind();
+    let peer = direct_peer(txn, actor, chat)?;
+    let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();
+    let (peer_delivered_seq, peer_read_seq) = match kind {
+        ChatKind::Group => {
+            let agg = receipts::aggregate(txn, chat_id)?;
+            (agg.delivered_min, agg.read_min)
+        }
+        ChatKind::Channel => (0, 0),
+        _ => {
+            let peer_id = chat.members.iter().copied().find(|&m| m != actor.user_id).unwrap_or(0);
+            let theirs: CursorRecord = records::get(txn, &keys::cursor(chat_id, peer_id))?.unwrap_or_default();
+            (theirs.delivered, theirs.read)
+        }
+    };
+    let last_message = if chat.last_seq > 0 {
+        records::get::<v1::Message>(txn, &keys::message(chat_id, chat.last_seq))?
+    } else {
+        None
+    };
+    let member_count = match kind {
+        ChatKind::Channel => chat.subscribers,
+        _ => u32::try_from(chat.members.len()).unwrap_or(u32::MAX),
+    };
+    Ok(v1::ChatSummary {
+        chat_id,
+        kind: chat.kind,
+        peer,
+        last_message,
+        unread: chat.last_seq.saturating_sub(mine.read),
+        my_delivered_seq: mine.delivered,
+        my_read_seq: mine.read,
+        peer_delivered_seq,
+        peer_read_seq,
+        name: chat.name.clone(),
+        member_count,
+        admin: chat.admins.contains(&actor.user_id),
+    })
 }

@@ -10,11 +10,13 @@
 //! - [`error`]: the domain error type and its one mapping to wire codes.
 //! - [`accounts`]: register, login, sessions, logout.
 //! - [`messages`]: send (seq assignment, idempotency), history, chat list.
-//! - [`receipts`]: delivered/read cursors.
+//! - [`groups`]: groups and channels: creation, membership, names.
+//! - [`receipts`]: delivered/read cursors and a group's aggregate of them.
 //! - [`log`]: the per-user event log, sync and acknowledgements.
 
 pub mod accounts;
 pub mod error;
+pub mod groups;
 pub mod log;
 pub mod messages;
 pub mod receipts;
@@ -33,6 +35,45 @@ pub struct Notification {
     pub event: v1::Event,
     /// A device that already has it (the sender's own device).
     pub skip_device: Option<u32>,
+}
+
+/// Everything a committed write asks to be pushed, in the order to push it.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Channel subscriptions that changed: (user, channel, subscribed). The
+    /// user's online devices start or stop watching the channel first, so a
+    /// post committed after a subscription reaches them.
+    pub watch: Vec<(u64, u64, bool)>,
+    /// Log entries for users' online devices.
+    pub events: Vec<Notification>,
+    /// A new message in a channel, announced to the devices watching it
+    /// (pull model: nothing was written per subscriber).
+    pub channel_post: Option<v1::Message>,
+}
+
+impl From<Vec<Notification>> for Delivery {
+    fn from(events: Vec<Notification>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+}
+
+impl Delivery {
+    /// The chat whose order this delivery must keep, if it has one.
+    pub fn chat_id(&self) -> Option<u64> {
+        self.events
+            .first()
+            .map(|n| n.chat_id)
+            .or(self.channel_post.as_ref().map(|m| m.chat_id))
+            .or(self.watch.first().map(|w| w.1))
+    }
+
+    /// Whether there is nothing to push.
+    pub fn is_empty(&self) -> bool {
+        self.watch.is_empty() && self.events.is_empty() && self.channel_post.is_none()
+    }
 }
 
 /// Who is acting: the authenticated device of a connection.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Committed, KeyValue, Outcome, ReadTxn, Store, StoreError, StoreStats, Txn, WriteFn};
+use super::{BoxFuture, KeyValue, OnDurable, Outcome, ReadTxn, Store, StoreError, StoreStats, Txn, WriteFn};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -29,7 +29,7 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const MAX_BATCH: usize = 1024;
 
 enum Cmd {
-    Write(WriteFn, oneshot::Sender<Result<(), StoreError>>),
+    Write(WriteFn, OnDurable),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -75,14 +75,12 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    fn enqueue(&self, job: WriteFn) -> BoxFuture<'_, Result<Committed, StoreError>> {
+    fn enqueue(&self, job: WriteFn, on_durable: OnDurable) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let (done, committed) = oneshot::channel();
             self.tx
-                .send(Cmd::Write(job, done))
+                .send(Cmd::Write(job, on_durable))
                 .await
-                .map_err(|_| StoreError::Closed)?;
-            Ok(committed)
+                .map_err(|_| StoreError::Closed)
         })
     }
 
@@ -113,7 +111,7 @@ impl Store for EmbeddedStore {
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) {
-    let mut batch: Vec<(WriteFn, oneshot::Sender<Result<(), StoreError>>)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(WriteFn, OnDurable)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown = None;
     while shutdown.is_none() {
         let Some(first) = rx.blocking_recv() else { break };
@@ -138,7 +136,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) 
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
         if let Cmd::Write(_, done) = cmd {
-            let _ = done.send(Err(StoreError::Closed));
+            done(Err(StoreError::Closed));
         }
     }
     if let Some(ack) = shutdown {
@@ -148,7 +146,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) 
 
 fn commit_batch(
     db: &Database,
-    batch: &mut Vec<(WriteFn, oneshot::Sender<Result<(), StoreError>>)>,
+    batch: &mut Vec<(WriteFn, OnDurable)>,
     counters: &Counters,
 ) {
     let started = std::time::Instant::now();
@@ -202,14 +200,16 @@ fn commit_batch(
         Ok(keys) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters.keys.fetch_add(keys, Ordering::Relaxed);
+            // In queue order: callers that publish from here publish in
+            // commit order.
             for (_, done) in batch.drain(..) {
-                let _ = done.send(Ok(()));
+                done(Ok(()));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, jobs = batch.len(), "group commit failed");
             for (_, done) in batch.drain(..) {
-                let _ = done.send(Err(e.clone()));
+                done(Err(e.clone()));
             }
         }
     }

@@ -8,10 +8,12 @@
 //!
 //! # Write path
 //! A write is a closure over a [`Txn`]. [`Store::enqueue`] hands it to the
-//! backend and returns once it is queued; the returned [`Committed`] resolves
-//! once it is durable. Splitting the two lets a connection pipeline writes:
-//! it enqueues request after request in order, and awaits their commits
-//! later. Backends apply queued writes in the order they were enqueued.
+//! backend and returns once it is queued; the write's [`OnDurable`] callback
+//! runs once it is durable (or failed). Splitting the two lets a connection
+//! pipeline writes: it enqueues request after request in order, and awaits
+//! their commits later. Backends apply queued writes in the order they were
+//! enqueued and run the callbacks in that same order, so whatever a callback
+//! publishes (live events) goes out in commit order, with no lock of its own.
 //!
 //! A closure that returns [`Outcome::Rollback`] leaves no trace, even when it
 //! shares a commit with others (group commit).
@@ -79,9 +81,10 @@ pub trait Txn: ReadTxn {
 /// conflict (FoundationDB), so it must not have effects outside the `Txn`.
 pub type WriteFn = Box<dyn FnMut(&mut dyn Txn) -> Outcome + Send>;
 
-/// Resolves once the write is durable (`Ok`) or failed (`Err`: nothing of it
-/// was stored).
-pub type Committed = oneshot::Receiver<Result<(), StoreError>>;
+/// Called once per write when it is durable (`Ok`) or failed (`Err`: nothing
+/// of it was stored), in queue order. It runs on the backend's commit path,
+/// so it must be quick and must not block: hand work off, don't do it.
+pub type OnDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A boxed future, for a dyn-compatible trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -89,8 +92,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A transactional ordered key-value store.
 pub trait Store: Send + Sync + 'static {
     /// Queues a write. Resolves when queued (waiting if the queue is full:
-    /// that is the backpressure on writers); writes are applied in queue order.
-    fn enqueue(&self, job: WriteFn) -> BoxFuture<'_, Result<Committed, StoreError>>;
+    /// that is the backpressure on writers); writes are applied, and their
+    /// `on_durable` callbacks called, in queue order. If this returns an
+    /// error, `on_durable` is dropped without being called.
+    fn enqueue(&self, job: WriteFn, on_durable: OnDurable) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Runs `f` in a read-only snapshot on the calling thread.
     fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError>;
@@ -120,7 +125,7 @@ pub struct StoreStats {
 /// A queued typed write; [`wait`](Self::wait) gives its result once durable.
 #[must_use = "a pending write reports its result only when awaited"]
 pub struct PendingWrite<T> {
-    committed: Committed,
+    committed: oneshot::Receiver<Result<(), StoreError>>,
     slot: Arc<Mutex<Option<T>>>,
 }
 
@@ -141,11 +146,29 @@ impl<R, E: From<StoreError>> PendingWrite<Result<R, E>> {
 }
 
 /// Queues `f` as a write: `Ok` results commit, `Err` results roll back.
-pub async fn enqueue_write<R, E, F>(store: &dyn Store, mut f: F) -> Result<PendingWrite<Result<R, E>>, E>
+pub async fn enqueue_write<R, E, F>(store: &dyn Store, f: F) -> Result<PendingWrite<Result<R, E>>, E>
 where
     R: Send + 'static,
     E: From<StoreError> + Send + 'static,
     F: FnMut(&mut dyn Txn) -> Result<R, E> + Send + 'static,
+{
+    enqueue_write_then(store, f, |_: &mut R| {}).await
+}
+
+/// Like [`enqueue_write`], and once the write is durable runs `then` on its
+/// result, in commit order, before the [`PendingWrite`] resolves. Use it to
+/// publish what a write produced in the order writes were committed; `then`
+/// runs on the store's commit path, so it must only hand work off.
+pub async fn enqueue_write_then<R, E, F, G>(
+    store: &dyn Store,
+    mut f: F,
+    then: G,
+) -> Result<PendingWrite<Result<R, E>>, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnMut(&mut dyn Txn) -> Result<R, E> + Send + 'static,
+    G: FnOnce(&mut R) + Send + 'static,
 {
     let slot = Arc::new(Mutex::new(None));
     let out = slot.clone();
@@ -155,7 +178,17 @@ where
         *out.lock().expect("slot lock") = Some(r);
         outcome
     });
-    let committed = store.enqueue(job).await?;
+    let (done, committed) = oneshot::channel();
+    let result = slot.clone();
+    let on_durable: OnDurable = Box::new(move |r| {
+        if r.is_ok()
+            && let Some(Ok(value)) = result.lock().expect("slot lock").as_mut()
+        {
+            then(value);
+        }
+        let _ = done.send(r);
+    });
+    store.enqueue(job, on_durable).await?;
     Ok(PendingWrite { committed, slot })
 }
 
