@@ -57,8 +57,10 @@ impl Fanout {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(d)) => {
                 tracing::warn!("fan-out queue full: disconnecting recipients so they resync");
-                self.hub
-                    .close_users(d.events.iter().map(|n| n.user_id), "server push backlog: reconnect and sync");
+                self.hub.close_users(
+                    d.events.iter().map(|n| n.user_id),
+                    "server push backlog: reconnect and sync",
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

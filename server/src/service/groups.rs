@@ -47,16 +47,21 @@ pub fn validate_name(name: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Resolves usernames to ids (deduplicated, without the actor), in name
-/// order. An unknown name fails the whole request.
-fn resolve_users(txn: &mut dyn ReadTxn, actor: &Actor, names: &[String]) -> Result<BTreeMap<String, u64>, ServiceError> {
+/// Resolves usernames to ids (deduplicated, and without the actor unless
+/// `with_self`), in name order. An unknown name fails the whole request.
+fn resolve_users(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    names: &[String],
+    with_self: bool,
+) -> Result<BTreeMap<String, u64>, ServiceError> {
     let mut out = BTreeMap::new();
     for name in names {
-        if *name == actor.username || out.contains_key(name) {
+        if (*name == actor.username && !with_self) || out.contains_key(name) {
             continue;
         }
-        let user = accounts::find_user(txn, name)?
-            .ok_or_else(|| ServiceError::NotFound(format!("no user named {name:?}")))?;
+        let user =
+            accounts::find_user(txn, name)?.ok_or_else(|| ServiceError::NotFound(format!("no user named {name:?}")))?;
         out.insert(name.clone(), user.id);
     }
     Ok(out)
@@ -85,7 +90,7 @@ pub fn create(
             "a channel starts with no members: others subscribe".into(),
         ));
     }
-    let others = resolve_users(txn, actor, members)?;
+    let others = resolve_users(txn, actor, members, false)?;
     if others.len() + 1 > max_members as usize {
         return Err(ServiceError::LimitExceeded(format!(
             "a group has at most {max_members} members; {} requested",
@@ -185,11 +190,13 @@ pub fn update(
             "only admins of chat {chat_id} can do that"
         )));
     }
+    // Admins may demote or promote themselves; removing oneself is LEAVE.
+    let with_self = matches!(action, ChatAction::Promote | ChatAction::Demote);
     let named = |txn: &mut dyn Txn| -> Result<BTreeMap<String, u64>, ServiceError> {
         if users.is_empty() {
             return Err(ServiceError::InvalidArgument("name at least one user".into()));
         }
-        resolve_users(txn, actor, users)
+        resolve_users(txn, actor, users, with_self)
     };
     let mut delivery = Delivery::default();
     let mut event: Option<v1::GroupEvent> = None;
@@ -416,12 +423,22 @@ pub fn subscribe(
 }
 
 /// A group's or channel's description, for a participant.
-pub fn info(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64, max_members: u32) -> Result<v1::ChatInfo, ServiceError> {
+pub fn info(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    chat_id: u64,
+    max_members: u32,
+) -> Result<v1::ChatInfo, ServiceError> {
     let chat = managed_chat(txn, actor, chat_id)?;
     info_of(txn, chat_id, &chat, max_members)
 }
 
-fn info_of(txn: &mut dyn ReadTxn, chat_id: u64, chat: &ChatRecord, max_members: u32) -> Result<v1::ChatInfo, ServiceError> {
+fn info_of(
+    txn: &mut dyn ReadTxn,
+    chat_id: u64,
+    chat: &ChatRecord,
+    max_members: u32,
+) -> Result<v1::ChatInfo, ServiceError> {
     let kind = chat.kind();
     let mut members = Vec::with_capacity(chat.members.len());
     for &uid in &chat.members {

@@ -187,7 +187,11 @@ pub fn send(
 
 /// Gives `msg` the chat's next seq, stores it and the chat record. The one
 /// place a seq is assigned: messages and membership events alike.
-pub fn store_message(txn: &mut dyn Txn, chat: &mut ChatRecord, mut msg: v1::Message) -> Result<v1::Message, ServiceError> {
+pub fn store_message(
+    txn: &mut dyn Txn,
+    chat: &mut ChatRecord,
+    mut msg: v1::Message,
+) -> Result<v1::Message, ServiceError> {
     let seq = chat.last_seq + 1;
     msg.seq = seq;
     txn.set(&keys::message(msg.chat_id, seq), &msg.encode_to_vec());
@@ -403,9 +407,11 @@ pub fn history(
         messages.push(m);
     }
     let more = if forward {
-        messages.last().map_or(false, |m: &v1::Message| m.seq + 1 < end_seq)
+        messages.last().is_some_and(|m: &v1::Message| m.seq + 1 < end_seq)
     } else {
-        messages.last().map_or(end_seq > start_seq, |m: &v1::Message| m.seq > start_seq)
+        messages
+            .last()
+            .map_or(end_seq > start_seq, |m: &v1::Message| m.seq > start_seq)
     };
     Ok(v1::HistoryResponse {
         chat_id,
@@ -429,7 +435,12 @@ pub fn chats(txn: &mut dyn ReadTxn, actor: &Actor) -> Result<Vec<v1::ChatSummary
 }
 
 /// One chat's line in the chat list.
-fn summary(txn: &mut dyn ReadTxn, actor: &Actor, chat_id: u64, chat: &ChatRecord) -> Result<v1::ChatSummary, ServiceError> {
+fn summary(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    chat_id: u64,
+    chat: &ChatRecord,
+) -> Result<v1::ChatSummary, ServiceError> {
     let kind = chat.kind();
     let peer = direct_peer(txn, actor, chat)?;
     let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();

@@ -154,7 +154,13 @@ pub fn aggregate_change(
         )?);
     }
     if agg.read_min > before.read_min {
-        out.extend(tell_senders(txn, chat_id, ReceiptKind::Read, before.read_min, agg.read_min)?);
+        out.extend(tell_senders(
+            txn,
+            chat_id,
+            ReceiptKind::Read,
+            before.read_min,
+            agg.read_min,
+        )?);
     }
     Ok(out)
 }

@@ -144,11 +144,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Cmd>, counters: &Counters) 
     }
 }
 
-fn commit_batch(
-    db: &Database,
-    batch: &mut Vec<(WriteFn, OnDurable)>,
-    counters: &Counters,
-) {
+fn commit_batch(db: &Database, batch: &mut Vec<(WriteFn, OnDurable)>, counters: &Counters) {
     let started = std::time::Instant::now();
     let result = (|| -> Result<u64, StoreError> {
         let mut w = db.begin_write().map_err(backend)?;

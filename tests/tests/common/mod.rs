@@ -90,6 +90,30 @@ impl TestServer {
         (c, auth.token)
     }
 
+    /// Creates `n` accounts named `{prefix}{i}` straight through the
+    /// account service in one store transaction (one shared password hash
+    /// instead of n argon2 runs), each with a device token to connect with.
+    pub async fn users_fast(&self, prefix: &str, n: usize) -> Vec<(String, String)> {
+        use quip_server::service::{ServiceError, accounts};
+        let phc = accounts::hash_password(PASSWORD).unwrap();
+        let users: Vec<(String, String, [u8; 32])> = (0..n)
+            .map(|i| {
+                let (token, hash) = accounts::new_token();
+                (format!("{prefix}{i}"), token, hash)
+            })
+            .collect();
+        let batch = users.clone();
+        quip_server::store::write(&*self.store, move |t| {
+            for (name, _, hash) in &batch {
+                accounts::register(t, name, &phc, "test", hash, 0)?;
+            }
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+        users.into_iter().map(|(n, t, _)| (n, t)).collect()
+    }
+
     pub async fn stop(mut self) {
         self.stop.take().map(|s| s.send(()));
         if let Some(t) = self.task.take() {
@@ -124,4 +148,26 @@ pub async fn no_event(c: &Client) {
 
 pub fn text(m: &v1::Message) -> &str {
     m.content.as_ref().map_or("", |c| c.text.as_str())
+}
+
+/// The next pushed event that satisfies `f`, skipping others.
+pub async fn next_matching(c: &Client, f: impl Fn(&v1::Event) -> bool) -> v1::Event {
+    loop {
+        let e = next_event(c).await;
+        if f(&e) {
+            return e;
+        }
+    }
+}
+
+/// The group event kind of a message, if it is one.
+pub fn group_event(m: &v1::Message) -> Option<v1::GroupEventKind> {
+    m.group_event
+        .as_ref()
+        .map(|g| v1::GroupEventKind::try_from(g.kind).unwrap_or_default())
+}
+
+/// The error code of a failed request.
+pub fn code<T: std::fmt::Debug>(r: Result<T, quip_client::ClientError>) -> Option<v1::ErrorCode> {
+    r.expect_err("the request should fail").code()
 }
