@@ -16,6 +16,7 @@
 //! contiguous prefix of the user's log is acknowledged.
 
 pub mod tracker;
+pub mod typing;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -31,6 +32,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 pub use tracker::AckTracker;
+pub use typing::TypingState;
 
 /// Unwraps the expected reply variant or reports what came instead.
 macro_rules! reply_as {
@@ -81,13 +83,19 @@ impl ClientError {
 }
 
 /// How to reach a server.
-#[derive(Debug, Clone)]
+///
+/// Clones share one TLS configuration and with it the cache of resumable
+/// sessions, so a reconnect made with (a clone of) the same options resumes
+/// the TLS session and sends its first requests in 0-RTT.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// `host:port`.
     pub server: String,
     /// PEM certificate to trust (a dev server's self-signed one). Without it
     /// the platform's web PKI roots are used.
     pub ca_pem: Option<Vec<u8>>,
+    /// The QUIC client configuration built from `ca_pem`.
+    quic: quinn::ClientConfig,
     /// Session token to resume; `None` connects anonymously.
     pub token: Option<String>,
     /// Sent in Hello for the server's logs.
@@ -100,9 +108,11 @@ impl ConnectOptions {
         let ca_pem = ca
             .map(|p| std::fs::read(p).map_err(|e| ClientError::Connect(format!("reading CA {}: {e}", p.display()))))
             .transpose()?;
+        let quic = quic_config(ca_pem.as_deref())?;
         Ok(Self {
             server: server.into(),
             ca_pem,
+            quic,
             token: None,
             client_name: concat!("quip-client/", env!("CARGO_PKG_VERSION")).into(),
         })
@@ -115,12 +125,46 @@ impl ConnectOptions {
     }
 }
 
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("client_name", &self.client_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often an idle connection sends a QUIC PING. Home routers and carrier
+/// NATs commonly drop idle UDP bindings after 30 s or more; 10 s keeps the
+/// binding and lets two PINGs in a row be lost before the server's 30 s
+/// idle timeout. Only an idle connection pings, and only while connected: a
+/// backgrounded app should close its connection and rely on push
+/// notifications rather than wake the radio every 10 s.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+fn quic_config(ca_pem: Option<&[u8]>) -> Result<quinn::ClientConfig, ClientError> {
+    let tls = tls_config(ca_pem)?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_concurrent_uni_streams(64u32.into());
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Envelope>>>>;
 
 /// A connected client.
 pub struct Client {
     conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
+    /// True once the TLS handshake is complete.
+    handshake: tokio::sync::watch::Receiver<bool>,
+    used_0rtt: bool,
     send: tokio::sync::Mutex<quinn::SendStream>,
     pending: Pending,
     next_id: AtomicU64,
@@ -150,6 +194,10 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // Resumed sessions send their first flight as 0-RTT; the server runs
+    // only replay-safe requests from it (others get TOO_EARLY, which
+    // `request` retries once the handshake is done).
+    cfg.enable_early_data = true;
     Ok(cfg)
 }
 
@@ -174,15 +222,6 @@ impl Client {
     /// connections use [`connect_on`](Self::connect_on) with a few of these.
     pub fn endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
         let (addr, _) = resolve(&opts.server)?;
-        let tls = tls_config(opts.ca_pem.as_deref())?;
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
-        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(10)))
-            .max_concurrent_uni_streams(64u32.into());
-        cfg.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .expect("valid");
@@ -194,7 +233,7 @@ impl Client {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| ClientError::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(cfg);
+        endpoint.set_default_client_config(opts.quic.clone());
         Ok(endpoint)
     }
 
@@ -207,12 +246,37 @@ impl Client {
     }
 
     async fn quic_connect(endpoint: &quinn::Endpoint, opts: &ConnectOptions) -> Result<quinn::Connection, ClientError> {
+        let (conn, mut handshake) = Self::quic_connect_0rtt(endpoint, opts).await?;
+        let _ = handshake.wait_for(|done| *done).await;
+        Ok(conn)
+    }
+
+    /// Connects, in 0-RTT when a resumable session exists. The watch turns
+    /// true once the handshake is complete.
+    async fn quic_connect_0rtt(
+        endpoint: &quinn::Endpoint,
+        opts: &ConnectOptions,
+    ) -> Result<(quinn::Connection, tokio::sync::watch::Receiver<bool>), ClientError> {
         let (addr, host) = resolve(&opts.server)?;
-        endpoint
-            .connect(addr, &host)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))
+        let connecting = endpoint
+            .connect_with(opts.quic.clone(), addr, &host)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let conn = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                tokio::spawn(async move {
+                    let _ = accepted.await;
+                    let _ = done_tx.send(true);
+                });
+                conn
+            }
+            Err(connecting) => {
+                let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+                let _ = done_tx.send(true);
+                conn
+            }
+        };
+        Ok((conn, done_rx))
     }
 
     /// Connects, performs the handshake, and starts receiving pushes.
@@ -221,8 +285,12 @@ impl Client {
     }
 
     /// Like [`connect`](Self::connect), over an existing endpoint.
+    ///
+    /// When `opts` (or a clone) connected before, the TLS session is resumed
+    /// and Hello travels in 0-RTT: the handshake costs no extra round trip.
     pub async fn connect_on(endpoint: quinn::Endpoint, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let conn = Self::quic_connect(&endpoint, opts).await?;
+        let (conn, handshake) = Self::quic_connect_0rtt(&endpoint, opts).await?;
+        let early = !*handshake.borrow();
         let (mut send, mut recv) = conn.open_bi().await.map_err(closed)?;
         let hello = Envelope::new(
             1,
@@ -246,10 +314,13 @@ impl Client {
         let pending: Pending = Arc::default();
         tokio::spawn(read_replies(recv, dec, pending.clone()));
         let (ev_tx, ev_rx) = mpsc::channel(4096);
-        tokio::spawn(accept_lanes(conn.clone(), ev_tx));
+        tokio::spawn(accept_lanes(conn.clone(), ev_tx.clone()));
+        tokio::spawn(read_datagrams(conn.clone(), ev_tx));
         Ok(Self {
             conn,
-            _endpoint: endpoint,
+            endpoint,
+            handshake,
+            used_0rtt: early,
             send: tokio::sync::Mutex::new(send),
             pending,
             next_id: AtomicU64::new(2),
@@ -263,9 +334,43 @@ impl Client {
         &self.welcome
     }
 
+    /// Whether this connection sent its first requests in 0-RTT early data
+    /// (a resumed TLS session).
+    pub fn used_0rtt(&self) -> bool {
+        self.used_0rtt
+    }
+
+    /// Waits until the TLS handshake is complete (at once unless 0-RTT).
+    pub async fn handshake_complete(&self) {
+        let _ = self.handshake.clone().wait_for(|done| *done).await;
+    }
+
+    /// The QUIC endpoint (its UDP socket) this client uses: tests rebind it
+    /// to simulate a phone moving from Wi-Fi to cellular.
+    pub fn quic_endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
     /// Sends one request and waits for its answer. Error answers become
-    /// [`ClientError::Server`].
+    /// [`ClientError::Server`]. A request the server refused as too early
+    /// (it came in 0-RTT data and is not replay-safe) is sent again once the
+    /// handshake is complete.
     pub async fn request(&self, body: Body) -> Result<Body, ClientError> {
+        let retry = (!*self.handshake.borrow()).then(|| body.clone());
+        match self.request_once(body).await {
+            Err(ClientError::Server {
+                code: ErrorCode::TooEarly,
+                ..
+            }) if retry.is_some() => {
+                self.handshake_complete().await;
+                self.request_once(retry.expect("checked")).await
+            }
+            r => r,
+        }
+    }
+
+    /// Sends one request and waits for its answer, without retrying.
+    pub async fn request_once(&self, body: Body) -> Result<Body, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
@@ -406,7 +511,12 @@ impl Client {
 
     /// A page of a chat's messages after `after_seq`, oldest first: how a
     /// channel subscriber (or any client filling a gap) reads forwards.
-    pub async fn history_after(&self, chat_id: u64, after_seq: u64, limit: u32) -> Result<v1::HistoryResponse, ClientError> {
+    pub async fn history_after(
+        &self,
+        chat_id: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<v1::HistoryResponse, ClientError> {
         let body = Body::History(v1::HistoryRequest {
             chat_id,
             after_seq: Some(after_seq),
@@ -467,6 +577,35 @@ impl Client {
     pub async fn receipt_detail(&self, chat_id: u64) -> Result<v1::ReceiptDetailResponse, ClientError> {
         let body = Body::ReceiptDetail(v1::ReceiptDetailRequest { chat_id });
         reply_as!(self.request(body).await?, ReceiptDetails)
+    }
+
+    /// Presence of users, as far as their privacy settings let me see it.
+    pub async fn presence(&self, users: &[&str]) -> Result<Vec<v1::Presence>, ClientError> {
+        let body = Body::Presence(v1::PresenceRequest {
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+        });
+        reply_as!(self.request(body).await?, PresenceList).map(|p| p.users)
+    }
+
+    /// Sets who may see my online status and last seen.
+    pub async fn set_last_seen_visibility(&self, v: v1::Visibility) -> Result<v1::Visibility, ClientError> {
+        let body = Body::Settings(v1::SettingsRequest { last_seen: v as i32 });
+        reply_as!(self.request(body).await?, SettingsSaved)
+            .map(|s| v1::Visibility::try_from(s.last_seen).unwrap_or_default())
+    }
+
+    /// Says "I am typing" in a chat: as a QUIC datagram when the connection
+    /// supports them (no reply, no retransmission: stale typing is
+    /// worthless), else as a request on the stream.
+    pub async fn typing(&self, chat_id: u64) -> Result<(), ClientError> {
+        let env = Envelope::new(0, Body::Typing(v1::TypingRequest { chat_id }));
+        let frame = quip_protocol::frame_bytes(&env, quip_protocol::MAX_FRAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = quip_protocol::frame_body(&frame);
+        if self.conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+            return self.conn.send_datagram(body).map_err(closed);
+        }
+        reply_as!(self.request(env.body.expect("set above")).await?, TypingSent).map(|_| ())
     }
 
     /// Subscribes to a channel (or unsubscribes).
@@ -598,6 +737,20 @@ async fn read_replies(mut recv: quinn::RecvStream, mut dec: FrameDecoder, pendin
     }
     // Dropping the senders wakes every waiter with "closed".
     pending.lock().expect("pending lock").clear();
+}
+
+/// Events that arrive as datagrams (typing). Dropped when the event queue
+/// is full: they are transient.
+async fn read_datagrams(conn: quinn::Connection, events: mpsc::Sender<v1::Event>) {
+    while let Ok(d) = conn.read_datagram().await {
+        if let Ok(Envelope {
+            body: Some(Body::Event(e)),
+            ..
+        }) = quip_protocol::decode_envelope(&d, quip_protocol::MAX_FRAME)
+        {
+            let _ = events.try_send(e);
+        }
+    }
 }
 
 async fn accept_lanes(conn: quinn::Connection, events: mpsc::Sender<v1::Event>) {

@@ -63,8 +63,19 @@ pub fn frame_bytes(env: &Envelope, max_frame: usize) -> Result<Bytes, FrameError
     Ok(out.freeze())
 }
 
+/// The Envelope bytes of a frame made by [`frame_bytes`], without the length
+/// prefix: what a QUIC datagram or a WebSocket message carries, since those
+/// delimit messages themselves. Shares the frame's buffer.
+pub fn frame_body(frame: &Bytes) -> Bytes {
+    let mut rest: &[u8] = frame;
+    match prost::decode_length_delimiter(&mut rest) {
+        Ok(_) => frame.slice(frame.len() - rest.len()..),
+        Err(_) => frame.clone(),
+    }
+}
+
 /// Decodes a bare Envelope (no length prefix), as carried by transports that
-/// frame messages themselves (WebSocket binary messages).
+/// frame messages themselves (QUIC datagrams, WebSocket binary messages).
 pub fn decode_envelope(body: &[u8], max_frame: usize) -> Result<Envelope, FrameError> {
     if body.len() > max_frame {
         return Err(FrameError::TooLarge {
@@ -175,6 +186,15 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_body_strips_the_length_prefix() {
+        let env = Envelope::error(300, crate::v1::ErrorCode::Internal, "x".repeat(200));
+        let frame = frame_bytes(&env, 1 << 20).unwrap();
+        let body = frame_body(&frame);
+        assert_eq!(body.len(), env.encoded_len());
+        assert_eq!(decode_envelope(&body, 1 << 20).unwrap(), env);
+    }
     use crate::v1::{Content, Hello, SendRequest, envelope::Body};
     use proptest::prelude::*;
 

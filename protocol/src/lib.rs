@@ -26,7 +26,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/quip.v1.rs"));
 }
 
-pub use codec::{FrameDecoder, FrameError, decode_envelope, encode_frame, frame_bytes};
+pub use codec::{FrameDecoder, FrameError, decode_envelope, encode_frame, frame_body, frame_bytes};
 pub use v1::{Envelope, envelope::Body};
 pub use version::{ALPN, CloseCode, PROTOCOL_VERSION, negotiate_version};
 
@@ -63,6 +63,9 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::ChatInfo(_) => "chat_info",
             Body::ReceiptDetail(_) => "receipt_detail",
             Body::Subscribe(_) => "subscribe",
+            Body::Presence(_) => "presence",
+            Body::Settings(_) => "settings",
+            Body::Typing(_) => "typing",
             Body::Auth(_) => "auth",
             Body::LoggedOut(_) => "logged_out",
             Body::Identity(_) => "identity",
@@ -75,6 +78,9 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::Pong(_) => "pong",
             Body::Chat(_) => "chat",
             Body::ReceiptDetails(_) => "receipt_details",
+            Body::PresenceList(_) => "presence_list",
+            Body::SettingsSaved(_) => "settings_saved",
+            Body::TypingSent(_) => "typing_sent",
             Body::Event(_) => "event",
         },
     }

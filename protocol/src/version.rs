@@ -37,6 +37,12 @@ pub enum CloseCode {
     LoggedOut = 5,
     /// The handshake did not complete in time.
     HandshakeTimeout = 6,
+    /// The same device opened a newer connection (its limit of concurrent
+    /// connections was reached); this, the oldest, is closed. Do not reconnect
+    /// this one.
+    Replaced = 7,
+    /// The user has too many connections open at once.
+    TooManyConnections = 8,
 }
 
 impl CloseCode {
@@ -55,6 +61,8 @@ impl CloseCode {
             4 => Self::SlowConsumer,
             5 => Self::LoggedOut,
             6 => Self::HandshakeTimeout,
+            7 => Self::Replaced,
+            8 => Self::TooManyConnections,
             _ => return None,
         })
     }
@@ -82,6 +90,8 @@ mod tests {
             CloseCode::SlowConsumer,
             CloseCode::LoggedOut,
             CloseCode::HandshakeTimeout,
+            CloseCode::Replaced,
+            CloseCode::TooManyConnections,
         ] {
             assert_eq!(CloseCode::from_code(c.code().into()), Some(c));
         }

@@ -40,6 +40,29 @@ pub struct Config {
     #[arg(long, env = "QUIP_MAX_GROUP_MEMBERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..=10_000))]
     pub max_group_members: u32,
 
+    /// Seconds a user still counts as online after their last connection
+    /// went silent (lost, or timed out counting from its last packet). A
+    /// reconnect within it shows no offline/online flicker to contacts. A
+    /// connection the client closes ends presence at once.
+    #[arg(long, env = "QUIP_PRESENCE_GRACE", default_value_t = 30.0)]
+    pub presence_grace_secs: f64,
+
+    /// Typing indicators each device may send per second (bursts of 3);
+    /// excess ones are dropped.
+    #[arg(long, env = "QUIP_TYPING_RATE", default_value_t = 1.0)]
+    pub typing_rate: f64,
+
+    /// Connections one user may have open at once (all devices); more are
+    /// refused with close code 8.
+    #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// Connections one device may have open at once. A newer one replaces
+    /// the oldest (close code 7): a phone that reconnects on a new network
+    /// before its old connection timed out does not pile up connections.
+    #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 2)]
+    pub max_connections_per_device: usize,
+
     /// Requests per second each device may make, sustained (summed over its
     /// connections; anonymous connections each get their own budget). Excess
     /// requests get RATE_LIMITED with a retry delay.

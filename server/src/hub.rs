@@ -27,6 +27,10 @@ pub struct Push {
     pub chat_id: u64,
     /// A complete frame.
     pub frame: Bytes,
+    /// Worthless when late (typing): the transport may send it unreliably
+    /// (a QUIC datagram), and it is dropped rather than queued when the
+    /// connection is behind.
+    pub unreliable: bool,
 }
 
 /// Asks a connection's driver to close it.
@@ -67,10 +71,16 @@ pub struct DeviceHandle {
     pub closer: Arc<Closer>,
 }
 
-/// Queues a frame for one device; a full queue closes it as a slow consumer.
-fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes) {
-    match d.tx.try_send(Push { chat_id, frame }) {
+/// Queues a frame for one device; a full queue closes it as a slow consumer
+/// (an unreliable frame is just dropped).
+fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes, unreliable: bool) {
+    match d.tx.try_send(Push {
+        chat_id,
+        frame,
+        unreliable,
+    }) {
         Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) if unreliable => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             d.closer
                 .close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
@@ -90,9 +100,59 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Marks a device online.
-    pub fn register(&self, user_id: u64, handle: DeviceHandle) {
-        self.users.entry(user_id).or_default().push(handle);
+    /// Marks a device online, within limits: a user may have at most
+    /// `per_user` connections (else `Err`, and nothing changes); a device
+    /// at most `per_device`: its oldest connections beyond that are
+    /// returned, to be closed as replaced (a phone that reconnected before
+    /// its old connection timed out replaces it).
+    pub fn register(
+        &self,
+        user_id: u64,
+        handle: DeviceHandle,
+        per_user: usize,
+        per_device: usize,
+    ) -> Result<Vec<DeviceHandle>, ()> {
+        let mut devices = self.users.entry(user_id).or_default();
+        let same: Vec<usize> = devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.device_id == handle.device_id)
+            .map(|(i, _)| i)
+            .collect();
+        let excess = (same.len() + 1).saturating_sub(per_device.max(1));
+        if devices.len() - excess >= per_user.max(1) {
+            return Err(());
+        }
+        // Oldest first: connections are appended in registration order.
+        let replaced: Vec<DeviceHandle> = same[..excess].iter().rev().map(|&i| devices.remove(i)).collect();
+        devices.push(handle);
+        Ok(replaced)
+    }
+
+    /// Pushes one transient event (not in any log: presence, typing) to
+    /// every online device of `users`, encoded once.
+    pub fn push_event(
+        &self,
+        users: &[u64],
+        chat_id: u64,
+        event: quip_protocol::v1::Event,
+        unreliable: bool,
+        max_frame: usize,
+    ) {
+        let frame = match frame_bytes(&Envelope::new(0, Body::Event(event)), max_frame) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "transient event does not fit in a frame");
+                return;
+            }
+        };
+        for u in users {
+            if let Some(devices) = self.users.get(u) {
+                for d in devices.iter() {
+                    push_to(d, chat_id, frame.clone(), unreliable);
+                }
+            }
+        }
     }
 
     /// Marks a connection offline.
@@ -197,7 +257,7 @@ impl Hub {
             }
         };
         for (_, d) in watchers.iter() {
-            push_to(d, chat_id, frame.clone());
+            push_to(d, chat_id, frame.clone(), false);
         }
     }
 
@@ -238,7 +298,7 @@ impl Hub {
                 }
             };
             for d in targets {
-                push_to(d, n.chat_id, frame.clone());
+                push_to(d, n.chat_id, frame.clone(), false);
             }
         }
     }

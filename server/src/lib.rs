@@ -24,6 +24,8 @@ pub mod config;
 pub mod fanout;
 pub mod hub;
 pub mod keys;
+pub mod liveness;
+pub mod presence;
 pub mod quic;
 pub mod ratelimit;
 pub mod records;

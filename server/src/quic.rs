@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::hub::{Closer, Push};
+use crate::presence::Ended;
 use crate::session::{Reply, Session, Shared};
 use crate::store::BoxFuture;
 
@@ -33,18 +34,43 @@ fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
 }
 
 /// Drives one connection to its end.
+///
+/// Connections are accepted with 0-RTT: a returning client's first requests
+/// arrive with its first packet. Until the handshake completes, the session
+/// is marked early and refuses requests that are unsafe to replay.
 pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let conn = match incoming.await {
+    let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(error = %e, "handshake failed");
+            tracing::debug!(error = %e, "could not accept connection");
             return;
         }
     };
-    let remote = conn.remote_address();
     let (closer, mut close_rx) = Closer::new();
     let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
     let session = Session::new(shared.clone(), closer.clone(), push_tx);
+    let conn = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            session.set_early(true);
+            let s = session.clone();
+            tokio::spawn(async move {
+                // Resolves when the handshake completes (whether or not the
+                // client sent early data); if it never does, the
+                // connection fails and nothing early was unsafe.
+                let _ = accepted.await;
+                s.set_early(false);
+            });
+            conn
+        }
+        Err(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "handshake failed");
+                return;
+            }
+        },
+    };
+    let remote = conn.remote_address();
     let max_frame = quip_protocol::MAX_FRAME;
 
     let handshake = async {
@@ -88,6 +114,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     tokio::select! {
         _ = streams => {}
         _ = push_loop(conn.clone(), push_rx, lanes) => {}
+        _ = datagrams(conn.clone(), session.clone()) => {}
         _ = close_rx.changed() => {
             let (code, reason) = close_rx.borrow().clone().unwrap_or((CloseCode::Normal, String::new()));
             tracing::debug!(%remote, ?code, %reason, "closing connection");
@@ -95,7 +122,39 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         _ = conn.closed() => {}
     }
-    session.disconnect();
+    session.disconnect(ended(&conn, Duration::from_secs(shared.config.idle_timeout_secs)));
+}
+
+/// How a connection ended, for presence: a client's own close is a
+/// goodbye; an idle timeout means nothing was heard for `idle`.
+fn ended(conn: &quinn::Connection, idle: Duration) -> Ended {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code.into_inner() == u64::from(CloseCode::Normal.code()) =>
+        {
+            Ended::Closed
+        }
+        Some(quinn::ConnectionError::TimedOut) => Ended::Silent {
+            last_heard: std::time::Instant::now()
+                .checked_sub(idle)
+                .unwrap_or_else(std::time::Instant::now),
+        },
+        _ => Ended::Lost,
+    }
+}
+
+/// Reads QUIC datagrams: each carries one bare Envelope (a typing
+/// indicator). Undecodable ones are dropped: datagrams are best-effort.
+async fn datagrams(conn: quinn::Connection, session: Arc<Session>) {
+    while let Ok(d) = conn.read_datagram().await {
+        match quip_protocol::decode_envelope(&d, quip_protocol::MAX_FRAME) {
+            Ok(env) => session.datagram(env),
+            Err(e) => tracing::trace!(error = %e, "undecodable datagram dropped"),
+        }
+    }
+    // No datagrams (the peer did not enable them) or connection gone: the
+    // other tasks decide when the connection ends.
+    std::future::pending::<()>().await;
 }
 
 /// Answers the first frame: Welcome, or an error (then the caller closes).
@@ -241,16 +300,31 @@ async fn send_reply(
     if let Some(code) = session.take_close_after_reply() {
         let _ = send.finish();
         let _ = tokio::time::timeout(LINGER, send.stopped()).await;
-        close(conn, code, "logged out");
+        let reason = if code == CloseCode::LoggedOut {
+            "logged out"
+        } else {
+            "too many connections"
+        };
+        close(conn, code, reason);
         return false;
     }
     true
 }
 
 /// Writes pushed events to their lanes, opening lanes on first use.
+/// Unreliable events go as datagrams where the client accepts them and they
+/// fit; otherwise on the lane like any event.
 async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>, lanes: u32) {
     let mut streams: Vec<Option<quinn::SendStream>> = (0..lanes).map(|_| None).collect();
     while let Some(push) = rx.recv().await {
+        if push.unreliable {
+            let body = quip_protocol::frame_body(&push.frame);
+            if conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+                // Dropped if the send buffer is full: stale typing is worthless.
+                let _ = conn.send_datagram(body);
+                continue;
+            }
+        }
         let lane = (push.chat_id % u64::from(lanes)) as usize;
         if streams[lane].is_none() {
             match conn.open_uni().await {

@@ -27,6 +27,13 @@ pub struct UserRecord {
     /// The last device id handed out.
     #[prost(uint32, tag = "5")]
     pub last_device: u32,
+    /// `quip.v1.Visibility` of online status and last seen (0: the default,
+    /// contacts).
+    #[prost(int32, tag = "6")]
+    pub last_seen_visibility: i32,
+    /// When the user was last online, ms since the epoch (0: never recorded).
+    #[prost(int64, tag = "7")]
+    pub last_seen_ms: i64,
 }
 
 /// `sess/{sha256(token)}`.

@@ -36,6 +36,9 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
+/// Resumable TLS sessions kept (a few hundred bytes each).
+const TLS_SESSION_CACHE: usize = 65_536;
+
 /// A bound, not yet running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
@@ -60,7 +63,14 @@ impl Server {
             .with_single_cert(id.certs, id.key)
             .context("certificate and key do not match")?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        tls.max_early_data_size = 0;
+        // 0-RTT for returning clients (quinn requires u32::MAX to enable
+        // it). Resumption is stateful: a ticket is taken from this cache on
+        // use, so one ticket's early data is accepted once; what may run
+        // from early data at all is limited to replay-safe requests
+        // (Session::allowed_early). The cache bounds memory: beyond it the
+        // oldest tickets are forgotten and those clients do a full handshake.
+        tls.max_early_data_size = u32::MAX;
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE);
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();

@@ -21,9 +21,11 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::hub::{Closer, DeviceHandle, Hub, Push};
+use crate::liveness::Liveness;
+use crate::presence::Ended;
 use crate::ratelimit::TokenBucket;
 use crate::service::messages::{self, Page, Target};
-use crate::service::{Actor, ServiceError, accounts, groups, log, receipts};
+use crate::service::{Actor, ServiceError, accounts, groups, log, presence, receipts};
 use crate::store::{self, Store};
 
 /// State shared by every connection of a server.
@@ -34,6 +36,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// Pushes committed writes' events in commit order.
     fanout: Fanout,
+    /// Who is online, and presence announcements.
+    pub liveness: Arc<Liveness>,
     /// Configuration.
     pub config: Arc<Config>,
     /// Token hash → actor, in front of `sess/` reads on every connect.
@@ -45,6 +49,8 @@ pub struct Shared {
     /// (user, device) → request budget, shared by all of a device's
     /// connections so opening more connections does not multiply it.
     device_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
+    /// (user, device) → typing-indicator budget.
+    typing_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
     next_conn: AtomicU64,
     /// Set when shutdown starts: writes are refused from then on.
     pub shutting_down: AtomicBool,
@@ -57,10 +63,14 @@ impl Shared {
         let hub = Arc::new(Hub::default());
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
         let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
+        let grace = std::time::Duration::from_secs_f64(config.presence_grace_secs.max(0.0));
+        let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME);
         Self {
             store,
             hub,
             fanout,
+            liveness,
+            typing_limits: moka::sync::Cache::new(1_000_000),
             config,
             sessions: moka::sync::Cache::new(100_000),
             members: moka::sync::Cache::new(100_000),
@@ -126,7 +136,19 @@ pub struct Session {
     push_tx: mpsc::Sender<Push>,
     /// Set by logout: close the connection once the reply is sent.
     close_after_reply: Mutex<Option<CloseCode>>,
+    /// False until the TLS handshake is complete on a connection accepted
+    /// with 0-RTT: requests read meanwhile may be replays.
+    handshake_done: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long a request that is not replay-safe, read before the handshake
+/// completed, waits for it before being refused with `TOO_EARLY`. A real
+/// client's handshake completes within a round trip; replayed early data
+/// never completes one.
+pub const EARLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a receiver shows "typing" after an indicator, unless refreshed.
+pub const TYPING_EXPIRES_MS: u32 = 6_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -151,7 +173,36 @@ impl Session {
             closer,
             push_tx,
             close_after_reply: Mutex::new(None),
+            handshake_done: tokio::sync::watch::Sender::new(true),
         })
+    }
+
+    /// Marks whether requests may still come from 0-RTT early data.
+    pub fn set_early(&self, early: bool) {
+        self.handshake_done.send_replace(!early);
+    }
+
+    /// Requests that are harmless when replayed, so they may run from 0-RTT
+    /// early data: reads, and writes that are idempotent by design (a send
+    /// with its client_msg_id, receipts and acks that only move forward,
+    /// typing). Everything that creates or revokes state (register, login,
+    /// logout, creating or changing chats, subscribing, settings) is not.
+    pub fn allowed_early(body: &Body) -> bool {
+        matches!(
+            body,
+            Body::Ping(_)
+                | Body::Whoami(_)
+                | Body::History(_)
+                | Body::Chats(_)
+                | Body::Sync(_)
+                | Body::ChatInfo(_)
+                | Body::ReceiptDetail(_)
+                | Body::Presence(_)
+                | Body::Send(_)
+                | Body::Receipt(_)
+                | Body::Ack(_)
+                | Body::Typing(_)
+        )
     }
 
     /// The Welcome for the first frame, or the error to send before closing.
@@ -190,7 +241,9 @@ impl Session {
                 Ok(Some((actor, hash))) => {
                     welcome.user = actor.username.clone();
                     welcome.device_id = actor.device_id;
-                    self.login_connection(actor, hash);
+                    if let Err(e) = self.login_connection(actor, hash) {
+                        return Err(Box::new((err(id, &e), CloseCode::TooManyConnections)));
+                    }
                 }
                 Ok(None) => {
                     return Err(Box::new((
@@ -206,15 +259,37 @@ impl Session {
     }
 
     /// Marks this connection as the actor's device and puts it online,
-    /// watching the channels the user subscribes to.
-    fn login_connection(&self, actor: Actor, token_hash: [u8; 32]) {
+    /// watching the channels the user subscribes to. Fails when the user
+    /// has too many connections; replaces the device's oldest one when the
+    /// device has.
+    fn login_connection(&self, actor: Actor, token_hash: [u8; 32]) -> Result<(), ServiceError> {
         let handle = DeviceHandle {
             conn_id: self.conn_id,
             device_id: actor.device_id,
             tx: self.push_tx.clone(),
             closer: self.closer.clone(),
         };
-        self.shared.hub.register(actor.user_id, handle.clone());
+        let config = &self.shared.config;
+        let replaced = self
+            .shared
+            .hub
+            .register(
+                actor.user_id,
+                handle.clone(),
+                config.max_connections_per_user,
+                config.max_connections_per_device,
+            )
+            .map_err(|()| {
+                ServiceError::LimitExceeded(format!(
+                    "at most {} connections per user are allowed",
+                    config.max_connections_per_user
+                ))
+            })?;
+        for old in replaced {
+            old.closer
+                .close(CloseCode::Replaced, "replaced by a newer connection of this device");
+        }
+        self.shared.liveness.connected(actor.user_id);
         match store::read(&*self.shared.store, |t| {
             let (from, to) = crate::keys::user_channels(actor.user_id);
             let rows = t.range(&from, &to, usize::MAX, false)?;
@@ -229,6 +304,7 @@ impl Session {
             Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
         }
         *self.auth.lock().expect("auth lock") = Some(Auth { actor, token_hash });
+        Ok(())
     }
 
     /// Charges one request to the device's budget (the connection's while
@@ -253,10 +329,11 @@ impl Session {
         }
     }
 
-    /// Takes the device offline; call when the connection ends.
-    pub fn disconnect(&self) {
+    /// Takes the device offline; call when the connection ends, saying how.
+    pub fn disconnect(&self, how: Ended) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
             self.shared.hub.unregister(a.actor.user_id, self.conn_id);
+            self.shared.liveness.disconnected(a.actor.user_id, how);
         }
     }
 
@@ -316,6 +393,12 @@ impl Session {
                 "Hello is only valid as the first frame of the connection",
             )));
         }
+        if !Self::allowed_early(&body) {
+            let mut done = self.handshake_done.subscribe();
+            if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
+                return Err(ServiceError::TooEarly);
+            }
+        }
         if let Err(wait) = self.take_token() {
             return Err(ServiceError::RateLimited {
                 retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
@@ -330,6 +413,8 @@ impl Session {
                 | Body::Ping(_)
                 | Body::ChatInfo(_)
                 | Body::ReceiptDetail(_)
+                | Body::Presence(_)
+                | Body::Typing(_)
         );
         if writes && self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
@@ -355,7 +440,7 @@ impl Session {
                     match pending.wait().await {
                         Ok(()) => {
                             this.shared.sessions.invalidate(&hash);
-                            this.disconnect();
+                            this.disconnect(Ended::Closed);
                             *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::LoggedOut);
                             Envelope::new(id, Body::LoggedOut(v1::LogoutResponse {}))
                         }
@@ -438,6 +523,34 @@ impl Session {
                         event_seq: 0,
                     }),
                 )))
+            }
+            Body::Presence(r) => {
+                let actor = self.actor()?;
+                let live = &shared.liveness;
+                let users = store::read(&*shared.store, |t| {
+                    presence::lookup(t, &actor, &r.users, &|u| live.is_online(u))
+                })?;
+                Ok(Reply::Ready(Envelope::new(
+                    id,
+                    Body::PresenceList(v1::PresenceResponse { users }),
+                )))
+            }
+            Body::Settings(r) => {
+                let actor = self.actor()?;
+                let v = v1::Visibility::try_from(r.last_seen).unwrap_or_default();
+                let pending =
+                    store::enqueue_write(&*shared.store, move |t| presence::set_visibility(t, actor.user_id, v))
+                        .await?;
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(v) => Envelope::new(id, Body::SettingsSaved(v1::SettingsResponse { last_seen: v as i32 })),
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
+            Body::Typing(r) => {
+                self.typing(r.chat_id)?;
+                Ok(Reply::Ready(Envelope::new(id, Body::TypingSent(v1::TypingResponse {}))))
             }
             Body::ReceiptDetail(r) => {
                 let actor = self.actor()?;
@@ -529,11 +642,62 @@ impl Session {
             | Body::Pong(_)
             | Body::Chat(_)
             | Body::ReceiptDetails(_)
+            | Body::PresenceList(_)
+            | Body::SettingsSaved(_)
+            | Body::TypingSent(_)
             | Body::Event(_) => Ok(Reply::Ready(Envelope::error(
                 id,
                 ErrorCode::UnknownRequest,
                 "that message type is sent by servers, not clients",
             ))),
+        }
+    }
+
+    /// A typing indicator: checked, rate limited per device (excess is
+    /// dropped: `RATE_LIMITED` on a stream, silence for a datagram), and
+    /// pushed unreliably to the chat's other participants.
+    pub fn typing(&self, chat_id: u64) -> Result<(), ServiceError> {
+        let actor = self.actor()?;
+        let config = &self.shared.config;
+        let now = Instant::now();
+        let bucket = self
+            .shared
+            .typing_limits
+            .get_with((actor.user_id, actor.device_id), || {
+                Arc::new(Mutex::new(TokenBucket::new(config.typing_rate, 3.0, now)))
+            });
+        if let Err(wait) = bucket.lock().expect("limiter lock").try_take(now) {
+            return Err(ServiceError::RateLimited {
+                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+            });
+        }
+        let chat = store::read(&*self.shared.store, |t| messages::member_chat(t, &actor, chat_id))?;
+        if chat.kind() == ChatKind::Channel {
+            return Err(ServiceError::InvalidArgument("nobody types in a channel".into()));
+        }
+        let others: Vec<u64> = chat.members.iter().copied().filter(|&m| m != actor.user_id).collect();
+        let event = v1::Event {
+            pos: 0,
+            kind: Some(v1::event::Kind::Typing(v1::Typing {
+                chat_id,
+                user: actor.username,
+                expires_in_ms: TYPING_EXPIRES_MS,
+            })),
+        };
+        self.shared
+            .hub
+            .push_event(&others, chat_id, event, true, self.shared.max_frame());
+        Ok(())
+    }
+
+    /// Handles an Envelope that arrived in a QUIC datagram: only typing
+    /// indicators are meaningful there; anything else is ignored (a
+    /// datagram has no reply path).
+    pub fn datagram(&self, env: Envelope) {
+        if let Some(Body::Typing(t)) = env.body
+            && let Err(e) = self.typing(t.chat_id)
+        {
+            tracing::trace!(error = %e, "typing datagram dropped");
         }
     }
 
@@ -673,7 +837,10 @@ impl Session {
                         username: username.clone(),
                         device_id,
                     };
-                    this.login_connection(actor, hash);
+                    if let Err(e) = this.login_connection(actor, hash) {
+                        *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
+                        return err(id, &e);
+                    }
                     Envelope::new(
                         id,
                         Body::Auth(v1::AuthResponse {
@@ -691,6 +858,6 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.disconnect();
+        self.disconnect(Ended::Lost);
     }
 }

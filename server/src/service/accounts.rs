@@ -120,6 +120,7 @@ pub fn register(
         password_phc: password_phc.to_owned(),
         created_ms: now_ms,
         last_device: 0,
+        ..UserRecord::default()
     };
     txn.set(&keys::user_id(uid), username.as_bytes());
     let device = add_device(txn, user, device_name, token_hash, now_ms)?;

@@ -49,6 +49,9 @@ pub enum ServiceError {
     /// Storage failed; nothing of the request was stored.
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
+    /// Not safe to run from 0-RTT early data (it could be a replay).
+    #[error("this request is not accepted in 0-RTT early data: send it again after the handshake")]
+    TooEarly,
     /// A configured limit would be exceeded.
     #[error("{0}")]
     LimitExceeded(String),
@@ -72,6 +75,7 @@ impl ServiceError {
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unavailable => ErrorCode::Unavailable,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            Self::TooEarly => ErrorCode::TooEarly,
             Self::Store(StoreError::Closed) => ErrorCode::Unavailable,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }

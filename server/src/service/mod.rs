@@ -13,12 +13,14 @@
 //! - [`groups`]: groups and channels: creation, membership, names.
 //! - [`receipts`]: delivered/read cursors and a group's aggregate of them.
 //! - [`log`]: the per-user event log, sync and acknowledgements.
+//! - [`presence`]: who may see whose presence; last-seen records and settings.
 
 pub mod accounts;
 pub mod error;
 pub mod groups;
 pub mod log;
 pub mod messages;
+pub mod presence;
 pub mod receipts;
 
 pub use error::ServiceError;

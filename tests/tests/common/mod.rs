@@ -1,6 +1,8 @@
 //! Test support: a real quipd on loopback QUIC with its store in a temp dir.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
