@@ -125,6 +125,16 @@ impl ConnectOptions {
     }
 }
 
+impl ConnectOptions {
+    /// With another keep-alive interval than [`KEEP_ALIVE`] (tests that
+    /// shorten the server's idle timeout need a shorter one). Starts a new
+    /// resumable-session cache.
+    pub fn keep_alive(mut self, every: Duration) -> Result<Self, ClientError> {
+        self.quic = quic_config_with(self.ca_pem.as_deref(), every)?;
+        Ok(self)
+    }
+}
+
 impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
@@ -144,13 +154,17 @@ impl std::fmt::Debug for ConnectOptions {
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 fn quic_config(ca_pem: Option<&[u8]>) -> Result<quinn::ClientConfig, ClientError> {
+    quic_config_with(ca_pem, KEEP_ALIVE)
+}
+
+fn quic_config_with(ca_pem: Option<&[u8]>, keep_alive: Duration) -> Result<quinn::ClientConfig, ClientError> {
     let tls = tls_config(ca_pem)?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .keep_alive_interval(Some(KEEP_ALIVE))
+        .keep_alive_interval(Some(keep_alive))
         .max_concurrent_uni_streams(64u32.into());
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)

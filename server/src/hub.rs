@@ -89,6 +89,10 @@ fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes, unreliable: bool) {
     }
 }
 
+/// A user already has as many connections as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyConnections;
+
 /// Online devices by user, and the channels they watch.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -111,7 +115,7 @@ impl Hub {
         handle: DeviceHandle,
         per_user: usize,
         per_device: usize,
-    ) -> Result<Vec<DeviceHandle>, ()> {
+    ) -> Result<Vec<DeviceHandle>, TooManyConnections> {
         let mut devices = self.users.entry(user_id).or_default();
         let same: Vec<usize> = devices
             .iter()
@@ -121,7 +125,7 @@ impl Hub {
             .collect();
         let excess = (same.len() + 1).saturating_sub(per_device.max(1));
         if devices.len() - excess >= per_user.max(1) {
-            return Err(());
+            return Err(TooManyConnections);
         }
         // Oldest first: connections are appended in registration order.
         let replaced: Vec<DeviceHandle> = same[..excess].iter().rev().map(|&i| devices.remove(i)).collect();

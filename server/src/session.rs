@@ -279,7 +279,7 @@ impl Session {
                 config.max_connections_per_user,
                 config.max_connections_per_device,
             )
-            .map_err(|()| {
+            .map_err(|_| {
                 ServiceError::LimitExceeded(format!(
                     "at most {} connections per user are allowed",
                     config.max_connections_per_user

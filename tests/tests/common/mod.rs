@@ -64,8 +64,18 @@ impl TestServer {
         }
     }
 
+    /// Options to reach this server. Keep-alives every 250 ms, so tests may
+    /// shorten the server's idle timeout to a second.
     pub fn options(&self) -> ConnectOptions {
-        ConnectOptions::new(self.addr.clone(), Some(&self.ca)).unwrap()
+        self.options_at(&self.addr)
+    }
+
+    /// Options to reach this server at another address (a relay in front).
+    pub fn options_at(&self, addr: &str) -> ConnectOptions {
+        ConnectOptions::new(addr, Some(&self.ca))
+            .unwrap()
+            .keep_alive(Duration::from_millis(250))
+            .unwrap()
     }
 
     pub async fn connect(&self) -> Client {
