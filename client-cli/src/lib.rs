@@ -622,6 +622,15 @@ impl Client {
         reply_as!(self.request(env.body.expect("set above")).await?, TypingSent).map(|_| ())
     }
 
+    /// Blocks (or unblocks) a user; returns everyone I block.
+    pub async fn block(&self, user: &str, unblock: bool) -> Result<Vec<String>, ClientError> {
+        let body = Body::Block(v1::BlockRequest {
+            user: user.into(),
+            unblock,
+        });
+        reply_as!(self.request(body).await?, Blocked).map(|b| b.blocked)
+    }
+
     /// Subscribes to a channel (or unsubscribes).
     pub async fn subscribe(&self, chat_id: u64, unsubscribe: bool) -> Result<v1::ChatInfoResponse, ClientError> {
         let body = Body::Subscribe(v1::SubscribeRequest { chat_id, unsubscribe });

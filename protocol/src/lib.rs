@@ -66,6 +66,7 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::Presence(_) => "presence",
             Body::Settings(_) => "settings",
             Body::Typing(_) => "typing",
+            Body::Block(_) => "block",
             Body::Auth(_) => "auth",
             Body::LoggedOut(_) => "logged_out",
             Body::Identity(_) => "identity",
@@ -81,6 +82,7 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::PresenceList(_) => "presence_list",
             Body::SettingsSaved(_) => "settings_saved",
             Body::TypingSent(_) => "typing_sent",
+            Body::Blocked(_) => "blocked",
             Body::Event(_) => "event",
         },
     }

@@ -63,6 +63,21 @@ pub struct Config {
     #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 2)]
     pub max_connections_per_device: usize,
 
+    /// Seconds a session token stays valid after the login that issued it
+    /// (default 90 days); then the device must log in again.
+    #[arg(long, env = "QUIP_TOKEN_TTL_SECS", default_value_t = 90 * 24 * 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Failed logins allowed per account before further attempts (right or
+    /// wrong) are refused; one more is allowed per minute after that.
+    #[arg(long, env = "QUIP_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_failures_per_account: u32,
+
+    /// Failed logins allowed per client IP address (any accounts) before
+    /// further attempts from it are refused; one more per 10 s after that.
+    #[arg(long, env = "QUIP_LOGIN_FAILURES_PER_IP", default_value_t = 20)]
+    pub login_failures_per_ip: u32,
+
     /// Requests per second each device may make, sustained (summed over its
     /// connections; anonymous connections each get their own budget). Excess
     /// requests get RATE_LIMITED with a retry delay.

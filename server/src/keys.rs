@@ -90,6 +90,22 @@ pub fn user_channels(uid: u64) -> (Vec<u8>, Vec<u8>) {
     (user_channel(uid, 0), user_channel(uid, u64::MAX))
 }
 
+/// `block/{user_id}{blocked user_id}` → empty: whom a user blocks.
+pub fn block(uid: u64, blocked: u64) -> Vec<u8> {
+    cat(b"block/", &[&uid.to_be_bytes(), &blocked.to_be_bytes()])
+}
+
+/// The range of [`block`] keys of one user.
+pub fn blocks(uid: u64) -> (Vec<u8>, Vec<u8>) {
+    (block(uid, 0), block(uid, u64::MAX))
+}
+
+/// `hide/{chat_id}{user_id}{seq}` → empty: a message in a direct chat that
+/// `user_id` never sees (its sender was blocked when it was sent).
+pub fn hidden(chat: u64, uid: u64, seq: u64) -> Vec<u8> {
+    cat(b"hide/", &[&chat.to_be_bytes(), &uid.to_be_bytes(), &seq.to_be_bytes()])
+}
+
 /// `log/{user_id}{pos}` → `LogRecord`.
 pub fn log(uid: u64, pos: u64) -> Vec<u8> {
     cat(b"log/", &[&uid.to_be_bytes(), &pos.to_be_bytes()])
@@ -144,9 +160,9 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 13] = [
+        let tags: [&[u8]; 15] = [
             b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
-            b"ragg/", b"uchan/",
+            b"ragg/", b"uchan/", b"block/", b"hide/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

@@ -46,30 +46,30 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    let (closer, mut close_rx) = Closer::new();
-    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
-    let session = Session::new(shared.clone(), closer.clone(), push_tx);
-    let conn = match connecting.into_0rtt() {
-        Ok((conn, accepted)) => {
-            session.set_early(true);
-            let s = session.clone();
-            tokio::spawn(async move {
-                // Resolves when the handshake completes (whether or not the
-                // client sent early data); if it never does, the
-                // connection fails and nothing early was unsafe.
-                let _ = accepted.await;
-                s.set_early(false);
-            });
-            conn
-        }
+    let (conn, accepted) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
         Err(connecting) => match connecting.await {
-            Ok(c) => c,
+            Ok(c) => (c, None),
             Err(e) => {
                 tracing::debug!(error = %e, "handshake failed");
                 return;
             }
         },
     };
+    let (closer, mut close_rx) = Closer::new();
+    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
+    let session = Session::new(shared.clone(), closer.clone(), push_tx, conn.remote_address().ip());
+    if let Some(accepted) = accepted {
+        session.set_early(true);
+        let s = session.clone();
+        tokio::spawn(async move {
+            // Resolves when the handshake completes (whether or not the
+            // client sent early data); if it never does, the connection
+            // fails and nothing unsafe ran from its early data.
+            let _ = accepted.await;
+            s.set_early(false);
+        });
+    }
     let remote = conn.remote_address();
     let max_frame = quip_protocol::MAX_FRAME;
 

@@ -25,7 +25,7 @@ use crate::liveness::Liveness;
 use crate::presence::Ended;
 use crate::ratelimit::TokenBucket;
 use crate::service::messages::{self, Page, Target};
-use crate::service::{Actor, ServiceError, accounts, groups, log, presence, receipts};
+use crate::service::{Actor, ServiceError, accounts, blocking, groups, log, presence, receipts};
 use crate::store::{self, Store};
 
 /// State shared by every connection of a server.
@@ -40,8 +40,12 @@ pub struct Shared {
     pub liveness: Arc<Liveness>,
     /// Configuration.
     pub config: Arc<Config>,
-    /// Token hash → actor, in front of `sess/` reads on every connect.
-    sessions: moka::sync::Cache<[u8; 32], Actor>,
+    /// Token hash → actor and login time, in front of `sess/` reads on
+    /// every connect.
+    sessions: moka::sync::Cache<[u8; 32], (Actor, i64)>,
+    /// Failed-login budgets per account name and per client IP address.
+    login_failures_user: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
+    login_failures_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
     /// Chat id → participants of a direct chat, in front of membership
     /// checks. Direct chats never change members, so entries never go
     /// stale; groups do, and are checked in the store.
@@ -71,6 +75,14 @@ impl Shared {
             fanout,
             liveness,
             typing_limits: moka::sync::Cache::new(1_000_000),
+            login_failures_user: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+            login_failures_ip: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
             config,
             sessions: moka::sync::Cache::new(100_000),
             members: moka::sync::Cache::new(100_000),
@@ -85,26 +97,77 @@ impl Shared {
     }
 
     /// Resolves a token to its actor, through the cache.
+    /// Expired tokens count as unknown.
     fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32])>, ServiceError> {
         let hash = accounts::token_hash(token);
-        if let Some(actor) = self.sessions.get(&hash) {
-            return Ok(Some((actor, hash)));
+        let found = match self.sessions.get(&hash) {
+            Some(hit) => Some(hit),
+            None => {
+                let found = store::read(&*self.store, |t| {
+                    let Some(s) = accounts::session(t, &hash)? else {
+                        return Ok(None);
+                    };
+                    let name = accounts::username(t, s.user_id)?.unwrap_or_default();
+                    let actor = Actor {
+                        user_id: s.user_id,
+                        username: name,
+                        device_id: s.device_id,
+                    };
+                    Ok::<_, ServiceError>(Some((actor, s.created_ms)))
+                })?;
+                if let Some(f) = &found {
+                    self.sessions.insert(hash, f.clone());
+                }
+                found
+            }
+        };
+        let ttl_ms = i64::try_from(self.config.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Ok(found
+            .filter(|(_, created)| now_ms().saturating_sub(*created) < ttl_ms)
+            .map(|(a, _)| (a, hash)))
+    }
+
+    /// Refuses a login attempt while the account or the address has used up
+    /// its failed-login budget.
+    fn login_allowed(&self, user: &str, ip: std::net::IpAddr) -> Result<(), ServiceError> {
+        let now = Instant::now();
+        for bucket in self.login_buckets(user, ip) {
+            if let Err(wait) = bucket.lock().expect("limiter lock").check(now) {
+                return Err(ServiceError::RateLimited {
+                    retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+                });
+            }
         }
-        let actor = store::read(&*self.store, |t| {
-            let Some(s) = accounts::session(t, &hash)? else {
-                return Ok(None);
-            };
-            let name = accounts::username(t, s.user_id)?.unwrap_or_default();
-            Ok::<_, ServiceError>(Some(Actor {
-                user_id: s.user_id,
-                username: name,
-                device_id: s.device_id,
-            }))
-        })?;
-        Ok(actor.map(|a| {
-            self.sessions.insert(hash, a.clone());
-            (a, hash)
-        }))
+        Ok(())
+    }
+
+    /// Charges a failed login to the account and the address.
+    fn login_failed(&self, user: &str, ip: std::net::IpAddr) {
+        let now = Instant::now();
+        for bucket in self.login_buckets(user, ip) {
+            let _ = bucket.lock().expect("limiter lock").try_take(now);
+        }
+    }
+
+    fn login_buckets(&self, user: &str, ip: std::net::IpAddr) -> [Arc<Mutex<TokenBucket>>; 2] {
+        let now = Instant::now();
+        let c = &self.config;
+        [
+            self.login_failures_user.get_with(user.to_owned(), || {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    1.0 / 60.0,
+                    f64::from(c.login_failures_per_account),
+                    now,
+                )))
+            }),
+            self.login_failures_ip.get_with(ip, || {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    1.0 / 10.0,
+                    f64::from(c.login_failures_per_ip),
+                    now,
+                )))
+            }),
+        ]
     }
 }
 
@@ -136,6 +199,8 @@ pub struct Session {
     push_tx: mpsc::Sender<Push>,
     /// Set by logout: close the connection once the reply is sent.
     close_after_reply: Mutex<Option<CloseCode>>,
+    /// The client's IP address (login throttling).
+    peer: std::net::IpAddr,
     /// False until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
     handshake_done: tokio::sync::watch::Sender<bool>,
@@ -162,7 +227,12 @@ fn err(id: u64, e: &ServiceError) -> Envelope {
 
 impl Session {
     /// A session for a new connection; pushed frames go to `push_tx`.
-    pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: mpsc::Sender<Push>) -> Arc<Self> {
+    pub fn new(
+        shared: Arc<Shared>,
+        closer: Arc<Closer>,
+        push_tx: mpsc::Sender<Push>,
+        peer: std::net::IpAddr,
+    ) -> Arc<Self> {
         let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now());
         Arc::new(Self {
@@ -174,6 +244,7 @@ impl Session {
             push_tx,
             close_after_reply: Mutex::new(None),
             handshake_done: tokio::sync::watch::Sender::new(true),
+            peer,
         })
     }
 
@@ -548,6 +619,17 @@ impl Session {
                     }
                 })))
             }
+            Body::Block(r) => {
+                let actor = self.actor()?;
+                let pending =
+                    store::enqueue_write(&*shared.store, move |t| blocking::set(t, &actor, &r.user, r.unblock)).await?;
+                Ok(Reply::Pending(tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(blocked) => Envelope::new(id, Body::Blocked(v1::BlockResponse { blocked })),
+                        Err(e) => err(id, &e),
+                    }
+                })))
+            }
             Body::Typing(r) => {
                 self.typing(r.chat_id)?;
                 Ok(Reply::Ready(Envelope::new(id, Body::TypingSent(v1::TypingResponse {}))))
@@ -645,6 +727,7 @@ impl Session {
             | Body::PresenceList(_)
             | Body::SettingsSaved(_)
             | Body::TypingSent(_)
+            | Body::Blocked(_)
             | Body::Event(_) => Ok(Reply::Ready(Envelope::error(
                 id,
                 ErrorCode::UnknownRequest,
@@ -671,11 +754,20 @@ impl Session {
                 retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
             });
         }
-        let chat = store::read(&*self.shared.store, |t| messages::member_chat(t, &actor, chat_id))?;
+        let (chat, others) = store::read(&*self.shared.store, |t| {
+            let chat = messages::member_chat(t, &actor, chat_id)?;
+            let mut others = Vec::with_capacity(chat.members.len());
+            for &m in chat.members.iter().filter(|&&m| m != actor.user_id) {
+                // Whoever blocks me does not see me typing (and I cannot tell).
+                if !blocking::blocks(t, m, actor.user_id)? {
+                    others.push(m);
+                }
+            }
+            Ok::<_, ServiceError>((chat, others))
+        })?;
         if chat.kind() == ChatKind::Channel {
             return Err(ServiceError::InvalidArgument("nobody types in a channel".into()));
         }
-        let others: Vec<u64> = chat.members.iter().copied().filter(|&m| m != actor.user_id).collect();
         let event = v1::Event {
             pos: 0,
             kind: Some(v1::event::Kind::Typing(v1::Typing {
@@ -796,6 +888,7 @@ impl Session {
     async fn login(self: &Arc<Self>, id: u64, r: v1::LoginRequest) -> Result<Reply, ServiceError> {
         self.ensure_anonymous()?;
         accounts::validate_device_name(&r.device_name)?;
+        self.shared.login_allowed(&r.username, self.peer)?;
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
         let pw = r.password;
         let ok = tokio::task::spawn_blocking(move || match user {
@@ -809,6 +902,7 @@ impl Session {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
         if !ok {
+            self.shared.login_failed(&r.username, self.peer);
             return Err(ServiceError::InvalidCredentials);
         }
         let (token, hash) = accounts::new_token();

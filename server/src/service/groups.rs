@@ -130,7 +130,7 @@ pub fn create(
     let mut delivery = Delivery::default();
     if kind == ChatKind::Group {
         receipts::aggregate_change(txn, chat_id, None, None)?;
-        delivery.events = messages::fan_out(txn, &chat, &msg, None)?;
+        delivery.events = messages::fan_out(txn, &chat.members, &msg, None)?;
     } else {
         txn.set(&keys::user_channel(actor.user_id, chat_id), b"");
         delivery.watch.push((actor.user_id, chat_id, true));
@@ -311,7 +311,7 @@ pub fn update(
         let msg = messages::store_message(txn, &mut chat, event_message(chat_id, actor, ev, now_ms))?;
         event_seq = msg.seq;
         if kind == ChatKind::Group {
-            delivery.events = messages::fan_out(txn, &chat, &msg, None)?;
+            delivery.events = messages::fan_out(txn, &chat.members, &msg, None)?;
         } else {
             delivery.channel_post = Some(msg);
         }
@@ -358,7 +358,9 @@ pub fn update(
         let heir = accounts::username(txn, eldest.1)?.unwrap_or_default();
         let ev = group_event(GroupEventKind::Promoted, vec![heir], "");
         let msg = messages::store_message(txn, &mut chat, event_message(chat_id, actor, ev, now_ms))?;
-        delivery.events.extend(messages::fan_out(txn, &chat, &msg, None)?);
+        delivery
+            .events
+            .extend(messages::fan_out(txn, &chat.members, &msg, None)?);
     }
     txn.set(&keys::chat(chat_id), &chat.encode_to_vec());
     Ok(Changed {

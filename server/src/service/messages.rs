@@ -3,7 +3,7 @@
 use prost::Message as _;
 use quip_protocol::v1::{self, ChatKind};
 
-use super::{Actor, Delivery, ServiceError, accounts, log, receipts};
+use super::{Actor, Delivery, ServiceError, accounts, blocking, log, receipts};
 use crate::keys;
 use crate::records::{self, ChatRecord, CursorRecord, IdemRecord, LogRecord};
 use crate::store::{ReadTxn, Txn};
@@ -136,7 +136,16 @@ pub fn send(
         // Pull model: one stored message, announced to watching devices.
         ChatKind::Channel => delivery.channel_post = Some(msg),
         _ => {
-            delivery.events = fan_out(txn, &chat, &msg, Some((actor.user_id, actor.device_id)))?;
+            let mut recipients = Vec::with_capacity(chat.members.len());
+            for &m in &chat.members {
+                if kind == ChatKind::Direct && m != actor.user_id && blocking::blocks(txn, m, actor.user_id)? {
+                    // Stored for the sender, never delivered to the blocker.
+                    txn.set(&keys::hidden(chat_id, m, seq), b"");
+                } else {
+                    recipients.push(m);
+                }
+            }
+            delivery.events = fan_out(txn, &recipients, &msg, Some((actor.user_id, actor.device_id)))?;
             sender_pos = delivery
                 .events
                 .iter()
@@ -201,12 +210,12 @@ pub fn store_message(
     Ok(msg)
 }
 
-/// Appends `msg` to the log of every member of a (direct or group) chat.
+/// Appends `msg` to the log of each of `members`.
 /// `skip` names the sending device, which learns its position from the
 /// response instead of a push.
 pub fn fan_out(
     txn: &mut dyn Txn,
-    chat: &ChatRecord,
+    members: &[u64],
     msg: &v1::Message,
     skip: Option<(u64, u32)>,
 ) -> Result<Vec<super::Notification>, ServiceError> {
@@ -215,8 +224,8 @@ pub fn fan_out(
         seq: msg.seq,
         receipt: None,
     };
-    let mut out = Vec::with_capacity(chat.members.len());
-    for &member in &chat.members {
+    let mut out = Vec::with_capacity(members.len());
+    for &member in members {
         let skip_device = skip.and_then(|(u, d)| (u == member).then_some(d));
         out.push(log::append(
             txn,
@@ -395,10 +404,18 @@ pub fn history(
         limit,
         !forward,
     )?;
+    let hidden = if chat.kind() == ChatKind::Direct {
+        blocking::hidden(txn, chat_id, actor.user_id, start_seq, end_seq)?
+    } else {
+        Default::default()
+    };
     let mut messages = Vec::with_capacity(rows.len());
     let mut bytes = 0;
     for (k, v) in rows {
         let m: v1::Message = records::decode(&k, &v)?;
+        if hidden.contains(&m.seq) {
+            continue;
+        }
         let len = m.encoded_len() + 8;
         if bytes + len > max_bytes && !messages.is_empty() {
             break;
@@ -453,11 +470,23 @@ fn summary(
         _ => {
             let peer_id = chat.members.iter().copied().find(|&m| m != actor.user_id).unwrap_or(0);
             let theirs: CursorRecord = records::get(txn, &keys::cursor(chat_id, peer_id))?.unwrap_or_default();
-            (theirs.delivered, theirs.read)
+            // A peer who blocks me never shows ticks for what they did not get.
+            let cap = blocking::first_hidden(txn, chat_id, peer_id)?.map_or(u64::MAX, |s| s - 1);
+            (theirs.delivered.min(cap), theirs.read.min(cap))
         }
     };
-    let last_message = if chat.last_seq > 0 {
-        records::get::<v1::Message>(txn, &keys::message(chat_id, chat.last_seq))?
+    let mut newest = chat.last_seq;
+    let mut unread = chat.last_seq.saturating_sub(mine.read);
+    if kind == ChatKind::Direct {
+        let hidden = blocking::hidden(txn, chat_id, actor.user_id, mine.read + 1, chat.last_seq + 1)?;
+        unread -= hidden.len() as u64;
+        let all_hidden = blocking::hidden(txn, chat_id, actor.user_id, 1, chat.last_seq + 1)?;
+        while newest > 0 && all_hidden.contains(&newest) {
+            newest -= 1;
+        }
+    }
+    let last_message = if newest > 0 {
+        records::get::<v1::Message>(txn, &keys::message(chat_id, newest))?
     } else {
         None
     };
@@ -470,7 +499,7 @@ fn summary(
         kind: chat.kind,
         peer,
         last_message,
-        unread: chat.last_seq.saturating_sub(mine.read),
+        unread,
         my_delivered_seq: mine.delivered,
         my_read_seq: mine.read,
         peer_delivered_seq,

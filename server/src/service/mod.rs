@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`error`]: the domain error type and its one mapping to wire codes.
 //! - [`accounts`]: register, login, sessions, logout.
+//! - [`blocking`]: blocked users' messages stored but never delivered.
 //! - [`messages`]: send (seq assignment, idempotency), history, chat list.
 //! - [`groups`]: groups and channels: creation, membership, names.
 //! - [`receipts`]: delivered/read cursors and a group's aggregate of them.
@@ -16,6 +17,7 @@
 //! - [`presence`]: who may see whose presence; last-seen records and settings.
 
 pub mod accounts;
+pub mod blocking;
 pub mod error;
 pub mod groups;
 pub mod log;

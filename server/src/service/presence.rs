@@ -14,7 +14,7 @@
 use prost::Message as _;
 use quip_protocol::v1::{self, ChatKind, Visibility};
 
-use super::{Actor, ServiceError, accounts, messages};
+use super::{Actor, ServiceError, accounts, blocking, messages};
 use crate::keys;
 use crate::records::{self, UserRecord};
 use crate::store::{ReadTxn, Txn};
@@ -68,7 +68,13 @@ pub fn push_targets(txn: &mut dyn ReadTxn, uid: u64) -> Result<Vec<u64>, Service
     if visibility(&user) == Visibility::Nobody {
         return Ok(Vec::new());
     }
-    contacts(txn, uid, PUSH_GROUP_LIMIT)
+    let mut out = Vec::new();
+    for c in contacts(txn, uid, PUSH_GROUP_LIMIT)? {
+        if !blocking::blocks(txn, uid, c)? {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `viewer` shares a direct chat or a group with `subject`.
@@ -103,11 +109,12 @@ pub fn lookup(
             continue;
         };
         let entitled = user.id == viewer.user_id
-            || match visibility(&user) {
-                Visibility::Everyone => true,
-                Visibility::Nobody => false,
-                _ => shares_chat(txn, viewer.user_id, user.id)?,
-            };
+            || !blocking::blocks(txn, user.id, viewer.user_id)?
+                && match visibility(&user) {
+                    Visibility::Everyone => true,
+                    Visibility::Nobody => false,
+                    _ => shares_chat(txn, viewer.user_id, user.id)?,
+                };
         if !entitled {
             out.push(hidden);
             continue;

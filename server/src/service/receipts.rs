@@ -11,7 +11,7 @@
 use prost::Message as _;
 use quip_protocol::v1::{self, ChatKind, ReceiptKind};
 
-use super::{Actor, Notification, ServiceError, accounts, log, messages};
+use super::{Actor, Notification, ServiceError, accounts, blocking, log, messages};
 use crate::keys;
 use crate::records::{self, AggRecord, ChatRecord, CursorRecord, LogRecord};
 use crate::store::{ReadTxn, Txn};
@@ -77,8 +77,16 @@ pub fn mark(
         ChatKind::Group => out.extend(aggregate_change(txn, chat_id, Some(old), Some(cur))?),
         ChatKind::Channel => {}
         _ => {
-            for &peer in chat.members.iter().filter(|&&m| m != actor.user_id) {
-                out.push(append_receipt(txn, peer, &receipt, None)?);
+            // Never a tick for a message hidden from me (I block its sender).
+            let cap = blocking::first_hidden(txn, chat_id, actor.user_id)?.map_or(u64::MAX, |s| s - 1);
+            let receipt = v1::Receipt {
+                seq: receipt.seq.min(cap),
+                ..receipt
+            };
+            if receipt.seq > 0 {
+                for &peer in chat.members.iter().filter(|&&m| m != actor.user_id) {
+                    out.push(append_receipt(txn, peer, &receipt, None)?);
+                }
             }
         }
     }

@@ -115,9 +115,13 @@ impl TestServer {
             })
             .collect();
         let batch = users.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         quip_server::store::write(&*self.store, move |t| {
             for (name, _, hash) in &batch {
-                accounts::register(t, name, &phc, "test", hash, 0)?;
+                accounts::register(t, name, &phc, "test", hash, now)?;
             }
             Ok::<_, ServiceError>(())
         })
