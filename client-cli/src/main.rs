@@ -648,8 +648,8 @@ impl<'a> Feed<'a> {
                     }
                 }
                 Some(v1::event::Kind::Receipt(r)) => self.out.receipt(r, e.pos)?,
-                // Never reached: channel posts carry pos 0, which observe() skips.
-                Some(v1::event::Kind::Advanced(_)) => {}
+                // Never reached: transient events carry pos 0, which observe() skips.
+                Some(v1::event::Kind::Advanced(_) | v1::event::Kind::Presence(_) | v1::event::Kind::Typing(_)) => {}
                 None => {} // a kind newer than this client: nothing to show
             }
         }
