@@ -96,6 +96,9 @@ pub struct ConnectOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// The QUIC client configuration built from `ca_pem`.
     quic: quinn::ClientConfig,
+    /// Local address to bind [`Client::endpoint`]'s socket to (default:
+    /// any address, any port).
+    pub bind: Option<SocketAddr>,
     /// Session token to resume; `None` connects anonymously.
     pub token: Option<String>,
     /// Sent in Hello for the server's logs.
@@ -113,6 +116,7 @@ impl ConnectOptions {
             server: server.into(),
             ca_pem,
             quic,
+            bind: None,
             token: None,
             client_name: concat!("quip-client/", env!("CARGO_PKG_VERSION")).into(),
         })
@@ -236,9 +240,11 @@ impl Client {
     /// connections use [`connect_on`](Self::connect_on) with a few of these.
     pub fn endpoint(opts: &ConnectOptions) -> Result<quinn::Endpoint, ClientError> {
         let (addr, _) = resolve(&opts.server)?;
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .expect("valid");
+        let bind: SocketAddr = opts.bind.unwrap_or_else(|| {
+            if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+                .parse()
+                .expect("valid")
+        });
         let socket = udp_socket(bind).map_err(|e| ClientError::Connect(format!("UDP socket: {e}")))?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),

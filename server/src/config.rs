@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, env = "QUIP_MAX_STREAMS", default_value_t = 16)]
     pub max_streams: u32,
 
+    /// Connections accepted at once from one IP address (counting those
+    /// still in the handshake); more are refused, so one host cannot use up
+    /// --max-connections. Raise it for clients behind a shared NAT.
+    #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
     /// Connections accepted at once; further handshakes are refused.
     #[arg(long, env = "QUIP_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,

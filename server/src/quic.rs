@@ -6,6 +6,7 @@
 //! on lane C mod N. See `spec/protocol.md`, "Streams", for why.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -25,6 +26,16 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Requests a stream may have in flight before the server stops reading it.
 const MAX_INFLIGHT_PER_STREAM: usize = 64;
+
+/// Bytes of unfinished requests (partial frames) one connection may hold
+/// across all its streams. Without it a client could start a 1 MiB frame on
+/// each of its 16 streams and stall, pinning 16 MiB per connection; with it
+/// honest clients still have four maximum-size requests in flight at once.
+pub const MAX_BUFFERED_PER_CONNECTION: usize = 4 << 20;
+
+/// The largest read buffer grown ahead of data. A frame's declared length
+/// is never allocated up front: memory follows the bytes that arrived.
+const READ_STEP: usize = 8 * 1024;
 
 /// How long to wait for a final frame to reach the peer before closing.
 const LINGER: Duration = Duration::from_secs(1);
@@ -73,13 +84,14 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let max_frame = quip_protocol::MAX_FRAME;
 
+    let budget = Arc::new(Budget::default());
     let handshake = async {
-        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
-        let mut dec = FrameDecoder::new(max_frame);
-        let first = read_frame(&mut recv, &mut dec).await;
-        Some((send_first(&mut send, first, &session).await, send, recv, dec))
+        let (mut send, recv) = conn.accept_bi().await.ok()?;
+        let mut reader = StreamReader::new(recv, budget.clone(), max_frame);
+        let first = reader.next().await;
+        Some((send_first(&mut send, first, &session).await, send, reader))
     };
-    let (ok, mut send, recv, dec) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let (ok, mut send, reader) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
@@ -98,12 +110,13 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let lanes = shared.config.push_lanes;
     let streams = async {
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve_stream(session.clone(), send, recv, dec, conn.clone()));
+        tasks.spawn(serve_stream(session.clone(), send, reader, conn.clone()));
         loop {
             tokio::select! {
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
-                        tasks.spawn(serve_stream(session.clone(), send, recv, FrameDecoder::new(max_frame), conn.clone()));
+                        let reader = StreamReader::new(recv, budget.clone(), max_frame);
+                        tasks.spawn(serve_stream(session.clone(), send, reader, conn.clone()));
                     }
                     Err(_) => break,
                 },
@@ -160,7 +173,7 @@ async fn datagrams(conn: quinn::Connection, session: Arc<Session>) {
 /// Answers the first frame: Welcome, or an error (then the caller closes).
 async fn send_first(
     send: &mut quinn::SendStream,
-    first: Result<Option<Envelope>, FrameError>,
+    first: Result<Option<Envelope>, ReadError>,
     session: &Arc<Session>,
 ) -> Result<(), CloseCode> {
     let (reply, outcome) = match first {
@@ -172,7 +185,7 @@ async fn send_first(
             }
         },
         Ok(None) => return Err(CloseCode::ProtocolError),
-        Err(e) => (frame_error(&e), Err(CloseCode::ProtocolError)),
+        Err(e) => (e.envelope(), Err(CloseCode::ProtocolError)),
     };
     write_envelope(send, &reply)
         .await
@@ -188,22 +201,91 @@ fn frame_error(e: &FrameError) -> Envelope {
     Envelope::error(0, code, e.to_string())
 }
 
-/// Reads the next frame: `Ok(None)` at a clean end of stream.
-async fn read_frame(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Option<Envelope>, FrameError> {
-    loop {
-        if let Some(env) = dec.decode()? {
-            return Ok(Some(env));
+/// Why a stream could not be read further; the connection is closed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The frame was malformed or too large.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The connection holds too many bytes of unfinished requests.
+    #[error("more than {MAX_BUFFERED_PER_CONNECTION} bytes of unfinished requests buffered")]
+    OverBudget,
+}
+
+impl ReadError {
+    /// The error frame sent before closing.
+    fn envelope(&self) -> Envelope {
+        match self {
+            Self::Frame(e) => frame_error(e),
+            Self::OverBudget => Envelope::error(0, ErrorCode::LimitExceeded, self.to_string()),
         }
-        // Small reads for small frames: an idle connection keeps its buffer.
-        let want = dec.wanted().unwrap_or(0).clamp(512, 64 * 1024);
-        dec.buffer_mut().reserve(want);
-        match recv.read_buf(dec.buffer_mut()).await {
-            Ok(0) | Err(_) => {
-                dec.finish()?;
-                return Ok(None);
+    }
+}
+
+/// Bytes of partial frames held by one connection's streams.
+#[derive(Debug, Default)]
+struct Budget(AtomicUsize);
+
+/// A request stream's frame reader, charging its partial frame to the
+/// connection's [`Budget`] (released when the reader is dropped).
+struct StreamReader {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+    budget: Arc<Budget>,
+    held: usize,
+}
+
+impl StreamReader {
+    fn new(recv: quinn::RecvStream, budget: Arc<Budget>, max_frame: usize) -> Self {
+        Self {
+            recv,
+            dec: FrameDecoder::new(max_frame),
+            budget,
+            held: 0,
+        }
+    }
+
+    /// Re-counts this stream's buffered bytes; whether the connection is within budget.
+    fn account(&mut self) -> bool {
+        let now = self.dec.buffered();
+        let total = if now >= self.held {
+            self.budget.0.fetch_add(now - self.held, Ordering::Relaxed) + (now - self.held)
+        } else {
+            self.budget.0.fetch_sub(self.held - now, Ordering::Relaxed) - (self.held - now)
+        };
+        self.held = now;
+        total <= MAX_BUFFERED_PER_CONNECTION
+    }
+
+    /// The next frame: `Ok(None)` at a clean end of stream.
+    async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
+        loop {
+            let decoded = self.dec.decode();
+            let within = self.account();
+            if let Some(env) = decoded? {
+                return Ok(Some(env));
             }
-            Ok(_) => {}
+            if !within {
+                return Err(ReadError::OverBudget);
+            }
+            // Grow the buffer only as data arrives: an idle stream keeps a
+            // small one, and a declared length is never allocated up front.
+            let want = self.dec.wanted().unwrap_or(0).clamp(512, READ_STEP);
+            self.dec.buffer_mut().reserve(want);
+            match self.recv.read_buf(self.dec.buffer_mut()).await {
+                Ok(0) | Err(_) => {
+                    self.dec.finish()?;
+                    return Ok(None);
+                }
+                Ok(_) => {}
+            }
         }
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        self.budget.0.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 
@@ -228,8 +310,7 @@ async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<
 async fn serve_stream(
     session: Arc<Session>,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut dec: FrameDecoder,
+    mut reader: StreamReader,
     conn: quinn::Connection,
 ) {
     let mut inflight: FuturesOrdered<BoxFuture<'static, Envelope>> = FuturesOrdered::new();
@@ -242,7 +323,7 @@ async fn serve_stream(
                     return;
                 }
             }
-            frame = read_frame(&mut recv, &mut dec), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => {
+            frame = reader.next(), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => {
                 match frame {
                     Ok(Some(env)) => {
                         if Session::is_read(&env) {
@@ -274,7 +355,7 @@ async fn serve_stream(
                         while let Some(reply) = inflight.next().await {
                             let _ = write_envelope(&mut send, &reply).await;
                         }
-                        let _ = write_envelope(&mut send, &frame_error(&e)).await;
+                        let _ = write_envelope(&mut send, &e.envelope()).await;
                         let _ = send.finish();
                         let _ = tokio::time::timeout(LINGER, send.stopped()).await;
                         close(&conn, CloseCode::ProtocolError, &e.to_string());

@@ -36,6 +36,40 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
+/// Open connections per client address, against a limit.
+struct PerIp {
+    max: usize,
+    open: dashmap::DashMap<std::net::IpAddr, usize>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            open: dashmap::DashMap::new(),
+        }
+    }
+
+    /// Counts a new connection from `ip`, unless it has reached the limit.
+    fn enter(&self, ip: std::net::IpAddr) -> bool {
+        let mut n = self.open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: std::net::IpAddr) {
+        if let dashmap::Entry::Occupied(mut e) = self.open.entry(ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// Resumable TLS sessions kept (a few hundred bytes each).
 const TLS_SESSION_CACHE: usize = 65_536;
 
@@ -77,6 +111,10 @@ impl Server {
         transport
             .max_concurrent_bidi_streams(config.max_streams.into())
             .max_concurrent_uni_streams(0u32.into())
+            // Flow control bounds what a client can make the server buffer:
+            // 1 MiB per stream (one maximum frame), 4 MiB per connection.
+            .stream_receive_window(quinn::VarInt::from_u32(1 << 20))
+            .receive_window(quinn::VarInt::from_u32(4 << 20))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs)).context("idle timeout")?,
             ));
@@ -120,17 +158,23 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self { endpoint, shared, .. } = self;
         let max_conn = shared.config.max_connections;
+        let per_ip = Arc::new(PerIp::new(shared.config.max_connections_per_ip));
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    if conns.len() >= max_conn {
+                    let ip = incoming.remote_address().ip();
+                    if conns.len() >= max_conn || !per_ip.enter(ip) {
                         incoming.refuse();
                         continue;
                     }
-                    conns.spawn(quic::serve_connection(incoming, shared.clone()));
+                    let (shared, per_ip) = (shared.clone(), per_ip.clone());
+                    conns.spawn(async move {
+                        quic::serve_connection(incoming, shared).await;
+                        per_ip.leave(ip);
+                    });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 _ = &mut shutdown => break,

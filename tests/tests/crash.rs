@@ -7,84 +7,26 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::PASSWORD;
+use common::daemon::{Daemon, free_port};
 use quip_client::{Client, ConnectOptions};
 use quip_protocol::v1::{self, ReceiptKind};
 use rand::Rng;
 
-/// The quipd binary next to this test's executable (cargo and nextest build
-/// it for workspace runs); built on demand otherwise.
-fn quipd() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("quipd");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "quip-server", "--bin", "quipd"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok && bin.exists(), "could not build quipd at {}", bin.display());
-    }
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(data: &Path, port: u16) -> Self {
-        let child = Command::new(quipd())
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args([
-                "--idle-timeout-secs",
-                "1",
-                "--rate-limit",
-                "100000",
-                "--rate-burst",
-                "100000",
-            ])
-            .args(["--log", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self { child }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Short idle timeout (a killed server is noticed fast) and no rate limits.
+const LOAD_ARGS: &[&str] = &[
+    "--idle-timeout-secs",
+    "1",
+    "--rate-limit",
+    "100000",
+    "--rate-burst",
+    "100000",
+];
 
 /// Connects, retrying while the server is down or restarting.
 async fn connect(opts: &ConnectOptions) -> Client {
@@ -189,13 +131,8 @@ async fn acknowledged_messages_survive_sigkill_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Daemon::start(dir.path(), port);
-    let ca = dir.path().join("dev-cert.pem");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ca.exists() {
-        assert!(Instant::now() < deadline, "quipd did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut daemon = Daemon::start(dir.path(), port, LOAD_ARGS);
+    let ca = Daemon::ready(dir.path()).await;
     let anon = options(&addr, &ca);
 
     // Six users; three direct pairs and one group of all six.
@@ -253,7 +190,7 @@ async fn acknowledged_messages_survive_sigkill_under_load() {
         let wait = rand::rng().random_range(250..700);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         daemon.kill();
-        daemon = Daemon::start(dir.path(), port);
+        daemon = Daemon::start(dir.path(), port, LOAD_ARGS);
         restarts += 1;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;

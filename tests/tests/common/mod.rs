@@ -1,6 +1,7 @@
 //! Test support: a real quipd on loopback QUIC with its store in a temp dir.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod relay;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,91 @@
+//! quipd as a child process: for tests that kill it or measure its memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The quipd binary next to this test's executable (cargo and nextest build
+/// it for workspace runs); built on demand otherwise.
+pub fn quipd() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("quipd");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "quip-server", "--bin", "quipd"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok && bin.exists(), "could not build quipd at {}", bin.display());
+    }
+    bin
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running quipd process; killed when dropped.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts quipd on `127.0.0.1:port` with its data in `data`, plus `args`.
+    pub fn start(data: &Path, port: u16, args: &[&str]) -> Self {
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--log", "error"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Waits until the dev certificate exists (written at startup); returns its path.
+    pub async fn ready(data: &Path) -> PathBuf {
+        let ca = data.join("dev-cert.pem");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ca.exists() {
+            assert!(Instant::now() < deadline, "quipd did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ca
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The process's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
