@@ -57,8 +57,9 @@ enum Command {
     Whoami,
     /// Send a text message; prints its seq once the server has stored it durably.
     Send {
-        /// Recipient username.
-        user: String,
+        /// Who or where: a username (the direct chat with them), or chat:ID
+        /// for a group or channel (usernames never contain ':').
+        target: Target,
         /// Message text.
         text: String,
         /// client_msg_id: a send repeated with the same id is stored once
@@ -76,10 +77,10 @@ enum Command {
     },
     /// Fetch what this device missed, print it, confirm delivery, and exit.
     Sync,
-    /// Show a page of history with a user, oldest first.
+    /// Show a page of a chat's history, oldest first.
     History {
-        /// The other user.
-        user: String,
+        /// A username (the direct chat with them) or chat:ID.
+        target: Target,
         /// Only messages before this seq [default: up to the newest].
         #[arg(long, value_name = "SEQ")]
         before: Option<u64>,
@@ -89,10 +90,193 @@ enum Command {
     },
     /// List chats with unread counts and the ticks of your messages.
     Chats,
-    /// Mark the chat with a user as read up to the newest message.
+    /// Mark a chat as read up to the newest message.
     Read {
-        /// The other user.
+        /// A username (the direct chat with them) or chat:ID.
+        target: Target,
+    },
+    /// Groups: create, manage members and admins, rename, leave, inspect.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Broadcast channels: create, subscribe, post, read.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Show users' presence (online, or last seen), as far as their privacy
+    /// settings let you see it.
+    Presence {
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Say "I am typing" once in a chat (an indicator lasts a few seconds;
+    /// `quip listen` shows others').
+    Typing {
+        /// A username (the direct chat with them) or chat:ID.
+        target: Target,
+    },
+    /// Set who may see whether you are online and when you were last seen.
+    LastSeen {
+        /// everyone, contacts (people you share a chat with) or nobody.
+        visibility: VisibilityArg,
+    },
+    /// Block a user: their direct messages never reach you (they are not told).
+    Block {
+        /// Username.
         user: String,
+    },
+    /// Unblock a user (what they sent meanwhile stays undelivered).
+    Unblock {
+        /// Username.
+        user: String,
+    },
+}
+
+/// A chat as named on the command line: a username, or `chat:ID`.
+#[derive(Debug, Clone)]
+enum Target {
+    User(String),
+    Chat(u64),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("chat:") {
+            Some(id) => parse_chat(s).map(Self::Chat).map_err(|_| format!("bad chat id {id:?}")),
+            None if s.contains(':') => Err(format!("{s:?} is neither a username nor chat:ID")),
+            None => Ok(Self::User(s.to_owned())),
+        }
+    }
+}
+
+/// A group or channel: `chat:ID` or just the number.
+fn parse_chat(s: &str) -> Result<u64, String> {
+    let id = s.strip_prefix("chat:").unwrap_or(s);
+    match id.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a chat (chat:ID or a number)")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum VisibilityArg {
+    Everyone,
+    Contacts,
+    Nobody,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Create a group with you as admin; prints its chat:ID.
+    Create {
+        /// The group's name (1-64 bytes).
+        name: String,
+        /// The other members' usernames.
+        users: Vec<String>,
+    },
+    /// Add members (admins only).
+    Add {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members (admins only).
+    Remove {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make members admins (admins only).
+    Promote {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make admins plain members again (admins only).
+    Demote {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Rename the group (admins only).
+    Rename {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+        /// The new name.
+        name: String,
+    },
+    /// Leave the group.
+    Leave {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+    },
+    /// Show the name, members (admins marked) and limits.
+    Info {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+    },
+    /// Show how far each member has received and read.
+    Receipts {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        group: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCmd {
+    /// Create a channel with you as admin; prints its chat:ID.
+    Create {
+        /// The channel's name (1-64 bytes).
+        name: String,
+    },
+    /// Subscribe to a channel by id.
+    Subscribe {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        channel: u64,
+    },
+    /// Unsubscribe.
+    Unsubscribe {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        channel: u64,
+    },
+    /// Post (admins only); the same as `quip send chat:ID TEXT`.
+    Post {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        channel: u64,
+        /// Post text.
+        text: String,
+    },
+    /// Print posts after your read position (or --after SEQ), oldest first,
+    /// and mark them read.
+    Read {
+        /// chat:ID or ID.
+        #[arg(value_parser = parse_chat)]
+        channel: u64,
+        /// Start after this seq [default: where you last read].
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// At most this many posts (the server caps at 200).
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -198,10 +382,106 @@ impl Out {
 
     fn receipt(&self, r: &v1::Receipt, pos: u64) -> std::io::Result<()> {
         let kind = receipt_kind(r.kind);
+        let who = if r.everyone { "everyone" } else { r.user.as_str() };
         self.emit(
-            || format!("[chat {}] {} {kind} up to #{}", r.chat_id, r.user, r.seq),
-            || json!({"type": "receipt", "chat": r.chat_id, "user": r.user, "kind": kind, "seq": r.seq, "pos": pos}),
+            || format!("[chat {}] {who} {kind} up to #{}", r.chat_id, r.seq),
+            || {
+                json!({"type": "receipt", "chat": r.chat_id, "user": r.user, "everyone": r.everyone,
+                    "kind": kind, "seq": r.seq, "pos": pos})
+            },
         )
+    }
+
+    fn presence(&self, p: &v1::Presence) -> std::io::Result<()> {
+        self.emit(
+            || {
+                let state = if !p.visible {
+                    "hidden".to_owned()
+                } else if p.online {
+                    "online".to_owned()
+                } else if p.last_seen_ms > 0 {
+                    format!("last seen {}", when(p.last_seen_ms))
+                } else {
+                    "offline".to_owned()
+                };
+                format!("{} is {state}", p.user)
+            },
+            || {
+                json!({"type": "presence", "user": p.user, "visible": p.visible, "online": p.online,
+                    "last_seen_ms": p.last_seen_ms})
+            },
+        )
+    }
+
+    fn typing(&self, t: &v1::Typing) -> std::io::Result<()> {
+        self.emit(
+            || format!("[chat {}] {} is typing", t.chat_id, t.user),
+            || json!({"type": "typing", "chat": t.chat_id, "user": t.user, "expires_in_ms": t.expires_in_ms}),
+        )
+    }
+
+    fn chat_info(&self, i: &v1::ChatInfo, event_seq: u64) -> std::io::Result<()> {
+        self.emit(
+            || {
+                let members: Vec<String> = i
+                    .members
+                    .iter()
+                    .map(|m| {
+                        if m.admin {
+                            format!("{} (admin)", m.user)
+                        } else {
+                            m.user.clone()
+                        }
+                    })
+                    .collect();
+                let limit = if i.max_members > 0 {
+                    format!(" of at most {}", i.max_members)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "chat:{} {} \"{}\": {} members{limit}: {}",
+                    i.chat_id,
+                    kind_name(i.kind),
+                    i.name,
+                    i.member_count,
+                    members.join(", ")
+                )
+            },
+            || {
+                let members: Vec<serde_json::Value> = i
+                    .members
+                    .iter()
+                    .map(|m| json!({"user": m.user, "admin": m.admin, "joined_seq": m.joined_seq}))
+                    .collect();
+                json!({"type": "chat_info", "chat": i.chat_id, "kind": kind_name(i.kind), "name": i.name,
+                    "member_count": i.member_count, "max_members": i.max_members, "last_seq": i.last_seq,
+                    "members": members, "event_seq": event_seq})
+            },
+        )
+    }
+}
+
+/// A wall-clock time in ms since the epoch, as "N s/min/h/d ago".
+fn when(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86400),
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match v1::ChatKind::try_from(kind) {
+        Ok(v1::ChatKind::Direct) => "direct",
+        Ok(v1::ChatKind::Group) => "group",
+        Ok(v1::ChatKind::Channel) => "channel",
+        _ => "chat",
     }
 }
 
@@ -209,8 +489,12 @@ fn text(m: &v1::Message) -> &str {
     m.content.as_ref().map_or("", |c| c.text.as_str())
 }
 
-/// The text, or a note for a message that carries only an opaque payload.
+/// The text, a membership change in words, or a note for a message that
+/// carries only an opaque payload.
 fn body(m: &v1::Message) -> String {
+    if let Some(g) = &m.group_event {
+        return group_event(m, g);
+    }
     let payload = m.content.as_ref().map_or(0, |c| c.payload.len());
     match text(m) {
         "" if payload > 0 => format!("<{payload} bytes of payload>"),
@@ -218,7 +502,38 @@ fn body(m: &v1::Message) -> String {
     }
 }
 
+/// "alice added bob, carol", "bob left", ...
+fn group_event(m: &v1::Message, g: &v1::GroupEvent) -> String {
+    let users = g.users.join(", ");
+    let what = match v1::GroupEventKind::try_from(g.kind).unwrap_or_default() {
+        v1::GroupEventKind::Created if users.is_empty() => format!("created \"{}\"", g.name),
+        v1::GroupEventKind::Created => format!("created \"{}\" with {users}", g.name),
+        v1::GroupEventKind::Added => format!("added {users}"),
+        v1::GroupEventKind::Removed => format!("removed {users}"),
+        v1::GroupEventKind::Left => "left".into(),
+        v1::GroupEventKind::Promoted => format!("made {users} admin"),
+        v1::GroupEventKind::Demoted => format!("made {users} no longer admin"),
+        v1::GroupEventKind::Renamed => format!("renamed the chat to \"{}\"", g.name),
+        v1::GroupEventKind::Unspecified => "changed the chat".into(),
+    };
+    format!("* {} {what}", m.sender)
+}
+
 fn message_json(m: &v1::Message, pos: Option<u64>) -> serde_json::Value {
+    if let Some(g) = &m.group_event {
+        let kind = v1::GroupEventKind::try_from(g.kind)
+            .unwrap_or_default()
+            .as_str_name()
+            .to_ascii_lowercase();
+        let mut v = json!({
+            "type": "group_event", "chat": m.chat_id, "seq": m.seq, "by": m.sender,
+            "event": kind, "users": g.users, "name": g.name, "sent_at_ms": m.sent_at_ms,
+        });
+        if let Some(pos) = pos {
+            v["pos"] = json!(pos);
+        }
+        return v;
+    }
     let mut v = json!({
         "type": "message", "chat": m.chat_id, "seq": m.seq, "from": m.sender,
         "to": m.recipient, "text": text(m), "sent_at_ms": m.sent_at_ms,
@@ -324,20 +639,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             conn.finish().await;
             Ok(())
         }
-        Command::Send { user, text, id } => {
+        Command::Send { target, text, id } => {
             let conn = Conn::open(&opts, Some(profile.token()?)).await?;
-            let sent = conn
-                .client
-                .send(v1::SendRequest {
-                    to_user: user,
-                    client_msg_id: id.unwrap_or_else(new_client_msg_id),
-                    content: Some(v1::Content {
-                        text,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await?;
+            let sent = send(&conn.client, target, text, id).await;
+            conn.finish().await;
+            let sent = sent?;
             out.emit(
                 || {
                     let dup = if sent.duplicate { " (already sent before)" } else { "" };
@@ -348,7 +654,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "duplicate": sent.duplicate, "sent_at_ms": sent.sent_at_ms})
                 },
             )?;
-            conn.finish().await;
             Ok(())
         }
         Command::Listen { count } => {
@@ -372,16 +677,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             conn.finish().await;
             r
         }
-        Command::History { user, before, limit } => {
+        Command::History { target, before, limit } => {
             let conn = Conn::open(&opts, Some(profile.token()?)).await?;
-            let page = conn.client.history(&user, before.unwrap_or(0), limit).await?;
+            let before = before.unwrap_or(0);
+            let page = match &target {
+                Target::User(user) => conn.client.history(user, before, limit).await,
+                Target::Chat(id) => conn.client.history_of_chat(*id, before, limit).await,
+            };
             conn.finish().await;
+            let page = page?;
             for m in page.messages.iter().rev() {
                 out.history_message(m)?;
             }
             if page.more && !out.json {
                 let oldest = page.messages.last().map_or(0, |m| m.seq);
-                eprintln!("(older messages: quip history {user} --before {oldest})");
+                let name = match &target {
+                    Target::User(u) => u.clone(),
+                    Target::Chat(id) => format!("chat:{id}"),
+                };
+                eprintln!("(older messages: quip history {name} --before {oldest})");
             }
             Ok(())
         }
@@ -399,13 +713,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             || "no messages".into(),
                             |m| format!("last #{} {}: {}", m.seq, m.sender, body(m)),
                         );
+                        let who = match v1::ChatKind::try_from(c.kind) {
+                            Ok(v1::ChatKind::Group) => {
+                                format!("chat:{} group \"{}\" ({} members)", c.chat_id, c.name, c.member_count)
+                            }
+                            Ok(v1::ChatKind::Channel) => format!(
+                                "chat:{} channel \"{}\" ({} subscribers)",
+                                c.chat_id, c.name, c.member_count
+                            ),
+                            _ => c.peer.clone(),
+                        };
+                        let ticks = if c.kind == v1::ChatKind::Group as i32 {
+                            "delivered to all"
+                        } else {
+                            "delivered"
+                        };
+                        let read = if c.kind == v1::ChatKind::Group as i32 {
+                            "read by all"
+                        } else {
+                            "read"
+                        };
                         format!(
-                            "{}  unread {}  {last}  (sent ticks: delivered #{}, read #{})",
-                            c.peer, c.unread, c.peer_delivered_seq, c.peer_read_seq
+                            "{who}  unread {}  {last}  (sent ticks: {ticks} #{}, {read} #{})",
+                            c.unread, c.peer_delivered_seq, c.peer_read_seq
                         )
                     },
                     || {
-                        json!({"type": "chat", "chat": c.chat_id, "peer": c.peer, "unread": c.unread,
+                        json!({"type": "chat", "chat": c.chat_id, "kind": kind_name(c.kind), "name": c.name,
+                            "member_count": c.member_count, "admin": c.admin, "peer": c.peer, "unread": c.unread,
                             "last_seq": last_seq, "last_from": last_from, "last_text": last.map_or("", text),
                             "peer_delivered_seq": c.peer_delivered_seq, "peer_read_seq": c.peer_read_seq,
                             "my_read_seq": c.my_read_seq, "my_delivered_seq": c.my_delivered_seq})
@@ -414,18 +749,227 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Read { user } => {
+        Command::Read { target } => {
             let conn = Conn::open(&opts, Some(profile.token()?)).await?;
-            let page = conn.client.history(&user, 0, 1).await?;
-            let seq = conn.client.receipt(page.chat_id, ReceiptKind::Read, 0).await?;
+            let r = async {
+                let chat = chat_id(&conn.client, &target).await?;
+                let seq = conn.client.receipt(chat, ReceiptKind::Read, 0).await?;
+                anyhow::Ok((chat, seq))
+            }
+            .await;
             conn.finish().await;
+            let (chat, seq) = r?;
             out.emit(
                 || format!("read up to #{seq}"),
-                || json!({"type": "read", "chat": page.chat_id, "peer": user, "seq": seq}),
+                || json!({"type": "read", "chat": chat, "seq": seq}),
             )?;
             Ok(())
         }
+        Command::Group(cmd) => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let r = group(&conn.client, &out, cmd).await;
+            conn.finish().await;
+            r
+        }
+        Command::Channel(cmd) => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let r = channel(&conn.client, &out, cmd).await;
+            conn.finish().await;
+            r
+        }
+        Command::Presence { users } => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let names: Vec<&str> = users.iter().map(String::as_str).collect();
+            let r = conn.client.presence(&names).await;
+            conn.finish().await;
+            for p in r? {
+                out.presence(&p)?;
+            }
+            Ok(())
+        }
+        Command::Typing { target } => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let r = async {
+                let chat = chat_id(&conn.client, &target).await?;
+                // A one-shot command closes at once: a datagram could be lost
+                // with the connection, so it asks on the stream instead.
+                let typing = v1::TypingRequest { chat_id: chat };
+                conn.client.request(quip_protocol::Body::Typing(typing)).await?;
+                anyhow::Ok(chat)
+            }
+            .await;
+            conn.finish().await;
+            let chat = r?;
+            out.emit(
+                || format!("typing in chat {chat}"),
+                || json!({"type": "typing_sent", "chat": chat}),
+            )?;
+            Ok(())
+        }
+        Command::LastSeen { visibility } => {
+            let v = match visibility {
+                VisibilityArg::Everyone => v1::Visibility::Everyone,
+                VisibilityArg::Contacts => v1::Visibility::Contacts,
+                VisibilityArg::Nobody => v1::Visibility::Nobody,
+            };
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let r = conn.client.set_last_seen_visibility(v).await;
+            conn.finish().await;
+            let now = r?.as_str_name().to_ascii_lowercase();
+            out.emit(
+                || format!("last seen visible to: {now}"),
+                || json!({"type": "last_seen", "visibility": now}),
+            )?;
+            Ok(())
+        }
+        Command::Block { user } => block(&opts, &profile, &out, &user, false).await,
+        Command::Unblock { user } => block(&opts, &profile, &out, &user, true).await,
     }
+}
+
+async fn block(opts: &ConnectOptions, profile: &Profile, out: &Out, user: &str, unblock: bool) -> anyhow::Result<()> {
+    let conn = Conn::open(opts, Some(profile.token()?)).await?;
+    let r = conn.client.block(user, unblock).await;
+    conn.finish().await;
+    let blocked = r?;
+    out.emit(
+        || {
+            let verb = if unblock { "unblocked" } else { "blocked" };
+            format!(
+                "{verb} {user}; blocking: {}",
+                if blocked.is_empty() {
+                    "nobody".into()
+                } else {
+                    blocked.join(", ")
+                }
+            )
+        },
+        || json!({"type": "blocked", "blocked": blocked}),
+    )?;
+    Ok(())
+}
+
+/// Sends a text to a user or into a chat.
+async fn send(client: &Client, target: Target, text: String, id: Option<String>) -> anyhow::Result<v1::SendResponse> {
+    let (to_user, chat_id) = match target {
+        Target::User(u) => (u, 0),
+        Target::Chat(c) => (String::new(), c),
+    };
+    Ok(client
+        .send(v1::SendRequest {
+            to_user,
+            chat_id,
+            client_msg_id: id.unwrap_or_else(new_client_msg_id),
+            content: Some(v1::Content {
+                text,
+                ..Default::default()
+            }),
+        })
+        .await?)
+}
+
+/// The chat id of a target (the direct chat with a user must exist).
+async fn chat_id(client: &Client, target: &Target) -> anyhow::Result<u64> {
+    Ok(match target {
+        Target::Chat(id) => *id,
+        Target::User(user) => client.history(user, 0, 1).await?.chat_id,
+    })
+}
+
+async fn group(client: &Client, out: &Out, cmd: GroupCmd) -> anyhow::Result<()> {
+    use v1::ChatAction as A;
+    let (chat, action, users, name) = match cmd {
+        GroupCmd::Create { name, users } => {
+            let names: Vec<&str> = users.iter().map(String::as_str).collect();
+            let r = client.create_group(&name, &names).await?;
+            return out
+                .chat_info(&r.info.unwrap_or_default(), r.event_seq)
+                .map_err(Into::into);
+        }
+        GroupCmd::Info { group } => {
+            let info = client.chat_info(group).await?;
+            return out.chat_info(&info, 0).map_err(Into::into);
+        }
+        GroupCmd::Receipts { group } => {
+            let d = client.receipt_detail(group).await?;
+            for m in d.members {
+                out.emit(
+                    || format!("{}: delivered #{}, read #{}", m.user, m.delivered_seq, m.read_seq),
+                    || {
+                        json!({"type": "member_receipt", "chat": group, "user": m.user,
+                            "delivered_seq": m.delivered_seq, "read_seq": m.read_seq})
+                    },
+                )?;
+            }
+            return Ok(());
+        }
+        GroupCmd::Add { group, users } => (group, A::AddMembers, users, String::new()),
+        GroupCmd::Remove { group, users } => (group, A::RemoveMembers, users, String::new()),
+        GroupCmd::Promote { group, users } => (group, A::Promote, users, String::new()),
+        GroupCmd::Demote { group, users } => (group, A::Demote, users, String::new()),
+        GroupCmd::Rename { group, name } => (group, A::Rename, Vec::new(), name),
+        GroupCmd::Leave { group } => (group, A::Leave, Vec::new(), String::new()),
+    };
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let r = client.update_chat(chat, action, &names, &name).await?;
+    if action == A::Leave {
+        return out
+            .emit(|| format!("left chat:{chat}"), || json!({"type": "left", "chat": chat}))
+            .map_err(Into::into);
+    }
+    out.chat_info(&r.info.unwrap_or_default(), r.event_seq)?;
+    Ok(())
+}
+
+async fn channel(client: &Client, out: &Out, cmd: ChannelCmd) -> anyhow::Result<()> {
+    match cmd {
+        ChannelCmd::Create { name } => {
+            let r = client.create_channel(&name).await?;
+            out.chat_info(&r.info.unwrap_or_default(), r.event_seq)?;
+        }
+        ChannelCmd::Subscribe { channel } => {
+            let r = client.subscribe(channel, false).await?;
+            out.chat_info(&r.info.unwrap_or_default(), 0)?;
+        }
+        ChannelCmd::Unsubscribe { channel } => {
+            client.subscribe(channel, true).await?;
+            out.emit(
+                || format!("unsubscribed from chat:{channel}"),
+                || json!({"type": "unsubscribed", "chat": channel}),
+            )?;
+        }
+        ChannelCmd::Post { channel, text } => {
+            let sent = send(client, Target::Chat(channel), text, None).await?;
+            out.emit(
+                || format!("posted seq {} in chat {}", sent.seq, sent.chat_id),
+                || json!({"type": "sent", "chat": sent.chat_id, "seq": sent.seq, "duplicate": sent.duplicate}),
+            )?;
+        }
+        ChannelCmd::Read { channel, after, limit } => {
+            let after = match after {
+                Some(a) => a,
+                None => client
+                    .chats()
+                    .await?
+                    .iter()
+                    .find(|c| c.chat_id == channel)
+                    .map(|c| c.my_read_seq)
+                    .ok_or_else(|| anyhow!("not subscribed to chat:{channel}"))?,
+            };
+            let page = client.history_after(channel, after, limit).await?;
+            for m in &page.messages {
+                out.history_message(m)?;
+            }
+            if let Some(last) = page.messages.last() {
+                client.receipt(channel, ReceiptKind::Read, last.seq).await?;
+            }
+            if page.more && !out.json {
+                let newest = page.messages.last().map_or(after, |m| m.seq);
+                eprintln!("(more: quip channel read chat:{channel} --after {newest})");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `quip register` / `quip login`: authenticates and saves the token.
@@ -634,6 +1178,30 @@ impl<'a> Feed<'a> {
             if self.done() {
                 break;
             }
+            if e.pos == 0 {
+                // Transient: not in the log, never acknowledged.
+                match &e.kind {
+                    Some(v1::event::Kind::Presence(p)) => self.out.presence(p)?,
+                    Some(v1::event::Kind::Typing(t)) => self.out.typing(t)?,
+                    Some(v1::event::Kind::Advanced(a)) => match &a.message {
+                        Some(m) => {
+                            self.out.message(m, None)?;
+                            self.printed += 1;
+                        }
+                        None => self.out.emit(
+                            || {
+                                format!(
+                                    "[chat {}] new post #{} (quip channel read chat:{})",
+                                    a.chat_id, a.seq, a.chat_id
+                                )
+                            },
+                            || json!({"type": "channel_advanced", "chat": a.chat_id, "seq": a.seq}),
+                        )?,
+                    },
+                    _ => {}
+                }
+                continue;
+            }
             if !self.tracker.observe(e.pos) {
                 continue; // seen already (pushed and synced, or pushed twice)
             }
@@ -648,7 +1216,7 @@ impl<'a> Feed<'a> {
                     }
                 }
                 Some(v1::event::Kind::Receipt(r)) => self.out.receipt(r, e.pos)?,
-                // Never reached: transient events carry pos 0, which observe() skips.
+                // Transient kinds carry pos 0 and are handled above.
                 Some(v1::event::Kind::Advanced(_) | v1::event::Kind::Presence(_) | v1::event::Kind::Typing(_)) => {}
                 None => {} // a kind newer than this client: nothing to show
             }

@@ -266,3 +266,131 @@ async fn cli_end_to_end() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_groups_channels_presence_and_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(Config::for_tests(dir.path().join("data"))).unwrap();
+    let env = Env {
+        addr: server.local_addr().to_string(),
+        ca: server.dev_cert().unwrap().clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let home = |n: &str| dir.path().join(n);
+    for n in ["ann", "ben", "cat"] {
+        env.ok(&home(n), &["register", n, "--password", "secret-password"])
+            .await;
+    }
+
+    // A group: created with members, a message into it, membership changes.
+    let out = env
+        .ok(&home("ann"), &["--json", "group", "create", "team", "ben"])
+        .await;
+    let info = &json_lines(&out)[0];
+    assert_eq!(
+        (info["type"].as_str(), info["kind"].as_str()),
+        (Some("chat_info"), Some("group"))
+    );
+    let chat = format!("chat:{}", info["chat"].as_u64().unwrap());
+    let out = env.ok(&home("ann"), &["send", &chat, "hello team"]).await;
+    assert!(out.starts_with("sent seq 2 in chat"), "{out}");
+    let out = env.ok(&home("ann"), &["group", "add", &chat, "cat"]).await;
+    assert!(out.contains("3 members") && out.contains("ann (admin)"), "{out}");
+    assert!(
+        env.fails(&home("ben"), &["group", "rename", &chat, "mine"])
+            .await
+            .contains("only admins")
+    );
+    // Ben syncs: the creation, the message and the addition, in words.
+    let out = env.ok(&home("ben"), &["sync"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].ends_with("* ann created \"team\" with ben"), "{out}");
+    assert!(lines[1].ends_with("ann: hello team"), "{out}");
+    assert!(lines[2].ends_with("* ann added cat"), "{out}");
+    // Cat joined later: history starts at the addition.
+    let out = env.ok(&home("cat"), &["history", &chat]).await;
+    assert_eq!(out.trim(), "#3 ann: * ann added cat");
+    let out = env.ok(&home("ann"), &["chats"]).await;
+    assert!(out.contains("group \"team\" (3 members)"), "{out}");
+    let out = env.ok(&home("ann"), &["group", "receipts", &chat]).await;
+    assert!(out.contains("ann: delivered #3, read #3"), "{out}");
+    assert!(
+        out.contains("ben: delivered #3"),
+        "ben's sync confirmed delivery: {out}"
+    );
+    env.ok(&home("cat"), &["group", "leave", &chat]).await;
+    assert!(
+        env.fails(&home("cat"), &["history", &chat])
+            .await
+            .contains("not a participant")
+    );
+
+    // A channel: create, subscribe, post, read from the read position.
+    let out = env.ok(&home("ann"), &["--json", "channel", "create", "news"]).await;
+    let news = format!("chat:{}", json_lines(&out)[0]["chat"].as_u64().unwrap());
+    let out = env.ok(&home("ben"), &["channel", "subscribe", &news]).await;
+    assert!(out.contains("2 members"), "{out}");
+    env.ok(&home("ann"), &["channel", "post", &news, "first post"]).await;
+    env.ok(&home("ann"), &["send", &news, "second post"]).await;
+    assert!(
+        env.fails(&home("ben"), &["channel", "post", &news, "me too"])
+            .await
+            .contains("only admins")
+    );
+    let out = env.ok(&home("ben"), &["channel", "read", &news]).await;
+    let posts: Vec<&str> = out.lines().collect();
+    assert_eq!(posts.len(), 2, "{out}");
+    assert!(
+        posts[0].ends_with("ann: first post") && posts[1].ends_with("ann: second post"),
+        "{out}"
+    );
+    assert_eq!(env.ok(&home("ben"), &["channel", "read", &news]).await, "", "all read");
+
+    // Presence, privacy and blocking.
+    let out = env.ok(&home("ben"), &["presence", "ann", "nobody-at-all"]).await;
+    assert!(out.contains("ann is "), "{out}");
+    assert!(out.contains("nobody-at-all is hidden"), "{out}");
+    env.ok(&home("ann"), &["last-seen", "nobody"]).await;
+    assert_eq!(env.ok(&home("ben"), &["presence", "ann"]).await.trim(), "ann is hidden");
+    let out = env.ok(&home("ann"), &["block", "ben"]).await;
+    assert_eq!(out.trim(), "blocked ben; blocking: ben");
+    env.ok(&home("ben"), &["send", "ann", "let me in"]).await;
+    let out = env.ok(&home("ann"), &["sync"]).await;
+    assert!(!out.contains("let me in"), "{out}");
+    env.ok(&home("ann"), &["unblock", "ben"]).await;
+    let (ok, _, err) = env.run(&home("ann"), &["send", "chat:x", "hi"]).await;
+    assert!(!ok && err.contains("bad chat id"), "{err}");
+    let (ok, _, err) = env.run(&home("ann"), &["send", "a:b", "hi"]).await;
+    assert!(!ok && err.contains("neither a username nor chat:ID"), "{err}");
+
+    // `quip listen` shows typing (a transient event, never acknowledged).
+    let mut listen = env
+        .quip(&home("ben"))
+        .args(["--json", "listen"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_typing = false;
+    while !saw_typing && Instant::now() < deadline {
+        // Typing is best-effort: repeat until the listener, once connected, sees one.
+        env.ok(&home("ann"), &["typing", "ben"]).await;
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["type"] == "typing" && v["user"] == "ann" {
+                saw_typing = true;
+                break;
+            }
+        }
+    }
+    assert!(saw_typing, "listen showed no typing event");
+    listen.kill().await.unwrap();
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -315,6 +315,22 @@ pub fn update(
         } else {
             delivery.channel_post = Some(msg);
         }
+        // One's own change is not unread news: like a send, it moves the
+        // actor's cursors (a leaving actor's cursor goes away below).
+        let key = keys::cursor(chat_id, actor.user_id);
+        if let Some(old) = records::get::<CursorRecord>(txn, &key)? {
+            let cur = CursorRecord {
+                delivered: event_seq,
+                read: event_seq,
+                joined: old.joined,
+            };
+            txn.set(&key, &cur.encode_to_vec());
+            if kind == ChatKind::Group {
+                delivery
+                    .events
+                    .extend(receipts::aggregate_change(txn, chat_id, Some(old), Some(cur))?);
+            }
+        }
     }
     for &uid in &joined {
         txn.set(&keys::user_chat(uid, chat_id), b"");
