@@ -70,6 +70,21 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         users: usize,
     },
+    /// A group with every member online; one member posts at a fixed rate.
+    /// Latency from send to the last member having the message, and to the
+    /// sender's "delivered to everyone" tick (members confirm delivery as
+    /// clients do).
+    Fanout {
+        /// Group members, the poster included.
+        #[arg(long, default_value_t = 256)]
+        members: usize,
+        /// Posts per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// A device offline while K messages arrive; time from reconnect until
     /// it has them all.
     Sync {
@@ -193,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         } => throughput(&bench, users, messages, window).await?,
         Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
         Scenario::Sync { messages } => sync(&bench, messages).await?,
+        Scenario::Fanout { members, rate, seconds } => fanout(&bench, members, rate, seconds).await?,
         Scenario::Connections { .. } => unreachable!("handled above"),
     };
     let mut figures = figures;
@@ -537,4 +553,142 @@ async fn sync(bench: &Bench, messages: usize) -> anyhow::Result<Outcome> {
         elapsed.as_secs_f64() * 1000.0
     );
     Ok(("sync", json!({"messages": messages}), figures, summary))
+}
+
+async fn fanout(bench: &Bench, members: usize, rate: u64, seconds: u64) -> anyhow::Result<Outcome> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    anyhow::ensure!(members >= 2, "a group needs at least two members");
+    let users = bench.users("fan", members).await?;
+    let names: Vec<String> = (1..members).map(|i| format!("fan{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let poster = users[0].0.clone();
+    let chat = poster
+        .create_group("bench", &refs)
+        .await?
+        .info
+        .context("chat info")?
+        .chat_id;
+    let posts = usize::try_from(rate * seconds).unwrap_or(usize::MAX).max(1);
+    let start = Instant::now();
+    // Each member: record arrival latency, confirm delivery like a client.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+    let mut member_tasks = Vec::new();
+    for (c, _) in users.iter().skip(1) {
+        let (c, tx) = (c.clone(), tx.clone());
+        member_tasks.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < posts {
+                match tokio::time::timeout(Duration::from_secs(30), c.next_event()).await {
+                    Ok(Some(v1::Event {
+                        kind: Some(v1::event::Kind::Message(m)),
+                        ..
+                    })) if m.chat_id == chat && m.group_event.is_none() => {
+                        got += 1;
+                        if let Some(us) = latency_of(start, &m) {
+                            let _ = tx.send((m.seq, us));
+                        }
+                        let _ = c.receipt(chat, v1::ReceiptKind::Delivered, m.seq).await;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // The poster: open loop at `rate`; remember when each seq was sent.
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let ticks = {
+        let (poster, sent_at) = (poster.clone(), sent_at.clone());
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut ticked = 0u64;
+            while h.len() < posts as u64 {
+                match tokio::time::timeout(Duration::from_secs(30), poster.next_event()).await {
+                    Ok(Some(v1::Event {
+                        kind: Some(v1::event::Kind::Receipt(r)),
+                        ..
+                    })) if r.everyone && r.kind == v1::ReceiptKind::Delivered as i32 => {
+                        let now = Instant::now();
+                        let sent = sent_at.lock().expect("lock");
+                        for seq in (ticked + 1)..=r.seq {
+                            if let Some(t) = sent.get(&seq) {
+                                let _ = h.record(u64::try_from((now - *t).as_micros()).unwrap_or(u64::MAX));
+                            }
+                        }
+                        ticked = ticked.max(r.seq);
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            h
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    for _ in 0..posts {
+        tick.tick().await;
+        let (poster, sent_at) = (poster.clone(), sent_at.clone());
+        inflight.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = poster.send_text_to_chat(chat, &stamp(start)).await?;
+            sent_at.lock().expect("lock").insert(r.seq, t);
+            anyhow::Ok(t.elapsed())
+        }));
+    }
+    use futures::StreamExt;
+    let mut acks = Histogram::<u64>::new(3)?;
+    while let Some(r) = inflight.next().await {
+        let _ = acks.record(u64::try_from(r??.as_micros()).unwrap_or(u64::MAX));
+    }
+    for t in member_tasks {
+        t.await?;
+    }
+    // Latency to the last member, per post.
+    let mut last: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut each = Histogram::<u64>::new(3)?;
+    while let Some((seq, us)) = rx.recv().await {
+        let _ = each.record(us);
+        let e = last.entry(seq).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(us);
+    }
+    let mut to_last = Histogram::<u64>::new(3)?;
+    for (n, max) in last.values() {
+        if *n == members - 1 {
+            let _ = to_last.record(*max);
+        }
+    }
+    let ticks = match tokio::time::timeout(Duration::from_secs(10), ticks).await {
+        Ok(h) => h?,
+        Err(_) => Histogram::<u64>::new(3)?,
+    };
+    let figures = json!({
+        "posts": posts,
+        "posts_reaching_every_member": to_last.len(),
+        "to_last_member": percentiles(&to_last),
+        "to_each_member": percentiles(&each),
+        "to_delivered_to_everyone_tick": percentiles(&ticks),
+        "send_to_durable_ack": percentiles(&acks),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    let summary = format!(
+        "fanout: {members} members, {rate} posts/s for {seconds} s: {} of {posts} posts reached all {} other members; \
+         send->last member p50 {} us, p99 {} us; send->\"delivered to everyone\" tick p50 {} us, p99 {} us",
+        to_last.len(),
+        members - 1,
+        to_last.value_at_quantile(0.5),
+        to_last.value_at_quantile(0.99),
+        ticks.value_at_quantile(0.5),
+        ticks.value_at_quantile(0.99),
+    );
+    Ok((
+        "fanout",
+        json!({"members": members, "rate": rate, "seconds": seconds}),
+        figures,
+        summary,
+    ))
 }
