@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use quip_protocol::v1;
 use quip_server::service::messages::{self, Page, Target};
-use quip_server::service::{Actor, ServiceError, accounts, log};
+use quip_server::service::{Actor, accounts, log};
 use quip_server::store::embedded::EmbeddedStore;
 use quip_server::store::{self, Store};
 
@@ -123,10 +123,7 @@ fn store_benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(500));
     g.bench_function("sync_page_500", |b| {
         b.iter(|| {
-            let page = store::read(&*f.store, |t| {
-                log::sync(t, bob.user_id, bob.device_id, 500, 1 << 20).map_err(ServiceError::from)
-            })
-            .unwrap();
+            let page = store::read(&*f.store, |t| log::sync(t, bob.user_id, bob.device_id, 500, 1 << 20)).unwrap();
             assert_eq!(page.events.len(), 500);
         });
     });
