@@ -367,17 +367,14 @@ impl Out {
     /// A message; `pos` (its place in the user's log) for events.
     fn message(&self, m: &v1::Message, pos: Option<u64>) -> std::io::Result<()> {
         self.emit(
-            || format!("[chat {} #{}] {}: {}", m.chat_id, m.seq, m.sender, body(m)),
+            || format!("[chat {} #{}] {}", m.chat_id, m.seq, line(m)),
             || message_json(m, pos),
         )
     }
 
     /// A message of a history page: the chat is known.
     fn history_message(&self, m: &v1::Message) -> std::io::Result<()> {
-        self.emit(
-            || format!("#{} {}: {}", m.seq, m.sender, body(m)),
-            || message_json(m, None),
-        )
+        self.emit(|| format!("#{} {}", m.seq, line(m)), || message_json(m, None))
     }
 
     fn receipt(&self, r: &v1::Receipt, pos: u64) -> std::io::Result<()> {
@@ -499,6 +496,15 @@ fn body(m: &v1::Message) -> String {
     match text(m) {
         "" if payload > 0 => format!("<{payload} bytes of payload>"),
         t => t.to_owned(),
+    }
+}
+
+/// "sender: text", or for a membership change "* sender did what".
+fn line(m: &v1::Message) -> String {
+    if m.group_event.is_some() {
+        body(m)
+    } else {
+        format!("{}: {}", m.sender, body(m))
     }
 }
 
@@ -709,10 +715,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let last_from = last.map_or("", |m| m.sender.as_str());
                 out.emit(
                     || {
-                        let last = last.map_or_else(
-                            || "no messages".into(),
-                            |m| format!("last #{} {}: {}", m.seq, m.sender, body(m)),
-                        );
+                        let last =
+                            last.map_or_else(|| "no messages".into(), |m| format!("last #{} {}", m.seq, line(m)));
                         let who = match v1::ChatKind::try_from(c.kind) {
                             Ok(v1::ChatKind::Group) => {
                                 format!("chat:{} group \"{}\" ({} members)", c.chat_id, c.name, c.member_count)
@@ -733,6 +737,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         } else {
                             "read"
                         };
+                        if c.kind == v1::ChatKind::Channel as i32 {
+                            // Channels keep no shared receipts: no ticks to show.
+                            return format!("{who}  unread {}  {last}", c.unread);
+                        }
                         format!(
                             "{who}  unread {}  {last}  (sent ticks: {ticks} #{}, {read} #{})",
                             c.unread, c.peer_delivered_seq, c.peer_read_seq

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use quip_server::{Config, Server};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 struct Env {
     addr: String,
@@ -44,6 +44,16 @@ impl Env {
         let (ok, out, err) = self.run(home, args).await;
         assert!(ok, "quip {args:?} failed: {err}");
         out
+    }
+
+    /// Starts `quip listen` with these arguments, stdout piped.
+    fn listen(&self, home: &Path, args: &[&str]) -> Child {
+        self.quip(home)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs quip, which must fail with one line on stderr; returns that line.
@@ -313,7 +323,7 @@ async fn cli_groups_channels_presence_and_blocking() {
     assert!(lines[2].ends_with("* ann added cat"), "{out}");
     // Cat joined later: history starts at the addition.
     let out = env.ok(&home("cat"), &["history", &chat]).await;
-    assert_eq!(out.trim(), "#3 ann: * ann added cat");
+    assert_eq!(out.trim(), "#3 * ann added cat");
     let out = env.ok(&home("ann"), &["chats"]).await;
     assert!(out.contains("group \"team\" (3 members)"), "{out}");
     let out = env.ok(&home("ann"), &["group", "receipts", &chat]).await;
@@ -392,5 +402,195 @@ async fn cli_groups_channels_presence_and_blocking() {
     listen.kill().await.unwrap();
 
     stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+// Groups and channels as `sync` and `listen` see them: membership events in
+// words, "everyone" receipts, and channel posts, which arrive as pos-0
+// announcements that are printed but never acknowledged and never confirmed
+// as delivered.
+
+/// Waits for a listener started with `--count` to exit; returns what is
+/// left of its stdout.
+async fn finish(mut child: Child) -> String {
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("listen --count did not exit")
+        .unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out).await.unwrap();
+    }
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert!(status.success(), "listen failed: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_channels_in_sync_and_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(Config::for_tests(dir.path().join("data"))).unwrap();
+    let env = Env {
+        addr: server.local_addr().to_string(),
+        ca: server.dev_cert().unwrap().clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let home = |n: &str| dir.path().join(n);
+    let (ann, ben, cat) = (home("ann"), home("ben"), home("cat"));
+    for (h, n) in [(&ann, "ann"), (&ben, "ben"), (&cat, "cat")] {
+        env.ok(h, &["register", n, "--password", "secret-password"]).await;
+    }
+
+    // Ann creates a group with ben and cat and writes into it by chat:ID.
+    let info = json_lines(&env.ok(&ann, &["--json", "group", "create", "team", "ben", "cat"]).await);
+    let id = info[0]["chat"].as_u64().unwrap();
+    let g = format!("chat:{id}");
+    assert_eq!(info[0]["member_count"], 3, "{info:?}");
+    let out = env.ok(&ann, &["send", &g, "hello all"]).await;
+    assert_eq!(out, format!("sent seq 2 in chat {id}\n"));
+
+    // Ben's sync: the creation as an event in words, then the message.
+    let events = json_lines(&env.ok(&ben, &["--json", "sync"]).await);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["event"].as_str(),
+            events[0]["by"].as_str()
+        ),
+        (Some("group_event"), Some("created"), Some("ann")),
+        "{events:?}"
+    );
+    assert_eq!(
+        (events[0]["chat"].as_u64(), events[0]["seq"].as_u64()),
+        (Some(id), Some(1))
+    );
+    assert_eq!(
+        (
+            events[1]["type"].as_str(),
+            events[1]["text"].as_str(),
+            events[1]["seq"].as_u64()
+        ),
+        (Some("message"), Some("hello all"), Some(2)),
+        "{events:?}"
+    );
+    // Cat's, as text.
+    let out = env.ok(&cat, &["sync"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with(&format!("[chat {id} #1] ")), "{out}");
+    assert!(lines[0].contains("ann created \"team\" with ben, cat"), "{out}");
+    assert_eq!(lines[1], format!("[chat {id} #2] ann: hello all"), "{out}");
+
+    // Both syncs confirmed delivery: ann gets one aggregated receipt.
+    let out = json_lines(&env.ok(&ann, &["--json", "sync"]).await);
+    let everyone: Vec<&Value> = out
+        .iter()
+        .filter(|e| e["type"] == "receipt" && e["everyone"] == true)
+        .collect();
+    assert_eq!(everyone.len(), 1, "{out:?}");
+    assert_eq!(
+        (
+            everyone[0]["kind"].as_str(),
+            everyone[0]["seq"].as_u64(),
+            everyone[0]["chat"].as_u64()
+        ),
+        (Some("delivered"), Some(2), Some(id))
+    );
+    // Reading by both gives "read by everyone", printed as such.
+    env.ok(&ben, &["read", &g]).await;
+    env.ok(&cat, &["read", &g]).await;
+    let out = env.ok(&ann, &["sync"]).await;
+    assert!(out.contains(&format!("[chat {id}] everyone read up to #2")), "{out}");
+    let chats = json_lines(&env.ok(&ann, &["--json", "chats"]).await);
+    let team = chats.iter().find(|c| c["chat"] == id).expect("group listed");
+    assert_eq!(
+        (
+            team["kind"].as_str(),
+            team["name"].as_str(),
+            team["member_count"].as_u64()
+        ),
+        (Some("group"), Some("team"), Some(3))
+    );
+    assert_eq!(
+        (team["peer_delivered_seq"].as_u64(), team["peer_read_seq"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    // Membership changes reach a listening member live, in words.
+    let listen = env.listen(&ben, &["listen", "--count", "2"]);
+    env.ok(&ann, &["group", "rename", &g, "crew"]).await;
+    env.ok(&ann, &["group", "remove", &g, "cat"]).await;
+    let out = finish(listen).await;
+    let prefix = format!("[chat {id} #");
+    let msgs: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(msgs.len(), 2, "{out}");
+    assert!(msgs[0].contains("ann renamed the chat to \"crew\""), "{out}");
+    assert!(msgs[1].contains("ann removed cat"), "{out}");
+    let info = json_lines(&env.ok(&ben, &["--json", "group", "info", &g]).await);
+    assert_eq!(
+        (info[0]["name"].as_str(), info[0]["member_count"].as_u64()),
+        (Some("crew"), Some(2))
+    );
+
+    // A channel: ben subscribes and listens. The group message proves his
+    // listener is connected (so watching the channel) before ann posts.
+    let out = json_lines(&env.ok(&ann, &["--json", "channel", "create", "news"]).await);
+    let ch = out[0]["chat"].as_u64().unwrap();
+    let c = format!("chat:{ch}");
+    env.ok(&ben, &["channel", "subscribe", &c]).await;
+    let mut listen = env.listen(&ben, &["--json", "listen", "--count", "2"]);
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+    env.ok(&ann, &["send", &g, "ping"]).await;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("listen printed nothing for 10 s")
+            .unwrap()
+            .expect("listen ended early");
+        if serde_json::from_str::<Value>(&line).unwrap()["text"] == "ping" {
+            break;
+        }
+    }
+    let out = env.ok(&ann, &["channel", "post", &c, "breaking"]).await;
+    assert!(out.contains(&format!("in chat {ch}")), "{out}");
+    let mut rest = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the channel post was not printed within 10 s")
+        .unwrap()
+    {
+        rest.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    finish(listen).await;
+    let post = rest.iter().find(|e| e["type"] == "message").expect("post printed");
+    assert_eq!(
+        (post["chat"].as_u64(), post["from"].as_str(), post["text"].as_str()),
+        (Some(ch), Some("ann"), Some("breaking")),
+        "{rest:?}"
+    );
+    assert!(post.get("pos").is_none(), "an announcement is not a log entry: {post}");
+
+    // Not in the log, so nothing to sync; and no DELIVERED sent for it.
+    assert_eq!(env.ok(&ben, &["--json", "sync"]).await, "");
+    let chats = json_lines(&env.ok(&ben, &["--json", "chats"]).await);
+    let news = chats.iter().find(|c| c["chat"] == ch).expect("channel listed");
+    assert_eq!(news["kind"], "channel");
+    assert_eq!(
+        (news["unread"].as_u64(), news["my_delivered_seq"].as_u64()),
+        (Some(1), Some(1)),
+        "{news}"
+    );
+    // Printing it live did not mark it read: `channel read` shows it, then
+    // nothing.
+    assert_eq!(env.ok(&ben, &["channel", "read", &c]).await, "#2 ann: breaking\n");
+    assert_eq!(env.ok(&ben, &["channel", "read", &c]).await, "");
+    let out = env.ok(&ben, &["channel", "read", &c, "--after", "0"]).await;
+    assert!(out.ends_with("#2 ann: breaking\n"), "{out}");
+
+    let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
