@@ -890,6 +890,7 @@ impl Session {
         accounts::validate_device_name(&r.device_name)?;
         self.shared.login_allowed(&r.username, self.peer)?;
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
+        let user_id = user.as_ref().map(|u| u.id);
         let pw = r.password;
         let ok = tokio::task::spawn_blocking(move || match user {
             Some(u) => accounts::verify_password(&pw, &u.password_phc),
@@ -904,6 +905,14 @@ impl Session {
         if !ok {
             self.shared.login_failed(&r.username, self.peer);
             return Err(ServiceError::InvalidCredentials);
+        }
+        // Refuse before creating a device that could not connect anyway.
+        let per_user = self.shared.config.max_connections_per_user;
+        if user_id.is_some_and(|u| self.shared.hub.devices(u) >= per_user) {
+            *self.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
+            return Err(ServiceError::LimitExceeded(format!(
+                "at most {per_user} connections per user are allowed"
+            )));
         }
         let (token, hash) = accounts::new_token();
         let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
