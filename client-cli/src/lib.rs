@@ -504,29 +504,29 @@ impl Client {
         before_seq: u64,
         limit: u32,
     ) -> Result<v1::HistoryResponse, ClientError> {
-        let body = Body::History(v1::HistoryRequest {
+        self.history_page(v1::HistoryRequest {
             with_user: with_user.into(),
             before_seq,
             limit,
             ..Default::default()
-        });
-        reply_as!(self.request(body).await?, HistoryPage)
+        })
+        .await
     }
 
-    /// A page of history of a chat by id.
+    /// A page of history of a chat by id (newest first).
     pub async fn history_of_chat(
         &self,
         chat_id: u64,
         before_seq: u64,
         limit: u32,
     ) -> Result<v1::HistoryResponse, ClientError> {
-        let body = Body::History(v1::HistoryRequest {
+        self.history_page(v1::HistoryRequest {
             chat_id,
             before_seq,
             limit,
             ..Default::default()
-        });
-        reply_as!(self.request(body).await?, HistoryPage)
+        })
+        .await
     }
 
     /// A page of a chat's messages after `after_seq`, oldest first: how a
@@ -537,13 +537,18 @@ impl Client {
         after_seq: u64,
         limit: u32,
     ) -> Result<v1::HistoryResponse, ClientError> {
-        let body = Body::History(v1::HistoryRequest {
+        self.history_page(v1::HistoryRequest {
             chat_id,
             after_seq: Some(after_seq),
             limit,
             ..Default::default()
-        });
-        reply_as!(self.request(body).await?, HistoryPage)
+        })
+        .await
+    }
+
+    /// Any history request, as given.
+    pub async fn history_page(&self, req: v1::HistoryRequest) -> Result<v1::HistoryResponse, ClientError> {
+        reply_as!(self.request(Body::History(req)).await?, HistoryPage)
     }
 
     /// Creates a group with these members (besides me) and I as admin.

@@ -66,6 +66,22 @@ impl Env {
     }
 }
 
+type ServerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// A quipd in this process with its data under `dir`; send on the channel to stop it.
+fn start(dir: &Path) -> (Env, tokio::sync::oneshot::Sender<()>, ServerTask) {
+    let server = Server::bind(Config::for_tests(dir.join("data"))).unwrap();
+    let env = Env {
+        addr: server.local_addr().to_string(),
+        ca: server.dev_cert().unwrap().clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (env, stop, task)
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
@@ -83,15 +99,7 @@ fn messages(events: &[Value]) -> Vec<(u64, &str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(Config::for_tests(dir.path().join("data"))).unwrap();
-    let env = Env {
-        addr: server.local_addr().to_string(),
-        ca: server.dev_cert().unwrap().clone(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (env, stop, task) = start(dir.path());
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
 
@@ -280,15 +288,7 @@ async fn cli_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_groups_channels_presence_and_blocking() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(Config::for_tests(dir.path().join("data"))).unwrap();
-    let env = Env {
-        addr: server.local_addr().to_string(),
-        ca: server.dev_cert().unwrap().clone(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (env, stop, task) = start(dir.path());
     let home = |n: &str| dir.path().join(n);
     for n in ["ann", "ben", "cat"] {
         env.ok(&home(n), &["register", n, "--password", "secret-password"])
@@ -429,15 +429,7 @@ async fn finish(mut child: Child) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_and_channels_in_sync_and_listen() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(Config::for_tests(dir.path().join("data"))).unwrap();
-    let env = Env {
-        addr: server.local_addr().to_string(),
-        ca: server.dev_cert().unwrap().clone(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (env, stop, task) = start(dir.path());
     let home = |n: &str| dir.path().join(n);
     let (ann, ben, cat) = (home("ann"), home("ben"), home("cat"));
     for (h, n) in [(&ann, "ann"), (&ben, "ben"), (&cat, "cat")] {

@@ -76,13 +76,7 @@ async fn offline_device_catches_up_in_order_and_only_once() {
     assert_eq!(bob.welcome().user, "bob");
     let mut tracker = AckTracker::new(0);
     let events = bob.sync_all(&mut tracker).await.unwrap();
-    let texts: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(v1::event::Kind::Message(m)) => Some(text(m).to_owned()),
-            _ => None,
-        })
-        .collect();
+    let texts = message_texts(&events);
     assert_eq!(texts, (1..=30).map(|i| format!("m{i}")).collect::<Vec<_>>());
     let chats = bob.chats().await.unwrap();
     assert_eq!(chats[0].unread, 30);

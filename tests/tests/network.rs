@@ -120,13 +120,7 @@ async fn a_partition_longer_than_the_idle_timeout_ends_in_reconnect_and_exact_re
     // ten already acknowledged.
     let bob = Client::connect(&opts).await.unwrap();
     let events = bob.sync_all(&mut AckTracker::new(0)).await.unwrap();
-    let texts: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(v1::event::Kind::Message(m)) => Some(text(m).to_owned()),
-            _ => None,
-        })
-        .collect();
+    let texts = message_texts(&events);
     assert_eq!(texts, (0..25).map(|i| format!("during {i}")).collect::<Vec<_>>());
     assert!(bob.sync(0).await.unwrap().events.is_empty(), "acknowledged");
     server.stop().await;

@@ -188,3 +188,14 @@ pub fn group_event(m: &v1::Message) -> Option<v1::GroupEventKind> {
 pub fn code<T: std::fmt::Debug>(r: Result<T, quip_client::ClientError>) -> Option<v1::ErrorCode> {
     r.expect_err("the request should fail").code()
 }
+
+/// The texts of the message events among `events`, in order.
+pub fn message_texts(events: &[v1::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::event::Kind::Message(m)) => Some(text(m).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
