@@ -4,7 +4,7 @@
 //! prefix, so they can share one store. A FoundationDB backend runs the same
 //! checks against a real cluster when one is configured.
 
-use super::{Store, StoreError, Txn, enqueue_write, read, write};
+use super::{Store, StoreError, Txn, enqueue_write, enqueue_write_then, read, write};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 enum TestError {
@@ -33,6 +33,7 @@ pub async fn run_all(store: &dyn Store) {
     read_your_writes(store).await;
     rollback_leaves_no_trace(store).await;
     writes_apply_in_queue_order(store).await;
+    durable_callbacks_run_in_queue_order(store).await;
     concurrent_increments_are_serializable(store).await;
 }
 
@@ -181,6 +182,36 @@ pub async fn writes_apply_in_queue_order(store: &dyn Store) {
         .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(got, (0..50).collect::<Vec<_>>());
+}
+
+/// Completion callbacks run in queue order, each before its write's result
+/// is handed out: the fan-out relies on it to push in commit order.
+pub async fn durable_callbacks_run_in_queue_order(store: &dyn Store) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut pending = Vec::new();
+    for i in 0..50u32 {
+        let seen = seen.clone();
+        pending.push(
+            enqueue_write_then(
+                store,
+                move |t| {
+                    t.set(&k("cb/", i), b"x");
+                    Ok::<_, TestError>(i)
+                },
+                move |r: &mut u32| seen.lock().unwrap().push(*r),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().await.unwrap(), i as u32);
+        assert!(
+            seen.lock().unwrap().len() > i,
+            "callback ran before the result was handed out"
+        );
+    }
+    assert_eq!(*seen.lock().unwrap(), (0..50).collect::<Vec<_>>());
 }
 
 /// Many tasks incrementing one counter lose no update.
