@@ -571,6 +571,9 @@ impl Client {
             kind: kind as i32,
             name: name.into(),
             members: members.iter().map(|m| (*m).to_owned()).collect(),
+            // The library retries requests refused as too early: a fresh id
+            // per call makes such a retry (or any other) create one chat.
+            client_request_id: new_client_msg_id(),
         });
         reply_as!(self.request(body).await?, Chat)
     }

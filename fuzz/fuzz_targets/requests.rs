@@ -35,7 +35,7 @@ enum Op {
     Chats,
     Sync { limit: u16 },
     Ack { pos: u16 },
-    CreateChat { channel: bool, name: String, members: Vec<u8> },
+    CreateChat { channel: bool, name: String, members: Vec<u8>, request: Option<u8> },
     Update { chat: u8, action: u8, users: Vec<u8>, name: String },
     Info { chat: u8 },
     Detail { chat: u8 },
@@ -93,10 +93,11 @@ fn body(op: Op) -> Option<Body> {
         Op::Chats => Body::Chats(v1::ChatsRequest {}),
         Op::Sync { limit } => Body::Sync(v1::SyncRequest { limit: u32::from(limit) }),
         Op::Ack { pos } => Body::Ack(v1::AckRequest { pos: u64::from(pos) }),
-        Op::CreateChat { channel, name: n, members } => Body::CreateChat(v1::CreateChatRequest {
+        Op::CreateChat { channel, name: n, members, request } => Body::CreateChat(v1::CreateChatRequest {
             kind: if channel { ChatKind::Channel } else { ChatKind::Group } as i32,
             name: n.chars().take(70).collect(),
             members: members.into_iter().take(4).map(name).collect(),
+            client_request_id: request.map(|r| format!("r{r}")).unwrap_or_default(),
         }),
         Op::Update { chat: c, action, users, name: n } => Body::UpdateChat(v1::UpdateChatRequest {
             chat_id: chat(c),

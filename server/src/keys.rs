@@ -90,6 +90,12 @@ pub fn user_channels(uid: u64) -> (Vec<u8>, Vec<u8>) {
     (user_channel(uid, 0), user_channel(uid, u64::MAX))
 }
 
+/// `creq/{user_id}{client_request_id}` → chat id (u64 BE): a chat created
+/// by a request with that id, so a retried create finds it.
+pub fn create_request(uid: u64, request_id: &str) -> Vec<u8> {
+    cat(b"creq/", &[&uid.to_be_bytes(), request_id.as_bytes()])
+}
+
 /// `block/{user_id}{blocked user_id}` → empty: whom a user blocks.
 pub fn block(uid: u64, blocked: u64) -> Vec<u8> {
     cat(b"block/", &[&uid.to_be_bytes(), &blocked.to_be_bytes()])
@@ -160,9 +166,9 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 15] = [
+        let tags: [&[u8]; 16] = [
             b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
-            b"ragg/", b"uchan/", b"block/", b"hide/",
+            b"ragg/", b"uchan/", b"block/", b"hide/", b"creq/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

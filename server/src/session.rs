@@ -554,7 +554,7 @@ impl Session {
                 let (max, now) = (shared.config.max_group_members, now_ms());
                 let pending = self
                     .write_then_deliver(
-                        move |t| groups::create(t, &actor, kind, &r.name, &r.members, max, now),
+                        move |t| groups::create(t, &actor, kind, &r.name, &r.members, &r.client_request_id, max, now),
                         |c| &mut c.delivery,
                     )
                     .await?;

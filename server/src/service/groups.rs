@@ -70,15 +70,39 @@ fn resolve_users(
 /// Creates a group (the actor as admin plus `members`) or a channel (the
 /// actor as admin and first subscriber). The first message of the chat is
 /// its CREATED event.
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     txn: &mut dyn Txn,
     actor: &Actor,
     kind: ChatKind,
     name: &str,
     members: &[String],
+    request_id: &str,
     max_members: u32,
     now_ms: i64,
 ) -> Result<Changed, ServiceError> {
+    if request_id.len() > 64 {
+        return Err(ServiceError::InvalidArgument(
+            "client_request_id is at most 64 bytes".into(),
+        ));
+    }
+    let req_key = (!request_id.is_empty()).then(|| keys::create_request(actor.user_id, request_id));
+    if let Some(key) = &req_key
+        && let Some(b) = txn.get(key)?
+    {
+        // A retry: the chat exists already (the actor may have left it since).
+        let chat_id = b
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| ServiceError::Internal("corrupt create request record".into()))?;
+        let chat = messages::load_chat(txn, chat_id)?;
+        return Ok(Changed {
+            info: info_of(txn, chat_id, &chat, max_members)?,
+            event_seq: 1,
+            delivery: Delivery::default(),
+        });
+    }
     if !matches!(kind, ChatKind::Group | ChatKind::Channel) {
         return Err(ServiceError::InvalidArgument(
             "create_chat makes a GROUP or a CHANNEL (direct chats start with a send)".into(),
@@ -100,6 +124,9 @@ pub fn create(
     let ctr = keys::counter("chat");
     let chat_id = records::get_u64(txn, &ctr)? + 1;
     txn.set(&ctr, &chat_id.to_be_bytes());
+    if let Some(key) = &req_key {
+        txn.set(key, &chat_id.to_be_bytes());
+    }
     let mut ids: Vec<u64> = others.values().copied().chain([actor.user_id]).collect();
     ids.sort_unstable();
     let mut chat = ChatRecord {
