@@ -103,6 +103,9 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     /// Sent in Hello for the server's logs.
     pub client_name: String,
+    /// Connect without making the user online (Hello.background): for
+    /// background sync and one-shot tools.
+    pub background: bool,
 }
 
 impl ConnectOptions {
@@ -117,6 +120,7 @@ impl ConnectOptions {
             ca_pem,
             quic,
             bind: None,
+            background: false,
             token: None,
             client_name: concat!("quip-client/", env!("CARGO_PKG_VERSION")).into(),
         })
@@ -318,6 +322,7 @@ impl Client {
                 versions: vec![PROTOCOL_VERSION],
                 token: opts.token.clone().unwrap_or_default(),
                 client: opts.client_name.clone(),
+                background: opts.background,
             }),
         );
         write(&mut send, &hello).await?;

@@ -602,7 +602,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(p) => Some(std::fs::canonicalize(p).with_context(|| format!("CA file {}", p.display()))?),
         None => profile.ca.clone(),
     };
-    let opts = ConnectOptions::new(server.clone(), ca.as_deref())?;
+    let mut opts = ConnectOptions::new(server.clone(), ca.as_deref())?;
+    // One-shot commands do not make the user look online to their contacts;
+    // `listen` (a session the user sits in) does.
+    opts.background = !matches!(cli.command, Command::Listen { .. });
 
     match cli.command {
         Command::Register(a) => auth(&home, &mut profile, &out, opts, ca, a, true).await,

@@ -54,7 +54,7 @@ enum Input {
     /// A first frame's bytes, as they arrive on the control stream.
     Bytes(Vec<u8>),
     /// A Hello: versions offered, and the real token, a mangled one or junk.
-    Hello { id: u64, versions: Vec<u32>, token: TokenChoice, client: String },
+    Hello { id: u64, versions: Vec<u32>, token: TokenChoice, client: String, background: bool },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -81,7 +81,7 @@ fuzz_target!(|input: Input| {
                     _ => return,
                 }
             }
-            Input::Hello { id, versions, token, client } => {
+            Input::Hello { id, versions, token, client, background } => {
                 let (token, valid) = match token {
                     TokenChoice::None => (String::new(), false),
                     TokenChoice::Valid => (w.token.clone(), true),
@@ -96,7 +96,7 @@ fuzz_target!(|input: Input| {
                         (s, valid)
                     }
                 };
-                let hello = v1::Hello { versions, token, client };
+                let hello = v1::Hello { versions, token, client, background };
                 (Envelope::new(id, Body::Hello(hello)), valid)
             }
         };

@@ -165,6 +165,7 @@ async fn run(input: Input) {
                 versions: vec![1],
                 token: t.clone(),
                 client: "fuzz".into(),
+                background: false,
             }),
         );
         assert!(matches!(s.hello(hello), Ok(ref w) if matches!(w.body, Some(Body::Welcome(_)))));

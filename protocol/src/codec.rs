@@ -294,6 +294,7 @@ mod tests {
                 versions: vec![1],
                 token: "t".into(),
                 client: "test".into(),
+                background: false,
             }),
         );
         let bytes = env.encode_to_vec();
@@ -319,6 +320,7 @@ mod tests {
                 versions: vec![1],
                 token: "t".into(),
                 client: "c".into(),
+                background: false,
             }),
         );
         assert_eq!(dec.decode().unwrap(), Some(hello.clone()));

@@ -201,6 +201,8 @@ pub struct Session {
     close_after_reply: Mutex<Option<CloseCode>>,
     /// The client's IP address (login throttling).
     peer: std::net::IpAddr,
+    /// Set from Hello.background: presence ignores this connection.
+    background: AtomicBool,
     /// False until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
     handshake_done: tokio::sync::watch::Sender<bool>,
@@ -245,6 +247,7 @@ impl Session {
             close_after_reply: Mutex::new(None),
             handshake_done: tokio::sync::watch::Sender::new(true),
             peer,
+            background: AtomicBool::new(false),
         })
     }
 
@@ -307,6 +310,7 @@ impl Session {
             max_body: u32::try_from(self.shared.config.max_body).unwrap_or(u32::MAX),
             server: concat!("quipd/", env!("CARGO_PKG_VERSION")).into(),
         };
+        self.background.store(hello.background, Ordering::Relaxed);
         if !hello.token.is_empty() {
             match self.shared.authenticate(&hello.token) {
                 Ok(Some((actor, hash))) => {
@@ -360,7 +364,9 @@ impl Session {
             old.closer
                 .close(CloseCode::Replaced, "replaced by a newer connection of this device");
         }
-        self.shared.liveness.connected(actor.user_id);
+        if !self.background.load(Ordering::Relaxed) {
+            self.shared.liveness.connected(actor.user_id);
+        }
         match store::read(&*self.shared.store, |t| {
             let (from, to) = crate::keys::user_channels(actor.user_id);
             let rows = t.range(&from, &to, usize::MAX, false)?;
@@ -404,7 +410,9 @@ impl Session {
     pub fn disconnect(&self, how: Ended) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
             self.shared.hub.unregister(a.actor.user_id, self.conn_id);
-            self.shared.liveness.disconnected(a.actor.user_id, how);
+            if !self.background.load(Ordering::Relaxed) {
+                self.shared.liveness.disconnected(a.actor.user_id, how);
+            }
         }
     }
 

@@ -110,6 +110,7 @@ async fn an_s2n_quic_client_talks_to_quipd() {
             versions: vec![1],
             token: String::new(),
             client: "s2n-quic interop".into(),
+            background: false,
         }))
         .await;
     let Body::Welcome(w) = hello else { panic!("{hello:?}") };

@@ -141,6 +141,22 @@ async fn presence_follows_privacy_settings() {
 
     // Everyone: strangers may look.
     alice.set_last_seen_visibility(Visibility::Everyone).await.unwrap();
+
+    // A background connection (sync, tools) never makes its user online.
+    let (dan, _) = server.user("dan").await;
+    dan.send_text("bob", "hi").await.unwrap();
+    dan.close();
+    let p = presence_event(&bob, "dan", Duration::from_secs(2)).await;
+    assert!(!p.online);
+    let mut quiet = server.options();
+    quiet.background = true;
+    let bg = Client::connect(&quiet).await.unwrap();
+    bg.login("dan", PASSWORD, "background sync").await.unwrap();
+    bg.whoami().await.unwrap();
+    no_presence(&bob, "dan", Duration::from_millis(400)).await;
+    assert!(!bob.presence(&["dan"]).await.unwrap()[0].online);
+    bg.close();
+    no_presence(&bob, "dan", Duration::from_millis(300)).await;
     let p = &carol.presence(&["alice"]).await.unwrap()[0];
     assert!(p.visible && p.online);
     server.stop().await;
@@ -318,6 +334,7 @@ async fn zero_rtt_reconnect_is_fast_and_refuses_replayable_requests_in_early_dat
             versions: vec![1],
             token: via.token.clone().unwrap(),
             client: "test".into(),
+            background: false,
         }),
     );
     let ping = Envelope::new(2, Body::Ping(v1::PingRequest {}));

@@ -40,6 +40,7 @@ fn hello(versions: Vec<u32>) -> Envelope {
             versions,
             token: String::new(),
             client: "raw".into(),
+            background: false,
         }),
     )
 }
