@@ -340,27 +340,46 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
     let rss_before = quipd.rss_kib().unwrap_or(0);
     // A few client sockets, each carrying many connections.
     let endpoints: Vec<quinn::Endpoint> = (0..4).map(|_| Client::endpoint(&opts)).collect::<Result<_, _>>()?;
-    let start = Instant::now();
-    let mut clients: Vec<Client> = Vec::with_capacity(n);
-    let mut attempts = futures::stream::iter(0..n)
-        .map(|i| {
-            let o = opts.clone().token(tokens[i % tokens.len()].clone());
-            let ep = endpoints[i % endpoints.len()].clone();
-            async move { Client::connect_on(ep, &o).await }
-        })
-        .buffer_unordered(concurrency.max(1));
-    let mut failed = 0usize;
-    while let Some(r) = attempts.next().await {
-        match r {
-            Ok(c) => clients.push(c),
-            Err(_) => failed += 1,
+    // Opens connections `range` (their handshakes `concurrency` at a time).
+    let open_batch = |range: std::ops::Range<usize>| {
+        let (opts, tokens, endpoints) = (&opts, &tokens, &endpoints);
+        async move {
+            let mut clients = Vec::with_capacity(range.len());
+            let mut failed = 0usize;
+            let mut attempts = futures::stream::iter(range)
+                .map(|i| {
+                    let o = opts.clone().token(tokens[i % tokens.len()].clone());
+                    let ep = endpoints[i % endpoints.len()].clone();
+                    async move { Client::connect_on(ep, &o).await }
+                })
+                .buffer_unordered(concurrency.max(1));
+            while let Some(r) = attempts.next().await {
+                match r {
+                    Ok(c) => clients.push(c),
+                    Err(_) => failed += 1,
+                }
+            }
+            (clients, failed)
         }
-    }
-    let elapsed = start.elapsed();
+    };
+    // In two halves, with the server's RSS read after each: the second
+    // half's growth is the marginal cost of a connection, free of one-time
+    // costs (allocator arenas, caches, the registrations' password hashes).
+    let start = Instant::now();
+    let (mut clients, mut failed) = open_batch(0..n / 2).await;
+    let mut elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_mid, open_mid) = (quipd.rss_kib().unwrap_or(0), clients.len());
+    let start = Instant::now();
+    let (more, more_failed) = open_batch(n / 2..n).await;
+    elapsed += start.elapsed();
+    clients.extend(more);
+    failed += more_failed;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = quipd.rss_kib().unwrap_or(0);
     let open = clients.len();
     let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / open.max(1) as f64;
+    let marginal = (rss_after.saturating_sub(rss_mid) as f64 * 1024.0) / (open - open_mid).max(1) as f64;
     let rate = open as f64 / elapsed.as_secs_f64();
     for c in &clients {
         c.close();
@@ -369,11 +388,13 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
         "open": open, "failed": failed, "seconds": elapsed.as_secs_f64(),
         "handshakes_per_sec": rate, "server_rss_kib_before": rss_before,
         "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
+        "server_rss_kib_half": rss_mid, "server_rss_bytes_per_connection_second_half": marginal,
     });
     let summary = format!(
-        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_after} KiB = {:.1} KiB per connection",
+        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half)",
         elapsed.as_secs_f64(),
-        per_conn / 1024.0
+        per_conn / 1024.0,
+        marginal / 1024.0
     );
     Ok((
         json!({"connections": n, "concurrency": concurrency, "users": users}),
@@ -750,11 +771,12 @@ fn key_figures(r: &Value) -> String {
             f["reconnect_and_sync_ms"].as_f64().unwrap_or(0.0)
         ),
         "connections" => format!(
-            "{} open ({} failed) at {:.0} handshakes/s; {:.1} KiB server RSS per connection",
+            "{} open ({} failed) at {:.0} handshakes/s; {:.1} KiB server RSS per connection ({:.1} KiB in the second half)",
             f["open"],
             f["failed"],
             f["handshakes_per_sec"].as_f64().unwrap_or(0.0),
-            f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0
+            f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
+            f["server_rss_bytes_per_connection_second_half"].as_f64().unwrap_or(0.0) / 1024.0
         ),
         _ => f.to_string(),
     }

@@ -117,7 +117,16 @@ impl Server {
             .receive_window(quinn::VarInt::from_u32(4 << 20))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs)).context("idle timeout")?,
-            ));
+            ))
+            // No path-MTU probing: packets stay at QUIC's 1,200-byte minimum.
+            // quinn keeps each connection's transmit buffer at its largest
+            // datagram for the connection's life, and the first 1,452-byte
+            // probe doubles it to 2,400 bytes: 1.1 KiB more per idle
+            // connection (of ~40 KiB, measured with a counting allocator
+            // over 10,000 connections). Quip's frames are mostly far smaller
+            // than a packet; bulk transfers (sync pages) measured ~2% slower
+            // on loopback. Probing also costs packets in every handshake.
+            .mtu_discovery_config(None);
         server_config.transport_config(Arc::new(transport));
         let socket = udp_socket(config.listen, config.socket_buffer)
             .with_context(|| format!("binding UDP {}", config.listen))?;
