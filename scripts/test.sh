@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it. Needs only a Rust toolchain (stable,
-# with rustfmt and clippy); everything else builds from crates.io (protobuf
-# schemas are compiled by protox, in pure Rust: no protoc needed).
+# The whole test suite, as CI runs it. Needs a Rust toolchain (stable, with
+# rustfmt and clippy) and a Debian machine: scripts/install-test-deps.sh
+# installs Chromium, Node.js and the web client's npm packages for the
+# browser test. Rust code builds from crates.io alone (protobuf schemas are
+# compiled by protox, in pure Rust: no protoc needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== test dependencies"
+./scripts/install-test-deps.sh
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -13,6 +18,8 @@ done
 
 echo "== format"
 cargo fmt --all -- --check
+echo "== web client (web/dist must be what web/src builds to)"
+./web/build.sh --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"

@@ -36,6 +36,11 @@ pub use version::{ALPN, CloseCode, PROTOCOL_VERSION, negotiate_version};
 /// larger frame before buffering it.
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// The schema these types were generated from, as text: served to browsers
+/// (which parse it at run time), so the web client and the server can never
+/// disagree about a field.
+pub const SCHEMA: &str = include_str!("../proto/quip/v1/quip.proto");
+
 /// Default limit on a message body (text + payload): 64 KiB.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 

@@ -8,7 +8,8 @@ use clap::Parser;
 /// quipd: the Quip messaging server.
 ///
 /// With no flags it runs in dev mode: data in ./quip-data, listening on
-/// 127.0.0.1:4433, with a self-signed certificate generated in the data
+/// 127.0.0.1:4433 (QUIC on UDP, HTTPS and WebSocket on TCP; the web client
+/// is at https://localhost:4433/), with a self-signed certificate generated in the data
 /// directory (clients trust it with `quip --ca <data-dir>/dev-cert.pem`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "quipd", version, about, long_about)]
@@ -16,6 +17,16 @@ pub struct Config {
     /// UDP address for QUIC. Use 0.0.0.0:4433 (or [::]:4433) to accept remote clients.
     #[arg(long, env = "QUIP_LISTEN", default_value = "127.0.0.1:4433")]
     pub listen: SocketAddr,
+
+    /// TCP address for HTTPS: the WebSocket endpoint for browsers (/v1/ws),
+    /// the web client (/) and /healthz. The same port number as QUIC serves
+    /// both, as HTTP/3 deployments do (QUIC is UDP, this is TCP).
+    #[arg(long, env = "QUIP_HTTPS_LISTEN", default_value = "127.0.0.1:4433")]
+    pub https_listen: SocketAddr,
+
+    /// Serve QUIC only: no HTTPS listener, so no browsers.
+    #[arg(long, env = "QUIP_NO_HTTPS")]
+    pub no_https: bool,
 
     /// Directory holding the database (quip.redb) and the dev certificate.
     #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
@@ -142,6 +153,7 @@ impl Config {
         let mut c = Self::parse_from(["quipd"]);
         c.data_dir = data_dir.into();
         c.listen = "127.0.0.1:0".parse().expect("valid address");
+        c.https_listen = c.listen;
         c
     }
 }

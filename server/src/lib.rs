@@ -1,7 +1,8 @@
 //! quipd: the Quip messaging server.
 //!
 //! ```text
-//!  QUIC (quinn) ─► quic.rs: frames per stream ─► session.rs: handshake, auth,
+//!  QUIC (quinn) ─► quic.rs: frames per stream ─┐
+//!  WebSocket ────► ws.rs: one message, one frame ┴► session.rs: handshake, auth,
 //!                                                  rate limits, dispatch
 //!                                                      │
 //!        hub.rs: push to online devices ◄── service/: domain logic over Txn
@@ -14,6 +15,9 @@
 //! - [`config`]: flags and environment.
 //! - [`server`]: the listener and graceful shutdown.
 //! - [`quic`]: the QUIC transport shell (streams, lanes, pipelining).
+//! - [`http`], [`ws`], [`web`]: HTTPS for browsers: the WebSocket transport
+//!   shell, the embedded web client, health.
+//! - [`requests`]: the request loop both transports share.
 //! - [`session`]: per-connection protocol logic, transport-independent.
 //! - [`hub`]: online devices and live push with bounded queues.
 //! - [`service`]: accounts, messages, receipts, the per-user log.
@@ -22,6 +26,7 @@
 
 pub mod config;
 pub mod fanout;
+pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod liveness;
@@ -29,11 +34,14 @@ pub mod presence;
 pub mod quic;
 pub mod ratelimit;
 pub mod records;
+pub mod requests;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod web;
+pub mod ws;
 
 pub use config::Config;
 pub use server::Server;

@@ -9,29 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures::stream::{FuturesOrdered, StreamExt};
-use quip_protocol::v1::ErrorCode;
-use quip_protocol::{CloseCode, Envelope, FrameDecoder, FrameError, encode_frame};
+use quip_protocol::{CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::hub::{Closer, Push};
 use crate::presence::Ended;
-use crate::session::{Reply, Session, Shared};
-use crate::store::BoxFuture;
+use crate::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
+use crate::session::{Session, Shared};
 
 /// How long a client has to open its control stream and send Hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Requests a stream may have in flight before the server stops reading it.
-const MAX_INFLIGHT_PER_STREAM: usize = 64;
-
-/// Bytes of unfinished requests (partial frames) one connection may hold
-/// across all its streams. Without it a client could start a 1 MiB frame on
-/// each of its 16 streams and stall, pinning 16 MiB per connection; with it
-/// honest clients still have four maximum-size requests in flight at once.
-pub const MAX_BUFFERED_PER_CONNECTION: usize = 4 << 20;
 
 /// The largest read buffer grown ahead of data. A frame's declared length
 /// is never allocated up front: memory follows the bytes that arrived.
@@ -86,37 +74,36 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 
     let budget = Arc::new(Budget::default());
     let handshake = async {
-        let (mut send, recv) = conn.accept_bi().await.ok()?;
+        let (send, recv) = conn.accept_bi().await.ok()?;
         let mut reader = StreamReader::new(recv, budget.clone(), max_frame);
+        let mut sink = QuicReplies {
+            send,
+            conn: conn.clone(),
+        };
         let first = reader.next().await;
-        Some((send_first(&mut send, first, &session).await, send, reader))
+        Some((requests::handshake(&session, first, &mut sink).await, sink, reader))
     };
-    let (ok, mut send, reader) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Some(x)) => x,
-        Ok(None) => return,
+    let (sink, reader) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Some((true, sink, reader))) => (sink, reader),
+        Ok(_) => return,
         Err(_) => {
             close(&conn, CloseCode::HandshakeTimeout, "no Hello within 10 s");
             return;
         }
     };
-    if let Err(code) = ok {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
-        close(&conn, code, "handshake refused");
-        return;
-    }
     tracing::debug!(%remote, "connection ready");
 
     let lanes = shared.config.push_lanes;
     let streams = async {
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve_stream(session.clone(), send, reader, conn.clone()));
+        tasks.spawn(requests::serve_requests(session.clone(), reader, sink));
         loop {
             tokio::select! {
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
                         let reader = StreamReader::new(recv, budget.clone(), max_frame);
-                        tasks.spawn(serve_stream(session.clone(), send, reader, conn.clone()));
+                        let sink = QuicReplies { send, conn: conn.clone() };
+                        tasks.spawn(requests::serve_requests(session.clone(), reader, sink));
                     }
                     Err(_) => break,
                 },
@@ -170,58 +157,6 @@ async fn datagrams(conn: quinn::Connection, session: Arc<Session>) {
     std::future::pending::<()>().await;
 }
 
-/// Answers the first frame: Welcome, or an error (then the caller closes).
-async fn send_first(
-    send: &mut quinn::SendStream,
-    first: Result<Option<Envelope>, ReadError>,
-    session: &Arc<Session>,
-) -> Result<(), CloseCode> {
-    let (reply, outcome) = match first {
-        Ok(Some(env)) => match session.hello(env) {
-            Ok(w) => (w, Ok(())),
-            Err(refused) => {
-                let (e, code) = *refused;
-                (e, Err(code))
-            }
-        },
-        Ok(None) => return Err(CloseCode::ProtocolError),
-        Err(e) => (e.envelope(), Err(CloseCode::ProtocolError)),
-    };
-    write_envelope(send, &reply)
-        .await
-        .map_err(|_| CloseCode::ProtocolError)?;
-    outcome
-}
-
-fn frame_error(e: &FrameError) -> Envelope {
-    let code = match e {
-        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedFrame,
-    };
-    Envelope::error(0, code, e.to_string())
-}
-
-/// Why a stream could not be read further; the connection is closed.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    /// The frame was malformed or too large.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The connection holds too many bytes of unfinished requests.
-    #[error("more than {MAX_BUFFERED_PER_CONNECTION} bytes of unfinished requests buffered")]
-    OverBudget,
-}
-
-impl ReadError {
-    /// The error frame sent before closing.
-    fn envelope(&self) -> Envelope {
-        match self {
-            Self::Frame(e) => frame_error(e),
-            Self::OverBudget => Envelope::error(0, ErrorCode::LimitExceeded, self.to_string()),
-        }
-    }
-}
-
 /// Bytes of partial frames held by one connection's streams.
 #[derive(Debug, Default)]
 struct Budget(AtomicUsize);
@@ -256,7 +191,9 @@ impl StreamReader {
         self.held = now;
         total <= MAX_BUFFERED_PER_CONNECTION
     }
+}
 
+impl RequestSource for StreamReader {
     /// The next frame: `Ok(None)` at a clean end of stream.
     async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
         loop {
@@ -290,106 +227,29 @@ impl Drop for StreamReader {
 }
 
 async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), quinn::WriteError> {
-    let mut buf = BytesMut::new();
-    if let Err(e) = encode_frame(env, quip_protocol::MAX_FRAME, &mut buf) {
-        tracing::error!(error = %e, "reply does not fit in a frame");
-        buf.clear();
-        encode_frame(
-            &Envelope::error(env.id, ErrorCode::Internal, "reply too large"),
-            quip_protocol::MAX_FRAME,
-            &mut buf,
-        )
-        .expect("small frame");
-    }
-    send.write_all(&buf).await
+    send.write_chunk(requests::encode_reply(env)).await
 }
 
-/// Serves one request stream: reads requests in order, keeps up to
-/// `MAX_INFLIGHT_PER_STREAM` pending writes in flight, and writes replies in
-/// request order. A read waits for the stream's earlier writes first.
-async fn serve_stream(
-    session: Arc<Session>,
-    mut send: quinn::SendStream,
-    mut reader: StreamReader,
+/// A request stream's sending half: replies, then finish or close.
+struct QuicReplies {
+    send: quinn::SendStream,
     conn: quinn::Connection,
-) {
-    let mut inflight: FuturesOrdered<BoxFuture<'static, Envelope>> = FuturesOrdered::new();
-    let mut reading = true;
-    while reading || !inflight.is_empty() {
-        tokio::select! {
-            biased;
-            Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                if !send_reply(&session, &mut send, &reply, &conn).await {
-                    return;
-                }
-            }
-            frame = reader.next(), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => {
-                match frame {
-                    Ok(Some(env)) => {
-                        if Session::is_read(&env) {
-                            while let Some(reply) = inflight.next().await {
-                                if !send_reply(&session, &mut send, &reply, &conn).await {
-                                    return;
-                                }
-                            }
-                        }
-                        match session.handle(env).await {
-                            Reply::Ready(reply) if inflight.is_empty() => {
-                                if !send_reply(&session, &mut send, &reply, &conn).await {
-                                    return;
-                                }
-                            }
-                            Reply::Ready(reply) => inflight.push_back(Box::pin(async move { reply })),
-                            Reply::Pending(handle) => inflight.push_back(Box::pin(async move {
-                                handle.await.unwrap_or_else(|e| {
-                                    Envelope::error(0, ErrorCode::Internal, format!("request task failed: {e}"))
-                                })
-                            })),
-                        }
-                    }
-                    Ok(None) => reading = false,
-                    Err(e) => {
-                        // Framing is lost: answer, then close the connection.
-                        // Writes already queued still commit and stay durable.
-                        tracing::debug!(error = %e, "bad frame");
-                        while let Some(reply) = inflight.next().await {
-                            let _ = write_envelope(&mut send, &reply).await;
-                        }
-                        let _ = write_envelope(&mut send, &e.envelope()).await;
-                        let _ = send.finish();
-                        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
-                        close(&conn, CloseCode::ProtocolError, &e.to_string());
-                        return;
-                    }
-                }
-            }
-        }
-    }
-    let _ = send.finish();
 }
 
-/// Writes a reply; handles a requested close after it. False: stop serving.
-async fn send_reply(
-    session: &Session,
-    send: &mut quinn::SendStream,
-    reply: &Envelope,
-    conn: &quinn::Connection,
-) -> bool {
-    if write_envelope(send, reply).await.is_err() {
-        return false;
+impl ReplySink for QuicReplies {
+    async fn send(&mut self, reply: &Envelope) -> bool {
+        write_envelope(&mut self.send, reply).await.is_ok()
     }
-    if let Some(code) = session.take_close_after_reply() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
-        let reason = if code == CloseCode::LoggedOut {
-            "logged out"
-        } else {
-            "too many connections"
-        };
-        close(conn, code, reason);
-        return false;
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+        close(&self.conn, code, reason);
     }
-    true
+
+    async fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
 }
 
 /// Writes pushed events to their lanes, opening lanes on first use.

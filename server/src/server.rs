@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::session::Shared;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
-use crate::{quic, tls};
+use crate::{http, quic, tls};
 
 /// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
 /// allows; the effective size is logged).
@@ -34,6 +34,16 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     );
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The next TCP connection, or never when HTTPS is off.
+async fn accept_tcp(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Open connections per client address, against a limit.
@@ -76,6 +86,8 @@ const TLS_SESSION_CACHE: usize = 65_536;
 /// A bound, not yet running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    /// The HTTPS listener and its TLS acceptor, unless disabled.
+    https: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     dev_cert: Option<PathBuf>,
 }
@@ -94,7 +106,7 @@ impl Server {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 unavailable")?
             .with_no_client_auth()
-            .with_single_cert(id.certs, id.key)
+            .with_single_cert(id.certs.clone(), id.key.clone_key())
             .context("certificate and key do not match")?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         // 0-RTT for returning clients (quinn requires u32::MAX to enable
@@ -137,9 +149,18 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .with_context(|| format!("starting QUIC on {}", config.listen))?;
+        let https = if config.no_https {
+            None
+        } else {
+            let listener = std::net::TcpListener::bind(config.https_listen)
+                .with_context(|| format!("binding TCP {} for HTTPS", config.https_listen))?;
+            listener.set_nonblocking(true)?;
+            Some((listener, http::tls_acceptor(&id)?))
+        };
         let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config)));
         Ok(Self {
             endpoint,
+            https,
             shared,
             dev_cert: id.dev_cert_path,
         })
@@ -148,6 +169,11 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound socket has an address")
+    }
+
+    /// The HTTPS listener's address, unless it is disabled.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The dev certificate's path, when running with one.
@@ -165,7 +191,17 @@ impl Server {
     /// acknowledged write is durable, and replies already due go out), then
     /// closes connections with code 3 and releases the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { endpoint, shared, .. } = self;
+        let Self {
+            endpoint,
+            shared,
+            https,
+            ..
+        } = self;
+        let (tcp, acceptor) = match https {
+            Some((l, a)) => (Some(tokio::net::TcpListener::from_std(l)?), Some(a)),
+            None => (None, None),
+        };
+        let router = http::router(shared.clone());
         let max_conn = shared.config.max_connections;
         let per_ip = Arc::new(PerIp::new(shared.config.max_connections_per_ip));
         let mut conns = tokio::task::JoinSet::new();
@@ -182,6 +218,19 @@ impl Server {
                     let (shared, per_ip) = (shared.clone(), per_ip.clone());
                     conns.spawn(async move {
                         quic::serve_connection(incoming, shared).await;
+                        per_ip.leave(ip);
+                    });
+                }
+                accepted = accept_tcp(tcp.as_ref()) => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let ip = peer.ip();
+                    if conns.len() >= max_conn || !per_ip.enter(ip) {
+                        continue; // dropping the stream refuses it
+                    }
+                    let (per_ip, router) = (per_ip.clone(), router.clone());
+                    let acceptor = acceptor.clone().expect("listener implies acceptor");
+                    conns.spawn(async move {
+                        http::serve_connection(stream, peer, acceptor, router).await;
                         per_ip.leave(ip);
                     });
                 }

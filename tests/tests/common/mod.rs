@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod relay;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub const PASSWORD: &str = "correct horse battery";
 /// A running server.
 pub struct TestServer {
     pub addr: String,
+    /// The HTTPS (WebSocket) listener.
+    pub https: std::net::SocketAddr,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
     pub store: Arc<dyn Store>,
@@ -49,6 +52,7 @@ impl TestServer {
             }
         };
         let addr = server.local_addr().to_string();
+        let https = server.https_addr().expect("tests run with HTTPS");
         let ca = server.dev_cert().expect("dev cert").clone();
         let store = server.store();
         let (tx, rx) = oneshot::channel();
@@ -57,6 +61,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            https,
             ca,
             data_dir,
             store,

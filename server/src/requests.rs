@@ -1,0 +1,188 @@
+//! Serving requests, whatever the transport: the handshake's first frame,
+//! then pipelined requests with replies in request order.
+//!
+//! QUIC (one call per request stream) and WebSocket (one call for the whole
+//! connection) both drive [`serve_requests`], so ordering, pipelining,
+//! read-after-write, error frames and closes behave the same on both; each
+//! transport only says how to read an envelope, write one and close.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use quip_protocol::v1::ErrorCode;
+use quip_protocol::{CloseCode, Envelope, FrameError, MAX_FRAME};
+
+use crate::session::{Reply, Session};
+use crate::store::BoxFuture;
+
+/// Requests a stream may have in flight before the server stops reading it.
+pub const MAX_INFLIGHT_PER_STREAM: usize = 64;
+
+/// Bytes of unfinished requests (partial frames) one connection may hold
+/// across all its streams. Without it a client could start a 1 MiB frame on
+/// each of its 16 streams and stall, pinning 16 MiB per connection; with it
+/// honest clients still have four maximum-size requests in flight at once.
+pub const MAX_BUFFERED_PER_CONNECTION: usize = 4 << 20;
+
+/// Why a transport could not read a further request; the connection is
+/// closed after the matching error frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The frame was malformed or too large.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The connection holds too many bytes of unfinished requests.
+    #[error("more than {MAX_BUFFERED_PER_CONNECTION} bytes of unfinished requests buffered")]
+    OverBudget,
+    /// A WebSocket text message: the protocol is binary only.
+    #[error("text WebSocket messages are not part of the protocol: send each Envelope as one binary message")]
+    NotBinary,
+}
+
+impl ReadError {
+    /// The error frame sent before closing.
+    pub fn envelope(&self) -> Envelope {
+        let code = match self {
+            Self::Frame(FrameError::TooLarge { .. }) => ErrorCode::FrameTooLarge,
+            Self::Frame(_) | Self::NotBinary => ErrorCode::MalformedFrame,
+            Self::OverBudget => ErrorCode::LimitExceeded,
+        };
+        Envelope::error(0, code, self.to_string())
+    }
+}
+
+/// A reply as one length-prefixed frame. One that cannot fit a frame
+/// becomes an INTERNAL error for the same request, so the client is never
+/// left waiting.
+pub fn encode_reply(env: &Envelope) -> Bytes {
+    quip_protocol::frame_bytes(env, MAX_FRAME).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reply does not fit in a frame");
+        let small = Envelope::error(env.id, ErrorCode::Internal, "reply too large");
+        quip_protocol::frame_bytes(&small, MAX_FRAME).expect("small frame")
+    })
+}
+
+/// Where requests come from: a QUIC stream, or a WebSocket's messages.
+pub trait RequestSource: Send {
+    /// The next request: `Ok(None)` when the client finished sending.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Envelope>, ReadError>> + Send;
+}
+
+/// Where replies go, and how the connection is ended.
+pub trait ReplySink: Send {
+    /// Writes one reply; false when the peer is gone.
+    fn send(&mut self, reply: &Envelope) -> impl Future<Output = bool> + Send;
+    /// Says no more replies follow, lets the written ones reach the peer
+    /// (within a short linger), then closes the connection with `code`.
+    fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
+    /// Says no more replies follow on this stream (the connection goes on).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Answers the first frame: Welcome, or an error and a close.
+pub async fn handshake(
+    session: &Arc<Session>,
+    first: Result<Option<Envelope>, ReadError>,
+    sink: &mut impl ReplySink,
+) -> bool {
+    let (reply, refused) = match first {
+        Ok(Some(env)) => match session.hello(env) {
+            Ok(welcome) => (welcome, None),
+            Err(refused) => {
+                let (e, code) = *refused;
+                (e, Some((code, "handshake refused".to_string())))
+            }
+        },
+        Ok(None) => {
+            sink.close(CloseCode::ProtocolError, "no Hello").await;
+            return false;
+        }
+        Err(e) => (e.envelope(), Some((CloseCode::ProtocolError, e.to_string()))),
+    };
+    if !sink.send(&reply).await {
+        return false;
+    }
+    match refused {
+        None => true,
+        Some((code, reason)) => {
+            sink.close(code, &reason).await;
+            false
+        }
+    }
+}
+
+/// Serves requests from `source` until it ends: keeps up to
+/// [`MAX_INFLIGHT_PER_STREAM`] pending writes in flight and writes replies
+/// in request order. A read waits for the earlier writes first.
+pub async fn serve_requests(session: Arc<Session>, mut source: impl RequestSource, mut sink: impl ReplySink) {
+    let mut inflight: FuturesOrdered<BoxFuture<'static, Envelope>> = FuturesOrdered::new();
+    let mut reading = true;
+    while reading || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if !send_reply(&session, &mut sink, &reply).await {
+                    return;
+                }
+            }
+            frame = source.next(), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => {
+                match frame {
+                    Ok(Some(env)) => {
+                        if Session::is_read(&env) {
+                            while let Some(reply) = inflight.next().await {
+                                if !send_reply(&session, &mut sink, &reply).await {
+                                    return;
+                                }
+                            }
+                        }
+                        match session.handle(env).await {
+                            Reply::Ready(reply) if inflight.is_empty() => {
+                                if !send_reply(&session, &mut sink, &reply).await {
+                                    return;
+                                }
+                            }
+                            Reply::Ready(reply) => inflight.push_back(Box::pin(async move { reply })),
+                            Reply::Pending(handle) => inflight.push_back(Box::pin(async move {
+                                handle.await.unwrap_or_else(|e| {
+                                    Envelope::error(0, ErrorCode::Internal, format!("request task failed: {e}"))
+                                })
+                            })),
+                        }
+                    }
+                    Ok(None) => reading = false,
+                    Err(e) => {
+                        // Framing is lost: answer, then close the connection.
+                        // Writes already queued still commit and stay durable.
+                        tracing::debug!(error = %e, "bad frame");
+                        while let Some(reply) = inflight.next().await {
+                            let _ = sink.send(&reply).await;
+                        }
+                        let _ = sink.send(&e.envelope()).await;
+                        sink.close(CloseCode::ProtocolError, &e.to_string()).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    sink.finish().await;
+}
+
+/// Writes a reply; handles a requested close after it. False: stop serving.
+async fn send_reply(session: &Session, sink: &mut impl ReplySink, reply: &Envelope) -> bool {
+    if !sink.send(reply).await {
+        return false;
+    }
+    if let Some(code) = session.take_close_after_reply() {
+        let reason = if code == CloseCode::LoggedOut {
+            "logged out"
+        } else {
+            "too many connections"
+        };
+        sink.close(code, reason).await;
+        return false;
+    }
+    true
+}

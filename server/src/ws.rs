@@ -1,0 +1,190 @@
+//! The WebSocket transport, for browsers: the thin async shell around
+//! [`Session`], carrying exactly the protocol QUIC carries.
+//!
+//! Each binary WebSocket message is one bare `Envelope` (WebSocket already
+//! delimits messages, so there is no length prefix). Requests, replies and
+//! pushed events share the one connection: requests are served by the same
+//! [`requests::serve_requests`] loop as a QUIC stream, and one writer task
+//! owns the socket's sending half, so a browser that stops reading stalls
+//! that writer, its push queue fills, and the hub closes it as a slow
+//! consumer; it resyncs when it reconnects. See `spec/protocol.md`, §19.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use quip_protocol::{CloseCode, Envelope, FrameError, MAX_FRAME};
+use tokio::sync::mpsc;
+
+use crate::hub::{Closer, Push};
+use crate::presence::Ended;
+use crate::quic::HANDSHAKE_TIMEOUT;
+use crate::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
+use crate::session::{Session, Shared};
+
+/// The WebSocket subprotocol a client must offer (`Sec-WebSocket-Protocol`).
+/// A token cannot contain `/`, so it is not the ALPN string `quip/1`.
+pub const SUBPROTOCOL: &str = "quip.v1";
+
+/// WebSocket close codes are Quip's [`CloseCode`] plus this (the range
+/// 4000–4999 is reserved for applications).
+pub const CLOSE_CODE_BASE: u16 = 4000;
+
+/// How long queued frames (a final error, the close) get to reach the
+/// browser before the connection is dropped.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What the writer task sends, besides pushed events.
+enum Out {
+    Frame(Bytes),
+    Close(CloseCode, String),
+}
+
+/// Drives one upgraded WebSocket to its end.
+pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::IpAddr) {
+    let (closer, mut close_rx) = Closer::new();
+    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
+    let session = Session::new(shared.clone(), closer, push_tx, peer);
+    let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
+    let (sink, stream) = socket.split();
+    // Replies wait here for the writer; when it is full the request loop
+    // stops reading, as a QUIC stream's flow control would.
+    let (out_tx, out_rx) = mpsc::channel(MAX_INFLIGHT_PER_STREAM);
+    let ended = Arc::new(Mutex::new(Ended::Lost));
+    let mut source = WsRequests {
+        stream,
+        idle,
+        last_heard: Instant::now(),
+        ended: ended.clone(),
+    };
+    let mut replies = WsReplies { out: out_tx.clone() };
+
+    let serve = async {
+        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, source.next()).await {
+            Ok(first) => first,
+            Err(_) => {
+                replies.close(CloseCode::HandshakeTimeout, "no Hello within 10 s").await;
+                return;
+            }
+        };
+        if requests::handshake(&session, first, &mut replies).await {
+            requests::serve_requests(session.clone(), source, replies).await;
+        }
+    };
+    let mut writer = std::pin::pin!(write_loop(sink, out_rx, push_rx, idle / 3));
+    tokio::select! {
+        _ = serve => {}
+        _ = &mut writer => {}
+        _ = close_rx.changed() => {
+            let (code, reason) = close_rx.borrow().clone().unwrap_or((CloseCode::Normal, String::new()));
+            tracing::debug!(%peer, ?code, %reason, "closing WebSocket");
+            // Dropped if the writer is stuck behind a browser that stopped
+            // reading: then the linger below ends the connection.
+            let _ = out_tx.try_send(Out::Close(code, reason));
+        }
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(LINGER, writer).await;
+    let how = *ended.lock().expect("ended lock");
+    session.disconnect(how);
+}
+
+/// Owns the socket's sending half: replies, pushed events and keep-alive
+/// pings, until a close is sent or the replies' senders are gone.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut out: mpsc::Receiver<Out>,
+    mut pushes: mpsc::Receiver<Push>,
+    ping_every: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            o = out.recv() => match o {
+                Some(Out::Frame(b)) => Message::Binary(b),
+                Some(Out::Close(code, reason)) => {
+                    let frame = CloseFrame { code: CLOSE_CODE_BASE + code.code() as u16, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                None => return,
+            },
+            Some(p) = pushes.recv() => Message::Binary(quip_protocol::frame_body(&p.frame)),
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        if sink.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Requests from the browser: each binary message is one Envelope.
+struct WsRequests {
+    stream: SplitStream<WebSocket>,
+    idle: Duration,
+    last_heard: Instant,
+    /// How the connection ended, for presence.
+    ended: Arc<Mutex<Ended>>,
+}
+
+impl WsRequests {
+    fn end(&self, how: Ended) {
+        *self.ended.lock().expect("ended lock") = how;
+    }
+}
+
+impl RequestSource for WsRequests {
+    async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
+        loop {
+            let msg = match tokio::time::timeout(self.idle, self.stream.next()).await {
+                Err(_) => {
+                    // Nothing, not even a pong to our pings, for the idle
+                    // timeout: the browser is gone without a goodbye.
+                    self.end(Ended::Silent {
+                        last_heard: self.last_heard,
+                    });
+                    return Ok(None);
+                }
+                Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(m))) => m,
+            };
+            self.last_heard = Instant::now();
+            match msg {
+                Message::Binary(b) => {
+                    return quip_protocol::decode_envelope(&b, MAX_FRAME)
+                        .map(Some)
+                        .map_err(|e: FrameError| e.into());
+                }
+                Message::Text(_) => return Err(ReadError::NotBinary),
+                Message::Close(frame) => {
+                    let normal = frame.is_none_or(|f| f.code == 1000 || f.code == CLOSE_CODE_BASE);
+                    self.end(if normal { Ended::Closed } else { Ended::Lost });
+                    return Ok(None);
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+}
+
+/// Replies to the browser, through the writer task.
+struct WsReplies {
+    out: mpsc::Sender<Out>,
+}
+
+impl ReplySink for WsReplies {
+    async fn send(&mut self, reply: &Envelope) -> bool {
+        let body = quip_protocol::frame_body(&requests::encode_reply(reply));
+        self.out.send(Out::Frame(body)).await.is_ok()
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.out.send(Out::Close(code, reason.to_string())).await;
+    }
+
+    async fn finish(&mut self) {}
+}

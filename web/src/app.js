@@ -1,0 +1,649 @@
+// Quip's web client: the protocol of spec/protocol.md over the WebSocket
+// binding (§19). The protobuf code is generated at build time from the
+// schema in protocol/proto (web/build.sh), without eval, so the page runs
+// under a strict Content-Security-Policy.
+//
+// Structure: `Connection` speaks the protocol (Hello, request ids, events,
+// reconnects); `App` keeps the chat state and renders it. No framework: the
+// DOM is updated by small render functions, and user text only ever goes in
+// through textContent.
+
+import protobuf from 'protobufjs/minimal.js';
+import Long from 'long';
+import { quip } from '../gen/quip.js';
+
+// 64-bit ids and positions stay exact (as decimal strings in decoded objects).
+protobuf.util.Long = Long;
+protobuf.configure();
+
+const TOKEN_KEY = 'quip.token';
+const HISTORY_PAGE = 50;
+const TYPING_EVERY_MS = 3000;
+const DECODE = { longs: String, enums: String, defaults: true, oneofs: true };
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+/** A protocol error from the server: `code` is the ErrorCode's name. */
+class QuipError extends Error {
+  constructor(err) {
+    super(err.message || err.code);
+    this.code = err.code;
+    this.retryAfterMs = err.retry_after_ms;
+  }
+}
+
+/**
+ * One WebSocket carrying Quip envelopes: Hello, then requests matched to
+ * replies by id; events go to `onEvent`. Reconnects with backoff unless the
+ * close says not to.
+ */
+class Connection {
+  constructor(Envelope, { onEvent, onOpen, onClose }) {
+    this.Envelope = Envelope;
+    this.onEvent = onEvent;
+    this.onOpen = onOpen;
+    this.onClose = onClose;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.ws = null;
+  }
+
+  /** Opens the socket and says Hello; resolves with the Welcome. */
+  open(token) {
+    return new Promise((resolve, reject) => {
+      const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
+      const ws = new WebSocket(url, ['quip.v1']);
+      ws.binaryType = 'arraybuffer';
+      this.ws = ws;
+      let welcomed = false;
+      ws.onopen = () => {
+        const hello = { versions: [1], token: token || '', client: 'quip-web/0.1' };
+        this.sendRaw({ id: 0, hello });
+      };
+      ws.onmessage = (m) => {
+        const env = this.Envelope.toObject(this.Envelope.decode(new Uint8Array(m.data)), DECODE);
+        if (env.body === 'event') {
+          this.onEvent(env.event);
+          return;
+        }
+        if (!welcomed) {
+          welcomed = true;
+          if (env.body === 'welcome') {
+            resolve(env.welcome);
+            this.onOpen();
+          } else {
+            reject(new QuipError(env.error || { code: 'UNEXPECTED', message: env.body }));
+          }
+          return;
+        }
+        const p = this.pending.get(env.id);
+        if (!p) return; // a connection-level error (id 0): the close follows
+        this.pending.delete(env.id);
+        if (env.body === 'error') p.reject(new QuipError(env.error));
+        else p.resolve(env[env.body]);
+      };
+      ws.onclose = (e) => {
+        const gone = new QuipError({ code: 'DISCONNECTED', message: 'connection lost' });
+        for (const p of this.pending.values()) p.reject(gone);
+        this.pending.clear();
+        if (!welcomed) reject(new QuipError({ code: 'CLOSED', message: e.reason || `closed (${e.code})` }));
+        if (this.ws === ws) this.onClose(e.code - 4000, e.reason);
+      };
+    });
+  }
+
+  sendRaw(obj) {
+    const bytes = this.Envelope.encode(this.Envelope.fromObject(obj)).finish();
+    this.ws.send(bytes);
+  }
+
+  /** Sends request `name` (the Envelope body field) and awaits its reply. */
+  request(name, value) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new QuipError({ code: 'DISCONNECTED', message: 'not connected' }));
+    }
+    const id = String(this.nextId++);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.sendRaw({ id, [name]: value });
+    });
+  }
+
+  close() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
+  }
+}
+
+const big = (s) => BigInt(s || 0);
+const num = (s) => Number(s || 0);
+const time = (ms) => new Date(num(ms)).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+
+/** The chat state, the protocol flows and the rendering. */
+class App {
+  constructor(Envelope) {
+    this.conn = new Connection(Envelope, {
+      onEvent: (e) => this.event(e),
+      onOpen: () => this.status('Connected'),
+      onClose: (code, reason) => this.closed(code, reason),
+    });
+    this.me = null;
+    this.chats = new Map(); // chat_id -> ChatSummary
+    this.open = null; // chat_id, or { draft: username }
+    this.messages = []; // the open chat's messages, by seq
+    this.unsent = []; // own messages not yet acknowledged, resent on reconnect
+    this.typing = new Map(); // chat_id -> Map(user -> expiry ms)
+    this.presence = new Map(); // user -> Presence
+    this.lastTyping = 0;
+    this.maxPos = 0n;
+    this.ackedPos = 0n;
+    this.receipts = { DELIVERED: new Map(), READ: new Map() }; // chat_id -> seq to send
+    this.backoff = 1000;
+    this.bind();
+  }
+
+  bind() {
+    $('login-form').addEventListener('submit', (e) => { e.preventDefault(); this.auth('login'); });
+    $('register-button').addEventListener('click', () => this.auth('register'));
+    $('logout').addEventListener('click', () => this.logout());
+    $('new-chat-form').addEventListener('submit', (e) => { e.preventDefault(); this.startChat($('new-chat').value.trim()); });
+    $('composer').addEventListener('submit', (e) => { e.preventDefault(); this.send(); });
+    $('composer-input').addEventListener('input', () => this.sendTyping());
+    $('load-earlier').addEventListener('click', () => this.loadEarlier());
+    document.addEventListener('visibilitychange', () => this.markRead());
+  }
+
+  status(text, offline = false) {
+    $('status').textContent = text;
+    $('status').classList.toggle('offline', offline);
+  }
+
+  // ---------------------------------------------------------------- session
+
+  async connect() {
+    const token = localStorage.getItem(TOKEN_KEY) || '';
+    this.status('Connecting…');
+    let welcome;
+    try {
+      welcome = await this.conn.open(token);
+    } catch (e) {
+      if (token && e.code !== 'CLOSED') {
+        // The token was refused (expired, logged out): log in again.
+        localStorage.removeItem(TOKEN_KEY);
+        return this.connect();
+      }
+      return; // the close handler schedules a retry
+    }
+    this.backoff = 1000;
+    if (welcome.user) {
+      await this.enter(welcome.user);
+    } else {
+      this.showLogin();
+    }
+  }
+
+  closed(code, reason) {
+    this.status(`Disconnected${reason ? ': ' + reason : ''}. Reconnecting…`, true);
+    if (code === 5 /* LoggedOut */) {
+      localStorage.removeItem(TOKEN_KEY);
+      this.me = null;
+    }
+    setTimeout(() => this.connect(), code === 5 ? 0 : this.backoff);
+    this.backoff = Math.min(this.backoff * 2, 15000);
+  }
+
+  showLogin() {
+    $('app').hidden = true;
+    $('login').hidden = false;
+    this.status('Connected');
+  }
+
+  async auth(kind) {
+    const username = $('username').value.trim();
+    const password = $('password').value;
+    $('login-error').textContent = '';
+    try {
+      const device_name = `web ${navigator.platform || ''}`.trim();
+      const a = await this.conn.request(kind, { username, password, device_name });
+      localStorage.setItem(TOKEN_KEY, a.token);
+      await this.enter(a.user);
+    } catch (e) {
+      $('login-error').textContent = e.message;
+    }
+  }
+
+  async logout() {
+    try { await this.conn.request('logout', {}); } catch { /* the close says the rest */ }
+    localStorage.removeItem(TOKEN_KEY);
+  }
+
+  /** Logged in: load the chat list, catch up on missed events, resend. */
+  async enter(user) {
+    this.me = user;
+    $('me').textContent = user;
+    $('login').hidden = true;
+    $('app').hidden = false;
+    await this.refreshChats();
+    await this.syncAll();
+    if (this.open && !this.open.draft) await this.openChat(this.open, true);
+    for (const m of [...this.unsent]) this.deliver(m);
+  }
+
+  async refreshChats() {
+    const r = await this.conn.request('chats', {});
+    this.chats = new Map(r.chats.map((c) => [c.chat_id, c]));
+    this.renderChats();
+  }
+
+  /** Fetches what this device missed, page by page, acknowledging it. */
+  async syncAll() {
+    for (;;) {
+      const page = await this.conn.request('sync', { limit: 500 });
+      for (const e of page.events) this.event(e, true);
+      if (!page.more || page.events.length === 0) break;
+    }
+    this.flushAck();
+  }
+
+  trackPos(pos) {
+    const p = big(pos);
+    if (p === 0n) return; // transient: never acknowledged
+    if (p > this.maxPos) this.maxPos = p;
+    clearTimeout(this.ackTimer);
+    this.ackTimer = setTimeout(() => this.flushAck(), 200);
+  }
+
+  flushAck() {
+    if (this.maxPos > this.ackedPos) {
+      const pos = this.maxPos;
+      this.conn.request('ack', { pos: pos.toString() }).then(() => { this.ackedPos = pos; }, () => {});
+    }
+  }
+
+  // ---------------------------------------------------------------- events
+
+  event(e, fromSync = false) {
+    this.trackPos(e.pos);
+    switch (e.kind) {
+      case 'message': return this.onMessage(e.message, fromSync);
+      case 'receipt': return this.onReceipt(e.receipt);
+      case 'typing': return this.onTyping(e.typing);
+      case 'presence': return this.onPresence(e.presence);
+      case 'advanced': return this.refreshChats();
+      default: return undefined;
+    }
+  }
+
+  onMessage(m) {
+    const chat = this.chats.get(m.chat_id);
+    if (!chat) {
+      // A chat this client has not seen yet: the list says what it is.
+      this.refreshChats();
+    } else {
+      // Only messages newer than the chat list's count: a sync replays
+      // events the list already included.
+      if (!chat.last_message || num(m.seq) > num(chat.last_message.seq)) {
+        chat.last_message = m;
+        const seen = this.isOpen(m.chat_id) && this.visible();
+        if (m.sender !== this.me && !seen && num(m.seq) > num(chat.my_read_seq)) {
+          chat.unread = String(num(chat.unread) + 1);
+        }
+      }
+      this.renderChats();
+    }
+    if (m.sender !== this.me) this.queueReceipt('DELIVERED', m.chat_id, m.seq);
+    if (this.isOpen(m.chat_id)) {
+      this.insert(m);
+      this.renderMessages(true);
+      this.markRead();
+    }
+    const typing = this.typing.get(m.chat_id);
+    if (typing && typing.delete(m.sender)) this.renderTyping();
+  }
+
+  onReceipt(r) {
+    const chat = this.chats.get(r.chat_id);
+    if (!chat) return;
+    const seq = r.seq;
+    if (r.user === this.me) {
+      // My other device read this chat.
+      if (r.kind === 'READ' && num(seq) > num(chat.my_read_seq)) {
+        chat.my_read_seq = seq;
+        if (chat.last_message && num(seq) >= num(chat.last_message.seq)) chat.unread = '0';
+        this.renderChats();
+      }
+      return;
+    }
+    // Direct chats: the peer's cursors. Groups: cursors reached by everyone.
+    if (chat.kind !== 'DIRECT' && !r.everyone) return;
+    if (r.kind === 'READ' && num(seq) > num(chat.peer_read_seq)) chat.peer_read_seq = seq;
+    if (num(seq) > num(chat.peer_delivered_seq)) chat.peer_delivered_seq = seq;
+    if (this.isOpen(r.chat_id)) this.renderMessages(false);
+  }
+
+  onTyping(t) {
+    if (t.user === this.me) return;
+    if (!this.typing.has(t.chat_id)) this.typing.set(t.chat_id, new Map());
+    const until = Date.now() + (t.expires_in_ms || 5000);
+    this.typing.get(t.chat_id).set(t.user, until);
+    this.renderTyping();
+    setTimeout(() => this.renderTyping(), (t.expires_in_ms || 5000) + 50);
+  }
+
+  onPresence(p) {
+    this.presence.set(p.user, p);
+    this.renderHeader();
+  }
+
+  // ---------------------------------------------------------------- receipts
+
+  visible() {
+    return document.visibilityState === 'visible';
+  }
+
+  isOpen(chatId) {
+    return this.open === chatId;
+  }
+
+  queueReceipt(kind, chatId, seq) {
+    const q = this.receipts[kind];
+    if (num(seq) > num(q.get(chatId))) q.set(chatId, seq);
+    clearTimeout(this.receiptTimer);
+    this.receiptTimer = setTimeout(() => this.flushReceipts(), 100);
+  }
+
+  flushReceipts() {
+    for (const kind of ['DELIVERED', 'READ']) {
+      for (const [chat_id, seq] of this.receipts[kind]) {
+        this.conn.request('receipt', { chat_id, kind, seq }).catch(() => {});
+      }
+      this.receipts[kind].clear();
+    }
+  }
+
+  /** Reading the open chat, when the page is visible, marks it read. */
+  markRead() {
+    if (!this.open || this.open.draft || !this.visible()) return;
+    const chat = this.chats.get(this.open);
+    const last = this.messages[this.messages.length - 1];
+    if (!chat || !last || !last.seq) return;
+    if (num(last.seq) > num(chat.my_read_seq)) {
+      chat.my_read_seq = last.seq;
+      this.queueReceipt('READ', this.open, last.seq);
+    }
+    if (chat.unread !== '0') {
+      chat.unread = '0';
+      this.renderChats();
+    }
+  }
+
+  // ---------------------------------------------------------------- chats
+
+  title(chat) {
+    return chat.kind === 'DIRECT' ? chat.peer : chat.name || `chat ${chat.chat_id}`;
+  }
+
+  startChat(user) {
+    if (!user) return;
+    $('new-chat').value = '';
+    const existing = [...this.chats.values()].find((c) => c.kind === 'DIRECT' && c.peer === user);
+    if (existing) return this.openChat(existing.chat_id);
+    this.open = { draft: user };
+    this.messages = [];
+    $('conversation').hidden = false;
+    $('load-earlier').hidden = true;
+    this.renderHeader();
+    this.renderMessages(true);
+    $('composer-input').focus();
+    return undefined;
+  }
+
+  async openChat(chatId, keep = false) {
+    this.open = chatId;
+    if (!keep) this.messages = [];
+    $('conversation').hidden = false;
+    this.renderChats();
+    this.renderHeader();
+    const page = await this.conn.request('history', { chat_id: chatId, limit: HISTORY_PAGE });
+    if (this.open !== chatId) return;
+    this.messages = [];
+    for (const m of page.messages) this.insert(m);
+    for (const m of this.unsent) if (m.chat_id === chatId) this.messages.push(m);
+    $('load-earlier').hidden = !page.more;
+    this.renderMessages(true);
+    this.renderTyping();
+    this.markRead();
+    await this.loadPresence(chatId);
+    $('composer-input').focus();
+  }
+
+  /** A direct chat's peer's presence; later changes arrive as events. */
+  async loadPresence(chatId) {
+    const chat = this.chats.get(chatId);
+    if (!chat || chat.kind !== 'DIRECT') return;
+    const r = await this.conn.request('presence', { users: [chat.peer] }).catch(() => null);
+    if (r) for (const p of r.users) this.presence.set(p.user, p);
+    this.renderHeader();
+  }
+
+  async loadEarlier() {
+    const chatId = this.open;
+    const first = this.messages.find((m) => m.seq);
+    if (!first) return;
+    const box = $('messages');
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    const page = await this.conn.request('history', { chat_id: chatId, before_seq: first.seq, limit: HISTORY_PAGE });
+    if (this.open !== chatId) return;
+    for (const m of page.messages) this.insert(m);
+    $('load-earlier').hidden = !page.more;
+    this.renderMessages(false);
+    box.scrollTop = box.scrollHeight - fromBottom;
+  }
+
+  /** Adds a stored message to the open chat, in seq order, once. */
+  insert(m) {
+    if (this.messages.some((x) => x.seq && x.seq === m.seq)) return;
+    const mine = this.messages.findIndex((x) => !x.seq && x.client_msg_id && x.client_msg_id === m.client_msg_id);
+    if (mine >= 0) this.messages.splice(mine, 1);
+    const at = this.messages.findIndex((x) => !x.seq || num(x.seq) > num(m.seq));
+    if (at < 0) this.messages.push(m);
+    else this.messages.splice(at, 0, m);
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  send() {
+    const input = $('composer-input');
+    const text = input.value;
+    if (!text.trim() || !this.open) return;
+    input.value = '';
+    const m = {
+      client_msg_id: crypto.randomUUID(),
+      sender: this.me,
+      content: { text },
+      sent_at_ms: String(Date.now()),
+      seq: null,
+      chat_id: this.open.draft ? null : this.open,
+      to_user: this.open.draft || '',
+    };
+    this.unsent.push(m);
+    this.messages.push(m);
+    this.renderMessages(true);
+    this.deliver(m);
+  }
+
+  /** Sends (or resends: the client_msg_id makes it idempotent) one message. */
+  async deliver(m) {
+    const req = { client_msg_id: m.client_msg_id, content: m.content };
+    if (m.chat_id) req.chat_id = m.chat_id;
+    else req.to_user = m.to_user;
+    let r;
+    try {
+      r = await this.conn.request('send', req);
+    } catch (e) {
+      if (e.code === 'DISCONNECTED') return; // resent after reconnecting
+      this.unsent = this.unsent.filter((x) => x !== m);
+      m.failed = e.message;
+      this.renderMessages(false);
+      return;
+    }
+    this.unsent = this.unsent.filter((x) => x !== m);
+    m.seq = r.seq;
+    m.chat_id = r.chat_id;
+    m.sent_at_ms = r.sent_at_ms;
+    if (!this.chats.has(r.chat_id)) {
+      await this.refreshChats();
+      if (this.open && this.open.draft === m.to_user) {
+        this.open = r.chat_id;
+        this.renderChats();
+        this.renderHeader();
+        this.loadPresence(r.chat_id);
+      }
+    } else {
+      const chat = this.chats.get(r.chat_id);
+      if (!chat.last_message || num(r.seq) > num(chat.last_message.seq)) chat.last_message = m;
+      this.renderChats();
+    }
+    if (this.isOpen(m.chat_id)) {
+      this.messages = this.messages.filter((x) => x !== m);
+      this.insert(m);
+      this.renderMessages(false);
+    }
+  }
+
+  sendTyping() {
+    if (!this.open || this.open.draft) return;
+    const now = Date.now();
+    if (now - this.lastTyping < TYPING_EVERY_MS) return;
+    this.lastTyping = now;
+    this.conn.request('typing', { chat_id: this.open }).catch(() => {});
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  renderChats() {
+    const list = $('chats');
+    list.replaceChildren();
+    const chats = [...this.chats.values()].sort(
+      (a, b) => num(b.last_message && b.last_message.sent_at_ms) - num(a.last_message && a.last_message.sent_at_ms),
+    );
+    for (const c of chats) {
+      const li = el('li', 'chat');
+      li.dataset.chatId = c.chat_id;
+      li.dataset.title = this.title(c);
+      if (this.isOpen(c.chat_id)) li.classList.add('active');
+      li.append(el('span', 'name', this.title(c)));
+      const last = c.last_message;
+      const preview = last ? (last.group_event ? this.describe(last) : (last.content && last.content.text) || '') : '';
+      li.append(el('span', 'preview', preview));
+      if (num(c.unread) > 0) li.append(el('span', 'unread', String(num(c.unread))));
+      li.addEventListener('click', () => this.openChat(c.chat_id));
+      list.append(li);
+    }
+  }
+
+  renderHeader() {
+    if (!this.open) return;
+    const chat = this.open.draft ? null : this.chats.get(this.open);
+    const peer = this.open.draft || (chat && chat.kind === 'DIRECT' ? chat.peer : null);
+    $('chat-title').textContent = this.open.draft || (chat ? this.title(chat) : '');
+    const p = peer ? this.presence.get(peer) : null;
+    $('presence-dot').hidden = !peer;
+    $('presence-dot').classList.toggle('online', Boolean(p && p.online));
+    let sub = '';
+    if (chat && chat.kind !== 'DIRECT') sub = `${chat.member_count} members`;
+    else if (p && p.online) sub = 'online';
+    else if (p && p.visible && num(p.last_seen_ms) > 0) sub = `last seen ${time(p.last_seen_ms)}`;
+    $('chat-subtitle').textContent = sub;
+  }
+
+  describe(m) {
+    const g = m.group_event;
+    const users = g.users.join(', ');
+    switch (g.kind) {
+      case 'CREATED': return `${m.sender} created "${g.name}"`;
+      case 'ADDED': return `${m.sender} added ${users}`;
+      case 'REMOVED': return `${m.sender} removed ${users}`;
+      case 'LEFT': return `${m.sender} left`;
+      case 'PROMOTED': return `${m.sender} made ${users} admin`;
+      case 'DEMOTED': return `${m.sender} removed ${users} as admin`;
+      case 'RENAMED': return `${m.sender} renamed the group to "${g.name}"`;
+      default: return `${m.sender}: ${g.kind}`;
+    }
+  }
+
+  statusOf(m) {
+    if (m.failed) return 'failed';
+    if (!m.seq) return 'pending';
+    const chat = this.chats.get(m.chat_id);
+    if (!chat) return 'sent';
+    if (num(chat.peer_read_seq) >= num(m.seq)) return 'read';
+    if (num(chat.peer_delivered_seq) >= num(m.seq)) return 'delivered';
+    return 'sent';
+  }
+
+  renderMessages(toBottom) {
+    const box = $('messages');
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    const list = $('message-list');
+    list.replaceChildren();
+    const chat = this.open && !this.open.draft ? this.chats.get(this.open) : null;
+    for (const m of this.messages) {
+      const li = el('li', 'msg');
+      if (m.seq) li.dataset.seq = m.seq;
+      if (m.group_event) {
+        li.classList.add('system');
+        li.textContent = this.describe(m);
+        list.append(li);
+        continue;
+      }
+      const mine = m.sender === this.me;
+      if (mine) li.classList.add('mine');
+      if (!mine && chat && chat.kind !== 'DIRECT') li.append(el('div', 'from', m.sender));
+      li.append(el('div', 'text', (m.content && m.content.text) || ''));
+      const meta = el('div', 'meta', time(m.sent_at_ms));
+      if (mine) {
+        const status = this.statusOf(m);
+        li.dataset.status = status;
+        const glyph = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '⚠' }[status];
+        const tick = el('span', 'tick', glyph);
+        tick.title = m.failed || status;
+        meta.append(tick);
+      }
+      li.append(meta);
+      list.append(li);
+    }
+    if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+  }
+
+  renderTyping() {
+    const now = Date.now();
+    const who = [];
+    const typing = this.open ? this.typing.get(this.open) : null;
+    if (typing) {
+      for (const [user, until] of typing) {
+        if (until > now) who.push(user);
+        else typing.delete(user);
+      }
+    }
+    $('typing').textContent = who.length ? `${who.join(', ')} ${who.length > 1 ? 'are' : 'is'} typing…` : '';
+  }
+}
+
+async function main() {
+  const app = new App(quip.v1.Envelope);
+  window.quipApp = app; // for debugging in the console
+  await app.connect();
+}
+
+main().catch((e) => {
+  $('status').textContent = `Failed to start: ${e.message}`;
+  $('status').classList.add('offline');
+});
