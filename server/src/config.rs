@@ -19,10 +19,10 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// TCP address for HTTPS: the WebSocket endpoint for browsers (/v1/ws),
-    /// the web client (/) and /healthz. The same port number as QUIC serves
-    /// both, as HTTP/3 deployments do (QUIC is UDP, this is TCP).
-    #[arg(long, env = "QUIP_HTTPS_LISTEN", default_value = "127.0.0.1:4433")]
-    pub https_listen: SocketAddr,
+    /// the web client (/) and /healthz. Default: the --listen address, so
+    /// one port number serves QUIC (UDP) and HTTPS (TCP), as HTTP/3 sites do.
+    #[arg(long, env = "QUIP_HTTPS_LISTEN")]
+    pub https_listen: Option<SocketAddr>,
 
     /// Serve QUIC only: no HTTPS listener, so no browsers.
     #[arg(long, env = "QUIP_NO_HTTPS")]
@@ -153,7 +153,6 @@ impl Config {
         let mut c = Self::parse_from(["quipd"]);
         c.data_dir = data_dir.into();
         c.listen = "127.0.0.1:0".parse().expect("valid address");
-        c.https_listen = c.listen;
         c
     }
 }

@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let server = Server::bind(config.clone())?;
     tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), "quipd listening (QUIC, ALPN quip/1)");
+    if let Some(https) = server.https_addr() {
+        tracing::info!(addr = %https, "HTTPS listening: web client at https://{https}/, WebSocket at /v1/ws");
+    }
     if let Some(cert) = server.dev_cert() {
         tracing::info!(
             "dev mode: self-signed certificate at {}; clients trust it with --ca {}",

@@ -152,8 +152,9 @@ impl Server {
         let https = if config.no_https {
             None
         } else {
-            let listener = std::net::TcpListener::bind(config.https_listen)
-                .with_context(|| format!("binding TCP {} for HTTPS", config.https_listen))?;
+            let addr = config.https_listen.unwrap_or(config.listen);
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr} for HTTPS"))?;
             listener.set_nonblocking(true)?;
             Some((listener, http::tls_acceptor(&id)?))
         };

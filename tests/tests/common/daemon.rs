@@ -46,7 +46,8 @@ impl Daemon {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
-            .args(["--log", "error"])
+            // QUIC only: the port was found free for UDP, not for TCP.
+            .args(["--log", "error", "--no-https"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
