@@ -15,6 +15,7 @@
 //! [`AckTracker`] implements the acknowledgement rule of the spec: only a
 //! contiguous prefix of the user's log is acknowledged.
 
+pub mod media;
 pub mod tracker;
 pub mod typing;
 
@@ -31,6 +32,7 @@ use quip_protocol::{ALPN, Body, CloseCode, Envelope, FrameDecoder, PROTOCOL_VERS
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
+pub use media::{Progress, UploadSpec};
 pub use tracker::AckTracker;
 pub use typing::TypingState;
 
@@ -70,6 +72,9 @@ pub enum ClientError {
     /// The server sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A local file could not be read or written.
+    #[error("file: {0}")]
+    Io(String),
 }
 
 impl ClientError {

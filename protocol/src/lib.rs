@@ -72,6 +72,8 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::Settings(_) => "settings",
             Body::Typing(_) => "typing",
             Body::Block(_) => "block",
+            Body::Upload(_) => "upload",
+            Body::Download(_) => "download",
             Body::Auth(_) => "auth",
             Body::LoggedOut(_) => "logged_out",
             Body::Identity(_) => "identity",
@@ -88,6 +90,9 @@ pub fn body_name(env: &Envelope) -> &'static str {
             Body::SettingsSaved(_) => "settings_saved",
             Body::TypingSent(_) => "typing_sent",
             Body::Blocked(_) => "blocked",
+            Body::UploadReady(_) => "upload_ready",
+            Body::UploadComplete(_) => "upload_complete",
+            Body::DownloadReady(_) => "download_ready",
             Body::Event(_) => "event",
         },
     }

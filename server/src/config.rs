@@ -141,6 +141,41 @@ pub struct Config {
     #[arg(long, env = "QUIP_WRITE_QUEUE", default_value_t = 8192)]
     pub write_queue: usize,
 
+    /// Largest media upload in bytes (default 100 MiB).
+    #[arg(long, env = "QUIP_MEDIA_MAX_SIZE", default_value_t = 100 << 20)]
+    pub media_max_size: u64,
+
+    /// Seconds an upload may stay unsent (in no message) before it is
+    /// deleted, with its bytes unless other media shares them.
+    #[arg(long, env = "QUIP_MEDIA_UNSENT_TTL", default_value_t = 24 * 3600)]
+    pub media_unsent_ttl_secs: u64,
+
+    /// Seconds between sweeps for abandoned uploads.
+    #[arg(long, env = "QUIP_MEDIA_SWEEP_SECS", default_value_t = 600)]
+    pub media_sweep_secs: u64,
+
+    /// Where media bytes go: the local directory <data-dir>/media unless an
+    /// S3 bucket is named. Messages only carry references to them.
+    #[arg(long, env = "QUIP_MEDIA_S3_BUCKET")]
+    pub media_s3_bucket: Option<String>,
+
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, s3s…);
+    /// default: AWS for --media-s3-region. http:// URLs are allowed.
+    #[arg(long, env = "QUIP_MEDIA_S3_ENDPOINT", requires = "media_s3_bucket")]
+    pub media_s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub media_s3_region: String,
+
+    /// S3 access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub media_s3_access_key_id: Option<String>,
+
+    /// S3 secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub media_s3_secret_access_key: Option<String>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "quip_server=debug".
     #[arg(long, env = "QUIP_LOG", default_value = "info")]
     pub log: String,

@@ -140,6 +140,47 @@ fn cat(tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// `media/{media_id}` → `MediaRecord`: an upload, then the stored media.
+pub fn media(id: &[u8; 16]) -> Vec<u8> {
+    cat(b"media/", &[id])
+}
+
+/// `mblob/{sha256}` → `BlobRecord`: stored bytes, shared by every media
+/// record with that content (deduplication).
+pub fn media_blob(sha256: &[u8]) -> Vec<u8> {
+    cat(b"mblob/", &[sha256])
+}
+
+/// `mref/{media_id}{chat_id}` → empty: the media was sent in that chat,
+/// whose participants may download it.
+pub fn media_ref(id: &[u8; 16], chat: u64) -> Vec<u8> {
+    cat(b"mref/", &[id, &chat.to_be_bytes()])
+}
+
+/// The range of [`media_ref`] keys of one media id.
+pub fn media_refs(id: &[u8; 16]) -> (Vec<u8>, Vec<u8>) {
+    (media_ref(id, 0), media_ref(id, u64::MAX))
+}
+
+/// `mnew/{created_ms}{media_id}` → empty: media not yet sent in any message,
+/// by age, for the clean-up of abandoned uploads.
+pub fn media_unsent(created_ms: i64, id: &[u8; 16]) -> Vec<u8> {
+    cat(b"mnew/", &[&(created_ms.max(0) as u64).to_be_bytes(), id])
+}
+
+/// The range of [`media_unsent`] keys created before `before_ms`.
+pub fn media_unsent_before(before_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    (
+        cat(b"mnew/", &[&0u64.to_be_bytes()]),
+        cat(b"mnew/", &[&(before_ms.max(0) as u64).to_be_bytes()]),
+    )
+}
+
+/// The media id in a [`media_unsent`] key.
+pub fn media_of_unsent(key: &[u8]) -> Option<[u8; 16]> {
+    key.get(key.len().checked_sub(16)?..)?.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +191,16 @@ mod tests {
         assert!(message(1, u64::MAX) < message(2, 0));
         assert!(log(7, 255) < log(7, 256));
         assert!(user_chat(3, 9) < user_chat(4, 0));
+    }
+
+    #[test]
+    fn unsent_media_keys_sort_by_age_and_give_back_the_id() {
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        assert!(media_unsent(5, &b) < media_unsent(6, &a));
+        let (lo, hi) = media_unsent_before(6);
+        assert!(lo <= media_unsent(5, &b) && media_unsent(5, &b) < hi);
+        assert!(media_unsent(6, &a) >= hi);
+        assert_eq!(media_of_unsent(&media_unsent(9, &a)), Some(a));
     }
 
     #[test]
@@ -166,9 +217,9 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 16] = [
+        let tags: [&[u8]; 20] = [
             b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
-            b"ragg/", b"uchan/", b"block/", b"hide/", b"creq/",
+            b"ragg/", b"uchan/", b"block/", b"hide/", b"creq/", b"media/", b"mblob/", b"mref/", b"mnew/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

@@ -22,6 +22,7 @@
 //! - [`hub`]: online devices and live push with bounded queues.
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
+//! - [`media`]: media bytes in an object store, streamed in and out.
 //! - [`tls`]: certificates; [`ratelimit`]: token buckets.
 
 pub mod config;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod liveness;
+pub mod media;
 pub mod presence;
 pub mod quic;
 pub mod ratelimit;

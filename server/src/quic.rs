@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quip_protocol::{CloseCode, Envelope, FrameDecoder};
+use bytes::BytesMut;
+use futures::StreamExt;
+use quip_protocol::v1;
+use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::hub::{Closer, Push};
+use crate::media;
 use crate::presence::Ended;
 use crate::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
+use crate::service::{self, ServiceError};
 use crate::session::{Session, Shared};
 
 /// How long a client has to open its control stream and send Hello.
@@ -102,8 +107,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
                         let reader = StreamReader::new(recv, budget.clone(), max_frame);
-                        let sink = QuicReplies { send, conn: conn.clone() };
-                        tasks.spawn(requests::serve_requests(session.clone(), reader, sink));
+                        tasks.spawn(serve_stream(session.clone(), reader, send, conn.clone()));
                     }
                     Err(_) => break,
                 },
@@ -164,7 +168,9 @@ struct Budget(AtomicUsize);
 /// A request stream's frame reader, charging its partial frame to the
 /// connection's [`Budget`] (released when the reader is dropped).
 struct StreamReader {
-    recv: quinn::RecvStream,
+    /// Always present; an Option only so [`StreamReader::into_raw`] can
+    /// take it from a type with a destructor.
+    recv: Option<quinn::RecvStream>,
     dec: FrameDecoder,
     budget: Arc<Budget>,
     held: usize,
@@ -173,7 +179,7 @@ struct StreamReader {
 impl StreamReader {
     fn new(recv: quinn::RecvStream, budget: Arc<Budget>, max_frame: usize) -> Self {
         Self {
-            recv,
+            recv: Some(recv),
             dec: FrameDecoder::new(max_frame),
             budget,
             held: 0,
@@ -193,6 +199,17 @@ impl StreamReader {
     }
 }
 
+impl StreamReader {
+    /// The rest of the stream as raw bytes (a media upload): what the frame
+    /// decoder already read past the last frame, then the stream.
+    fn into_raw(mut self) -> (BytesMut, quinn::RecvStream) {
+        let leftover = std::mem::take(self.dec.buffer_mut());
+        self.account();
+        let recv = self.recv.take().expect("present until into_raw");
+        (leftover, recv)
+    }
+}
+
 impl RequestSource for StreamReader {
     /// The next frame: `Ok(None)` at a clean end of stream.
     async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
@@ -209,7 +226,8 @@ impl RequestSource for StreamReader {
             // small one, and a declared length is never allocated up front.
             let want = self.dec.wanted().unwrap_or(0).clamp(512, READ_STEP);
             self.dec.buffer_mut().reserve(want);
-            match self.recv.read_buf(self.dec.buffer_mut()).await {
+            let recv = self.recv.as_mut().expect("present until into_raw");
+            match recv.read_buf(self.dec.buffer_mut()).await {
                 Ok(0) | Err(_) => {
                     self.dec.finish()?;
                     return Ok(None);
@@ -228,6 +246,121 @@ impl Drop for StreamReader {
 
 async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), quinn::WriteError> {
     send.write_chunk(requests::encode_reply(env)).await
+}
+
+/// Serves a stream the client opened after the control stream: media if
+/// its first frame says so, else requests.
+async fn serve_stream(
+    session: Arc<Session>,
+    mut reader: StreamReader,
+    send: quinn::SendStream,
+    conn: quinn::Connection,
+) {
+    let first = reader.next().await;
+    if let Ok(Some(env)) = &first
+        && matches!(env.body, Some(Body::Upload(_) | Body::Download(_)))
+    {
+        let Ok(Some(env)) = first else {
+            unreachable!("matched above")
+        };
+        serve_media(session, env, reader, send).await;
+        return;
+    }
+    let sink = QuicReplies { send, conn };
+    requests::serve_requests(session, requests::Prefixed::new(first, reader), sink).await;
+}
+
+/// A media stream (spec/protocol.md §20): one request frame, its answer,
+/// then raw bytes one way, then (for uploads) the final answer.
+async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader, mut send: quinn::SendStream) {
+    let id = env.id;
+    let reply = |body: Result<Body, ServiceError>| match body {
+        Ok(b) => Envelope::new(id, b),
+        Err(e) => Envelope::new(id, Body::Error(e.to_wire())),
+    };
+    let actor = match session.admit_media().await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = write_envelope(&mut send, &reply(Err(e))).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let shared = session.shared().clone();
+    match env.body {
+        Some(Body::Upload(req)) => {
+            let begun = match media::begin_upload(&*shared.store, &shared.media, &actor, &req).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = write_envelope(&mut send, &reply(Err(e))).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            if let Some(done) = begun.done {
+                let _ = write_envelope(&mut send, &reply(Ok(Body::UploadComplete(done)))).await;
+                let _ = send.finish();
+                return;
+            }
+            let ready = v1::UploadReady {
+                upload_id: service::media::id_to_string(&begun.id),
+                offset: begun.offset,
+            };
+            if write_envelope(&mut send, &reply(Ok(Body::UploadReady(ready))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (leftover, recv) = reader.into_raw();
+            let first = futures::stream::iter((!leftover.is_empty()).then(|| Ok(leftover.freeze())));
+            let rest = futures::stream::unfold(recv, |mut recv| async move {
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(c)) => Some((Ok(c.bytes), recv)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(std::io::Error::other(e)), recv)),
+                }
+            });
+            let bytes = std::pin::pin!(first.chain(rest));
+            let done = media::receive_upload(&shared.store, &shared.media, begun.id, begun.offset, bytes).await;
+            let _ = write_envelope(&mut send, &reply(done.map(Body::UploadComplete))).await;
+            let _ = send.finish();
+        }
+        Some(Body::Download(req)) => {
+            let (ready, mut chunks) = match media::open_download(&*shared.store, &shared.media, &actor, &req) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = write_envelope(&mut send, &reply(Err(e))).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            if write_envelope(&mut send, &reply(Ok(Body::DownloadReady(ready))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(chunk) = chunks.next().await {
+                match chunk {
+                    Ok(b) => {
+                        if send.write_chunk(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // The client sees a reset stream, short of the
+                        // announced length: it retries with a range.
+                        tracing::warn!(error = %e, "media download failed midway");
+                        let _ = send.reset(quinn::VarInt::from_u32(1));
+                        return;
+                    }
+                }
+            }
+            let _ = send.finish();
+        }
+        _ => unreachable!("serve_stream checked the body"),
+    }
 }
 
 /// A request stream's sending half: replies, then finish or close.

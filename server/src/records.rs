@@ -159,6 +159,52 @@ pub struct LogRecord {
     pub receipt: Option<quip_protocol::v1::Receipt>,
 }
 
+/// `media/{media_id}`: an upload in progress, then stored media.
+#[derive(Clone, PartialEq, Message)]
+pub struct MediaRecord {
+    /// The uploader.
+    #[prost(uint64, tag = "1")]
+    pub owner: u64,
+    /// Declared (and, once complete, verified) size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Declared (once complete, verified) SHA-256 of the bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub sha256: Vec<u8>,
+    /// As the uploader declared it.
+    #[prost(string, tag = "4")]
+    pub content_type: String,
+    /// As the uploader declared it.
+    #[prost(string, tag = "5")]
+    pub file_name: String,
+    /// Bytes durably stored so far (whole chunks, until the last).
+    #[prost(uint64, tag = "6")]
+    pub received: u64,
+    /// Verified and stored: it can be sent and downloaded.
+    #[prost(bool, tag = "7")]
+    pub complete: bool,
+    /// Upload time, ms since the epoch.
+    #[prost(int64, tag = "8")]
+    pub created_ms: i64,
+    /// Sent in at least one message (then it is kept).
+    #[prost(bool, tag = "9")]
+    pub sent: bool,
+}
+
+/// `mblob/{sha256}`: bytes in the object store, shared by media records.
+#[derive(Clone, PartialEq, Message)]
+pub struct BlobRecord {
+    /// The upload whose chunk objects hold the bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub chunks_of: Vec<u8>,
+    /// Media records pointing here; the chunks go when it reaches 0.
+    #[prost(uint64, tag = "2")]
+    pub refs: u64,
+    /// Size in bytes.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+}
+
 /// Decodes a stored record, naming the key on failure.
 pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt {

@@ -70,6 +70,31 @@ pub trait RequestSource: Send {
     fn next(&mut self) -> impl Future<Output = Result<Option<Envelope>, ReadError>> + Send;
 }
 
+/// A source whose first item was already read (to see what the stream is).
+pub struct Prefixed<S> {
+    first: Option<Result<Option<Envelope>, ReadError>>,
+    rest: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `first`, then the rest of `rest`.
+    pub fn new(first: Result<Option<Envelope>, ReadError>, rest: S) -> Self {
+        Self {
+            first: Some(first),
+            rest,
+        }
+    }
+}
+
+impl<S: RequestSource> RequestSource for Prefixed<S> {
+    async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
+        match self.first.take() {
+            Some(first) => first,
+            None => self.rest.next().await,
+        }
+    }
+}
+
 /// Where replies go, and how the connection is ended.
 pub trait ReplySink: Send {
     /// Writes one reply; false when the peer is gone.

@@ -11,6 +11,7 @@ use anyhow::Context;
 use quip_protocol::{ALPN, CloseCode};
 
 use crate::config::Config;
+use crate::media::{self, MediaStore};
 use crate::session::Shared;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
@@ -158,7 +159,8 @@ impl Server {
             listener.set_nonblocking(true)?;
             Some((listener, http::tls_acceptor(&id)?))
         };
-        let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config)));
+        let media = Arc::new(MediaStore::open(&config)?);
+        let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config), media));
         Ok(Self {
             endpoint,
             https,
@@ -203,6 +205,12 @@ impl Server {
             None => (None, None),
         };
         let router = http::router(shared.clone());
+        let sweep = tokio::spawn(media::sweep_abandoned(
+            shared.store.clone(),
+            shared.media.clone(),
+            Duration::from_secs(shared.config.media_unsent_ttl_secs),
+            Duration::from_secs(shared.config.media_sweep_secs),
+        ));
         let max_conn = shared.config.max_connections;
         let per_ip = Arc::new(PerIp::new(shared.config.max_connections_per_ip));
         let mut conns = tokio::task::JoinSet::new();
@@ -240,6 +248,7 @@ impl Server {
             }
         }
         tracing::info!("shutting down: finishing in-flight writes");
+        sweep.abort();
         endpoint.set_server_config(None);
         shared.shutting_down.store(true, Ordering::SeqCst);
         shared.store.shutdown().await;

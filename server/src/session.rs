@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::hub::{Closer, DeviceHandle, Hub, Push};
 use crate::liveness::Liveness;
+use crate::media::MediaStore;
 use crate::presence::Ended;
 use crate::ratelimit::TokenBucket;
 use crate::service::messages::{self, Page, Target};
@@ -32,6 +33,8 @@ use crate::store::{self, Store};
 pub struct Shared {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Media bytes.
+    pub media: Arc<MediaStore>,
     /// Online devices.
     pub hub: Arc<Hub>,
     /// Pushes committed writes' events in commit order.
@@ -63,7 +66,7 @@ pub struct Shared {
 impl Shared {
     /// State around a store. Starts the fan-out tasks, so call it inside a
     /// tokio runtime.
-    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>) -> Self {
         let hub = Arc::new(Hub::default());
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
         let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
@@ -71,6 +74,7 @@ impl Shared {
         let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME);
         Self {
             store,
+            media,
             hub,
             fanout,
             liveness,
@@ -416,6 +420,30 @@ impl Session {
         }
     }
 
+    /// Admits the request that opens a media stream: like any request it
+    /// needs a login, counts against the rate limit, and waits for a 0-RTT
+    /// handshake to complete (an upload creates state; a replay must not).
+    pub async fn admit_media(&self) -> Result<Actor, ServiceError> {
+        let mut done = self.handshake_done.subscribe();
+        if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
+            return Err(ServiceError::TooEarly);
+        }
+        if let Err(wait) = self.take_token() {
+            return Err(ServiceError::RateLimited {
+                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+            });
+        }
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(ServiceError::Unavailable);
+        }
+        self.actor()
+    }
+
+    /// The server's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Whether the connection must be closed after the reply just sent.
     pub fn take_close_after_reply(&self) -> Option<CloseCode> {
         self.close_after_reply.lock().expect("close lock").take()
@@ -717,6 +745,10 @@ impl Session {
                     }
                 })))
             }
+            Body::Upload(_) | Body::Download(_) => Err(ServiceError::InvalidArgument(
+                "media travels on a stream of its own: open a new stream whose first frame is the upload or download request"
+                    .into(),
+            )),
             Body::Hello(_)
             | Body::Welcome(_)
             | Body::Error(_)
@@ -736,6 +768,9 @@ impl Session {
             | Body::SettingsSaved(_)
             | Body::TypingSent(_)
             | Body::Blocked(_)
+            | Body::UploadReady(_)
+            | Body::UploadComplete(_)
+            | Body::DownloadReady(_)
             | Body::Event(_) => Ok(Reply::Ready(Envelope::error(
                 id,
                 ErrorCode::UnknownRequest,

@@ -55,6 +55,20 @@ pub enum ServiceError {
     /// A configured limit would be exceeded.
     #[error("{0}")]
     LimitExceeded(String),
+    /// Media: the bytes do not match the declared SHA-256.
+    #[error("the {received} bytes received do not match the declared sha256; nothing was kept")]
+    HashMismatch {
+        /// Bytes hashed.
+        received: u64,
+    },
+    /// Media: the upload stream ended early; it can be resumed.
+    #[error("upload incomplete: {received} of {size} bytes stored; resume from byte {received}")]
+    UploadIncomplete {
+        /// Bytes durably stored.
+        received: u64,
+        /// Bytes declared.
+        size: u64,
+    },
     /// Anything else on the server's side.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +90,8 @@ impl ServiceError {
             Self::Unavailable => ErrorCode::Unavailable,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::TooEarly => ErrorCode::TooEarly,
+            Self::HashMismatch { .. } => ErrorCode::HashMismatch,
+            Self::UploadIncomplete { .. } => ErrorCode::UploadIncomplete,
             Self::Store(StoreError::Closed) => ErrorCode::Unavailable,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }

@@ -46,10 +46,11 @@ pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_bod
     let Some(c) = content else {
         return Err(ServiceError::InvalidArgument("content is required".into()));
     };
-    let len = c.text.len() + c.payload.len();
-    if len == 0 {
+    let media_len = c.media.as_ref().map_or(0, |m| m.media_id.len() + m.file_name.len());
+    let len = c.text.len() + c.payload.len() + media_len;
+    if c.text.is_empty() && c.payload.is_empty() && c.media.is_none() {
         return Err(ServiceError::InvalidArgument(
-            "message has neither text nor payload".into(),
+            "message has neither text, payload nor media".into(),
         ));
     }
     if len > max_body {
@@ -77,6 +78,19 @@ pub fn send(
     now_ms: i64,
 ) -> Result<Sent, ServiceError> {
     let (chat_id, mut chat, peer_name) = resolve_for_send(txn, actor, target)?;
+    let attached;
+    let content = match &content.media {
+        Some(m) => {
+            let mut media = m.clone();
+            super::media::attach(txn, actor, chat_id, &mut media)?;
+            attached = v1::Content {
+                media: Some(media),
+                ..content.clone()
+            };
+            &attached
+        }
+        None => content,
+    };
 
     let idem_key = keys::idempotency(chat_id, actor.user_id, client_msg_id);
     if let Some(prev) = records::get::<IdemRecord>(txn, &idem_key)? {

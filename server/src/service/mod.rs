@@ -14,6 +14,7 @@
 //! - [`groups`]: groups and channels: creation, membership, names.
 //! - [`receipts`]: delivered/read cursors and a group's aggregate of them.
 //! - [`log`]: the per-user event log, sync and acknowledgements.
+//! - [`media`]: uploads, shared blobs, download access, abandoned uploads.
 //! - [`presence`]: who may see whose presence; last-seen records and settings.
 
 pub mod accounts;
@@ -21,6 +22,7 @@ pub mod blocking;
 pub mod error;
 pub mod groups;
 pub mod log;
+pub mod media;
 pub mod messages;
 pub mod presence;
 pub mod receipts;

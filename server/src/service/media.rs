@@ -1,0 +1,262 @@
+//! Media records: uploads, content-addressed blobs, who may download what,
+//! and which uploads were abandoned. Pure transaction logic; the bytes move
+//! in [`crate::media`].
+//!
+//! Access follows messages: media may be downloaded by its uploader and by
+//! every participant of a chat it was sent in, and by nobody else. Everyone
+//! else gets the error a nonexistent id gets, so ids cannot be probed.
+
+use prost::Message as _;
+use quip_protocol::v1;
+
+use super::{Actor, ServiceError, messages};
+use crate::keys;
+use crate::records::{self, BlobRecord, MediaRecord};
+use crate::store::{ReadTxn, Txn};
+
+/// Longest content type or file name accepted.
+const MAX_LABEL: usize = 255;
+
+/// A media id: 16 random bytes, 32 lowercase hex digits on the wire.
+pub type MediaId = [u8; 16];
+
+/// The wire form of an id.
+pub fn id_to_string(id: &MediaId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a wire id; anything malformed is simply not found.
+pub fn parse_id(s: &str) -> Result<MediaId, ServiceError> {
+    let bad = || not_found(s);
+    if s.len() != 32 {
+        return Err(bad());
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(id)
+}
+
+/// The one error for "does not exist" and "not yours to see".
+fn not_found(id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no media {id:?}"))
+}
+
+/// Checks an upload's declaration.
+pub fn validate(req: &v1::UploadRequest, max_size: u64) -> Result<(), ServiceError> {
+    if req.size == 0 {
+        return Err(ServiceError::InvalidArgument(
+            "media size must be at least 1 byte".into(),
+        ));
+    }
+    if req.size > max_size {
+        return Err(ServiceError::LimitExceeded(format!(
+            "media of {} bytes exceeds the limit of {max_size} bytes",
+            req.size
+        )));
+    }
+    if req.sha256.len() != 32 {
+        return Err(ServiceError::InvalidArgument(format!(
+            "sha256 must be 32 bytes, got {}",
+            req.sha256.len()
+        )));
+    }
+    if req.content_type.len() > MAX_LABEL || req.file_name.len() > MAX_LABEL {
+        return Err(ServiceError::InvalidArgument(format!(
+            "content_type and file_name are limited to {MAX_LABEL} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Starts a new upload with a fresh `id`.
+pub fn create(txn: &mut dyn Txn, actor: &Actor, req: &v1::UploadRequest, id: &MediaId, now_ms: i64) -> MediaRecord {
+    let rec = MediaRecord {
+        owner: actor.user_id,
+        size: req.size,
+        sha256: req.sha256.to_vec(),
+        content_type: req.content_type.clone(),
+        file_name: req.file_name.clone(),
+        received: 0,
+        complete: false,
+        created_ms: now_ms,
+        sent: false,
+    };
+    txn.set(&keys::media(id), &rec.encode_to_vec());
+    txn.set(&keys::media_unsent(now_ms, id), &[]);
+    rec
+}
+
+/// An upload to resume: the caller's own, with the same declaration.
+pub fn resume(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    req: &v1::UploadRequest,
+) -> Result<(MediaId, MediaRecord), ServiceError> {
+    let id = parse_id(&req.upload_id)?;
+    let rec: MediaRecord = records::get(txn, &keys::media(&id))?.ok_or_else(|| not_found(&req.upload_id))?;
+    if rec.owner != actor.user_id {
+        return Err(not_found(&req.upload_id));
+    }
+    if rec.size != req.size || rec.sha256[..] != req.sha256[..] {
+        return Err(ServiceError::InvalidArgument(
+            "a resumed upload must declare the same size and sha256 as when it started".into(),
+        ));
+    }
+    Ok((id, rec))
+}
+
+/// Records that the bytes up to `received` are durably stored.
+pub fn progress(txn: &mut dyn Txn, id: &MediaId, received: u64) -> Result<(), ServiceError> {
+    let key = keys::media(id);
+    let mut rec: MediaRecord = records::get(txn, &key)?.ok_or_else(|| not_found(&id_to_string(id)))?;
+    rec.received = received;
+    txn.set(&key, &rec.encode_to_vec());
+    Ok(())
+}
+
+/// What completing an upload decided.
+pub struct Completed {
+    /// The media, for the client.
+    pub media: v1::Media,
+    /// The bytes were already stored: this upload's chunks are redundant.
+    pub deduplicated: bool,
+}
+
+/// Marks a verified upload complete, sharing an existing blob with the same
+/// content if there is one.
+pub fn complete(txn: &mut dyn Txn, id: &MediaId) -> Result<Completed, ServiceError> {
+    let key = keys::media(id);
+    let mut rec: MediaRecord = records::get(txn, &key)?.ok_or_else(|| not_found(&id_to_string(id)))?;
+    let bkey = keys::media_blob(&rec.sha256);
+    let existing: Option<BlobRecord> = records::get(txn, &bkey)?;
+    let deduplicated = existing.as_ref().is_some_and(|b| b.chunks_of != id);
+    if !rec.complete {
+        let blob = match existing {
+            Some(mut b) => {
+                b.refs += 1;
+                b
+            }
+            None => BlobRecord {
+                chunks_of: id.to_vec(),
+                refs: 1,
+                size: rec.size,
+            },
+        };
+        txn.set(&bkey, &blob.encode_to_vec());
+        rec.complete = true;
+        rec.received = rec.size;
+        txn.set(&key, &rec.encode_to_vec());
+    }
+    Ok(Completed {
+        media: wire(id, &rec),
+        deduplicated,
+    })
+}
+
+/// The media as carried in messages.
+pub fn wire(id: &MediaId, rec: &MediaRecord) -> v1::Media {
+    v1::Media {
+        media_id: id_to_string(id),
+        size: rec.size,
+        content_type: rec.content_type.clone(),
+        sha256: rec.sha256.clone().into(),
+        file_name: rec.file_name.clone(),
+        ..Default::default()
+    }
+}
+
+/// The upload whose chunk objects hold this media's bytes.
+pub fn chunks_of(txn: &mut dyn ReadTxn, rec: &MediaRecord) -> Result<Vec<u8>, ServiceError> {
+    let blob: BlobRecord = records::get(txn, &keys::media_blob(&rec.sha256))?
+        .ok_or_else(|| ServiceError::Internal("complete media without its blob record".into()))?;
+    Ok(blob.chunks_of)
+}
+
+/// Whether `actor` may see media `id`: the uploader, or a participant of a
+/// chat it was sent in. Otherwise (or if it does not exist, or is not yet
+/// complete) NOT_FOUND, the same answer either way.
+pub fn visible(txn: &mut dyn ReadTxn, actor: &Actor, wire_id: &str) -> Result<(MediaId, MediaRecord), ServiceError> {
+    let id = parse_id(wire_id)?;
+    let rec: MediaRecord = records::get(txn, &keys::media(&id))?.ok_or_else(|| not_found(wire_id))?;
+    if !rec.complete {
+        return Err(not_found(wire_id));
+    }
+    if rec.owner == actor.user_id {
+        return Ok((id, rec));
+    }
+    let (begin, end) = keys::media_refs(&id);
+    for kv in txn.range(&begin, &end, usize::MAX, false)? {
+        let chat_id =
+            kv.0.get(kv.0.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+        if messages::member_chat(txn, actor, chat_id).is_ok() {
+            return Ok((id, rec));
+        }
+    }
+    Err(not_found(wire_id))
+}
+
+/// Checks the media a message refers to and fills in what the server knows
+/// (size, type, hash), then records that it was sent in `chat_id`. Called
+/// inside the send's transaction, before its idempotency check, so a retry
+/// compares equal content.
+pub fn attach(txn: &mut dyn Txn, actor: &Actor, chat_id: u64, media: &mut v1::Media) -> Result<(), ServiceError> {
+    let (id, mut rec) = visible(txn, actor, &media.media_id)?;
+    media.size = rec.size;
+    media.content_type.clone_from(&rec.content_type);
+    media.sha256 = rec.sha256.clone().into();
+    if media.file_name.is_empty() {
+        media.file_name.clone_from(&rec.file_name);
+    }
+    if !rec.sent {
+        txn.clear(&keys::media_unsent(rec.created_ms, &id));
+        rec.sent = true;
+        txn.set(&keys::media(&id), &rec.encode_to_vec());
+    }
+    txn.set(&keys::media_ref(&id, chat_id), &[]);
+    Ok(())
+}
+
+/// Uploads never sent in a message and older than `before_ms` (at most `limit`).
+pub fn abandoned(txn: &mut dyn ReadTxn, before_ms: i64, limit: usize) -> Result<Vec<MediaId>, ServiceError> {
+    let (begin, end) = keys::media_unsent_before(before_ms);
+    Ok(txn
+        .range(&begin, &end, limit, false)?
+        .iter()
+        .filter_map(|kv| keys::media_of_unsent(&kv.0))
+        .collect())
+}
+
+/// Forgets an unsent upload; returns the chunk prefix (upload id) whose
+/// objects must now be deleted, if no other media shares them. A record
+/// sent in the meantime is kept.
+pub fn forget(txn: &mut dyn Txn, id: &MediaId) -> Result<Option<Vec<u8>>, ServiceError> {
+    let key = keys::media(id);
+    let Some(rec) = records::get::<MediaRecord>(txn, &key)? else {
+        return Ok(None);
+    };
+    if rec.sent {
+        return Ok(None);
+    }
+    txn.clear(&key);
+    txn.clear(&keys::media_unsent(rec.created_ms, id));
+    if !rec.complete {
+        return Ok(Some(id.to_vec()));
+    }
+    let bkey = keys::media_blob(&rec.sha256);
+    let Some(mut blob) = records::get::<BlobRecord>(txn, &bkey)? else {
+        return Ok(None);
+    };
+    blob.refs = blob.refs.saturating_sub(1);
+    if blob.refs == 0 {
+        txn.clear(&bkey);
+        Ok(Some(blob.chunks_of))
+    } else {
+        txn.set(&bkey, &blob.encode_to_vec());
+        Ok(None)
+    }
+}

@@ -1,0 +1,549 @@
+//! Media: uploads and downloads on QUIC streams of their own, bytes in an
+//! object store (a directory in the data dir, or S3 served by a real
+//! S3-protocol server on loopback), access through chat participation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::daemon::{Daemon, free_port};
+use common::{PASSWORD, TestServer, code};
+use quip_client::{Client, ClientError, ConnectOptions, Progress, UploadSpec};
+use quip_protocol::v1::{self, ErrorCode};
+use quip_server::Config;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncRead;
+
+const MIB: u64 = 1 << 20;
+
+fn random_bytes(n: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n as usize];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+fn spec(bytes: &[u8], name: &str) -> UploadSpec {
+    UploadSpec {
+        size: bytes.len() as u64,
+        sha256: Sha256::digest(bytes).into(),
+        content_type: "application/octet-stream".into(),
+        file_name: name.into(),
+        resume: None,
+    }
+}
+
+async fn upload(c: &Client, bytes: &[u8], name: &str) -> Result<v1::UploadComplete, ClientError> {
+    c.upload(&spec(bytes, name), &mut std::io::Cursor::new(bytes.to_vec()), |_| {})
+        .await
+}
+
+async fn download(c: &Client, id: &str, offset: u64, length: u64) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    c.download(id, offset, length, &mut out, |_| {}).await?;
+    Ok(out)
+}
+
+/// Sends `media` in a message to `to`.
+async fn send_media(c: &Client, to: &str, media: &v1::Media, caption: &str) -> Result<v1::SendResponse, ClientError> {
+    c.send(v1::SendRequest {
+        to_user: to.into(),
+        client_msg_id: quip_client::new_client_msg_id(),
+        content: Some(v1::Content {
+            text: caption.into(),
+            media: Some(v1::Media {
+                media_id: media.media_id.clone(),
+                width: 640,
+                height: 480,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Chunk objects under a local media directory.
+fn chunk_files(media_dir: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&media_dir.join("chunks"), &mut out);
+    out
+}
+
+#[tokio::test]
+async fn a_50_mib_file_round_trips_and_server_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let daemon = Daemon::start(&data, port, &[]);
+    let ca = Daemon::ready(&data).await;
+    let opts = ConnectOptions::new(format!("127.0.0.1:{port}"), Some(&ca)).unwrap();
+    let mut tries = 0;
+    let alice = loop {
+        match Client::connect(&opts).await {
+            Ok(c) => break c,
+            Err(_) if tries < 50 => tries += 1,
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    alice.register("alice", PASSWORD, "t").await.unwrap();
+
+    // The file is on disk and read from there in steps, as a client would.
+    let bytes = random_bytes(50 * MIB);
+    let path = dir.path().join("big.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let before = daemon.rss_kib();
+    let mut file = tokio::fs::File::open(&path).await.unwrap();
+    let (size, sha) = quip_client::media::hash(&mut file).await.unwrap();
+    assert_eq!((size, sha), (50 * MIB, <[u8; 32]>::from(Sha256::digest(&bytes))));
+    let up_spec = UploadSpec {
+        size,
+        sha256: sha,
+        content_type: "video/mp4".into(),
+        file_name: "big.bin".into(),
+        resume: None,
+    };
+    let done = alice.upload(&up_spec, &mut file, |_| {}).await.unwrap();
+    let media = done.media.unwrap();
+    assert_eq!((media.size, &media.sha256[..]), (50 * MIB, &sha[..]));
+
+    let out_path = dir.path().join("back.bin");
+    let mut out = tokio::fs::File::create(&out_path).await.unwrap();
+    let ready = alice.download(&media.media_id, 0, 0, &mut out, |_| {}).await.unwrap();
+    assert_eq!(ready.length, 50 * MIB);
+    drop(out);
+    let back = std::fs::read(&out_path).unwrap();
+    assert!(back == bytes, "byte-identical round trip");
+
+    let peak = daemon.peak_rss_kib();
+    let grew_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    println!("quipd RSS before {before} KiB, peak {peak} KiB: grew {grew_mib:.1} MiB for a 50 MiB round trip");
+    assert!(
+        grew_mib < 25.0,
+        "the server must stream, not hold the file: peak grew {grew_mib:.1} MiB"
+    );
+}
+
+/// Yields `limit` bytes of `inner`, then fails: a client crashing mid-upload.
+struct FailAfter<R> {
+    inner: R,
+    left: usize,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FailAfter<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("simulated crash")));
+        }
+        let want = buf.remaining().min(self.left);
+        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(want));
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        buf.advance(n);
+        self.left -= n;
+        r
+    }
+}
+
+impl<R: tokio::io::AsyncSeek + Unpin> tokio::io::AsyncSeek for FailAfter<R> {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: std::io::SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.inner).start_seek(pos)
+    }
+    fn poll_complete(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_resumes_after_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, token) = server.user("alice").await;
+    let bytes = random_bytes(5 * MIB + 12_345);
+
+    // The first attempt dies after 2.5 MiB.
+    let mut started = None;
+    let mut file = FailAfter {
+        inner: std::io::Cursor::new(bytes.clone()),
+        left: (5 * MIB / 2) as usize,
+    };
+    let e = alice
+        .upload(&spec(&bytes, "f"), &mut file, |p| {
+            if let Progress::Started { upload_id, offset, .. } = p {
+                started = Some((upload_id, offset));
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Io(_)), "{e}");
+    let (upload_id, offset) = started.unwrap();
+    assert_eq!(offset, 0);
+    // What was sent before the crash reaches the server (the stream ends
+    // with the client's sending half); whole chunks are stored durably.
+    let id = quip_server::service::media::parse_id(&upload_id).unwrap();
+    let stored = || {
+        quip_server::store::read(&*server.store, |t| {
+            quip_server::records::get::<quip_server::records::MediaRecord>(t, &quip_server::keys::media(&id))
+        })
+        .unwrap()
+        .map_or(0, |r| r.received)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stored() < 2 * MIB {
+        assert!(std::time::Instant::now() < deadline, "server stored {} bytes", stored());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alice.close();
+
+    // A new connection resumes it: the server asks only for what it lacks
+    // (whole chunks are kept: 2 MiB of the 2.5 sent; the rest is sent again).
+    let again = server.connect_as(&token).await;
+    let mut resumed_from = None;
+    let mut s = spec(&bytes, "f");
+    s.resume = Some(upload_id.clone());
+    let done = again
+        .upload(&s, &mut std::io::Cursor::new(bytes.clone()), |p| {
+            if let Progress::Started { offset, .. } = p {
+                resumed_from = Some(offset);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(resumed_from, Some(2 * MIB));
+    let media = done.media.unwrap();
+    assert_eq!(media.media_id, upload_id, "the upload id becomes the media id");
+    assert_eq!(download(&again, &media.media_id, 0, 0).await.unwrap(), bytes);
+
+    // Resuming a finished upload just answers with the result.
+    let done = again
+        .upload(&s, &mut std::io::Cursor::new(bytes.clone()), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.media.unwrap().media_id, upload_id);
+
+    // Someone else cannot resume (or learn of) alice's upload.
+    let (bob, _) = server.user("bob").await;
+    let e = bob
+        .upload(&s, &mut std::io::Cursor::new(bytes.clone()), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hash_mismatch_over_size_and_bad_declarations_are_refused_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.media_max_size = 4 * MIB;
+    let server = TestServer::start_with(config).await;
+    let media_dir = dir.path().join("media");
+    let (alice, _) = server.user("alice").await;
+
+    let bytes = random_bytes(3 * MIB);
+    let mut wrong = spec(&bytes, "x");
+    wrong.sha256[0] ^= 1;
+    let mut started = None;
+    let e = alice
+        .upload(&wrong, &mut std::io::Cursor::new(bytes.clone()), |p| {
+            if let Progress::Started { upload_id, .. } = p {
+                started = Some(upload_id);
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::HashMismatch), "{e}");
+    assert!(chunk_files(&media_dir).is_empty(), "no bytes kept");
+    // Nor the upload: it cannot be resumed or downloaded.
+    let id = started.unwrap();
+    assert_eq!(code(download(&alice, &id, 0, 0).await), Some(ErrorCode::NotFound));
+    wrong.resume = Some(id);
+    assert_eq!(
+        code(
+            alice
+                .upload(&wrong, &mut std::io::Cursor::new(bytes.clone()), |_| {})
+                .await
+        ),
+        Some(ErrorCode::NotFound)
+    );
+
+    let big = random_bytes(4 * MIB + 1);
+    assert_eq!(code(upload(&alice, &big, "big").await), Some(ErrorCode::LimitExceeded));
+    let mut empty = spec(&[], "e");
+    empty.size = 0;
+    assert_eq!(
+        code(alice.upload(&empty, &mut std::io::Cursor::new(vec![]), |_| {}).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    // A media request on the request stream is refused with the reason.
+    let e = alice
+        .request(quip_protocol::Body::Download(v1::DownloadRequest {
+            media_id: "00".repeat(16),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+    // And the connection still works.
+    assert_eq!(alice.whoami().await.unwrap().user, "alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_participants_download_and_others_cannot_tell_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let (carol, _) = server.user("carol").await;
+    let bytes = random_bytes(MIB + 10);
+    let media = upload(&alice, &bytes, "photo.jpg").await.unwrap().media.unwrap();
+
+    // Uploaded but not sent: only alice sees it.
+    assert_eq!(download(&alice, &media.media_id, 0, 0).await.unwrap(), bytes);
+    assert_eq!(
+        code(download(&bob, &media.media_id, 0, 0).await),
+        Some(ErrorCode::NotFound)
+    );
+
+    // Sent to bob: the message carries the server's facts about it.
+    send_media(&alice, "bob", &media, "look").await.unwrap();
+    let (_, m) = common::next_message(&bob).await;
+    let content = m.content.unwrap();
+    assert_eq!(content.text, "look");
+    let got = content.media.unwrap();
+    assert_eq!(
+        (
+            got.media_id.as_str(),
+            got.size,
+            &got.sha256[..],
+            got.file_name.as_str(),
+            got.width
+        ),
+        (
+            media.media_id.as_str(),
+            bytes.len() as u64,
+            &Sha256::digest(&bytes)[..],
+            "photo.jpg",
+            640
+        )
+    );
+    assert_eq!(download(&bob, &media.media_id, 0, 0).await.unwrap(), bytes);
+
+    // Carol, who is in no chat with it, gets exactly what a made-up id gets.
+    let real = download(&carol, &media.media_id, 0, 0).await.unwrap_err();
+    let fake_id = "0123456789abcdef0123456789abcdef";
+    let fake = download(&carol, fake_id, 0, 0).await.unwrap_err();
+    assert_eq!(real.code(), Some(ErrorCode::NotFound));
+    assert_eq!(fake.code(), real.code());
+    assert_eq!(
+        real.to_string().replace(&media.media_id, "ID"),
+        fake.to_string().replace(fake_id, "ID")
+    );
+    // Nor can she send it on.
+    assert_eq!(
+        code(send_media(&carol, "alice", &media, "").await),
+        Some(ErrorCode::NotFound)
+    );
+    // Bob can forward it to carol: then she may download it.
+    send_media(&bob, "carol", &media, "fwd").await.unwrap();
+    assert_eq!(download(&carol, &media.media_id, 0, 0).await.unwrap(), bytes);
+
+    // Groups: members download; a removed member no longer can.
+    let (dave, _) = server.user("dave").await;
+    let g = alice.create_group("g", &["dave"]).await.unwrap().info.unwrap().chat_id;
+    let pic = upload(&alice, &random_bytes(1000), "p").await.unwrap().media.unwrap();
+    alice
+        .send(v1::SendRequest {
+            chat_id: g,
+            client_msg_id: "g1".into(),
+            content: Some(v1::Content {
+                media: Some(v1::Media {
+                    media_id: pic.media_id.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(download(&dave, &pic.media_id, 0, 0).await.is_ok());
+    alice
+        .update_chat(g, v1::ChatAction::RemoveMembers, &["dave"], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(download(&dave, &pic.media_id, 0, 0).await),
+        Some(ErrorCode::NotFound)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn byte_ranges_and_identical_uploads_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let media_dir = dir.path().join("media");
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let bytes = random_bytes(3 * MIB + 777);
+    let a = upload(&alice, &bytes, "a").await.unwrap();
+    assert!(!a.deduplicated);
+    let a = a.media.unwrap();
+    let chunks = chunk_files(&media_dir).len();
+    assert_eq!(chunks, 4, "3 MiB + 777 bytes in 1 MiB chunks");
+
+    // Ranges inside a chunk, across chunk boundaries, to the end, past it.
+    for (off, len) in [(0, 10), (MIB - 5, 10), (MIB / 2, 2 * MIB), (3 * MIB, 0), (100, 0)] {
+        let got = download(&alice, &a.media_id, off, len).await.unwrap();
+        let end = if len == 0 { bytes.len() } else { (off + len) as usize };
+        assert_eq!(got, &bytes[off as usize..end], "range {off}+{len}");
+    }
+    assert!(download(&alice, &a.media_id, 10 * MIB, 0).await.unwrap().is_empty());
+
+    // Bob uploads the very same bytes: stored once, each has their own id.
+    let b = upload(&bob, &bytes, "b").await.unwrap();
+    assert!(b.deduplicated);
+    let b = b.media.unwrap();
+    assert_ne!(a.media_id, b.media_id);
+    assert_eq!(chunk_files(&media_dir).len(), chunks, "no second copy");
+    assert_eq!(download(&bob, &b.media_id, 0, 0).await.unwrap(), bytes);
+    // Bob's id does not open alice's (unsent) one.
+    assert_eq!(code(download(&bob, &a.media_id, 0, 0).await), Some(ErrorCode::NotFound));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unsent_uploads_are_cleaned_up_and_sent_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.media_unsent_ttl_secs = 1;
+    config.media_sweep_secs = 1;
+    let server = TestServer::start_with(config).await;
+    let media_dir = dir.path().join("media");
+    let (alice, _) = server.user("alice").await;
+    server.user("bob").await;
+    let kept = upload(&alice, &random_bytes(1500), "kept")
+        .await
+        .unwrap()
+        .media
+        .unwrap();
+    send_media(&alice, "bob", &kept, "").await.unwrap();
+    let dropped = upload(&alice, &random_bytes(2500), "dropped")
+        .await
+        .unwrap()
+        .media
+        .unwrap();
+    assert_eq!(chunk_files(&media_dir).len(), 2);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while download(&alice, &dropped.media_id, 0, 0).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "unsent upload never cleaned up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(chunk_files(&media_dir).len(), 1, "its bytes are gone too");
+    assert_eq!(download(&alice, &kept.media_id, 0, 0).await.unwrap().len(), 1500);
+    server.stop().await;
+}
+
+/// A real S3-protocol server (s3s-fs, installed by
+/// scripts/install-test-deps.sh) on loopback, serving `root`.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    async fn start(root: &Path) -> Self {
+        let bin = std::env::var("S3S_FS").unwrap_or_else(|_| {
+            let home =
+                std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+            format!("{home}/bin/s3s-fs")
+        });
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: run scripts/install-test-deps.sh (cargo install s3s-fs)"
+        );
+        std::fs::create_dir_all(root.join("quip-media")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "quip-test", "--secret-key", "quip-test-secret"])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_s3_backend_round_trips_through_a_loopback_s3_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_root = dir.path().join("s3");
+    let s3 = S3Server::start(&s3_root).await;
+    let mut config = Config::for_tests(dir.path().join("data"));
+    config.media_s3_bucket = Some("quip-media".into());
+    config.media_s3_endpoint = Some(s3.endpoint.clone());
+    config.media_s3_access_key_id = Some("quip-test".into());
+    config.media_s3_secret_access_key = Some("quip-test-secret".into());
+    let server = TestServer::start_with(config).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let bytes = random_bytes(2 * MIB + 99);
+    let media = upload(&alice, &bytes, "s3.bin").await.unwrap().media.unwrap();
+    send_media(&alice, "bob", &media, "via s3").await.unwrap();
+    assert_eq!(download(&bob, &media.media_id, 0, 0).await.unwrap(), bytes);
+    assert_eq!(
+        download(&bob, &media.media_id, MIB - 1, 2).await.unwrap(),
+        &bytes[(MIB - 1) as usize..(MIB + 1) as usize]
+    );
+    // The bytes are in the bucket, not in the data directory.
+    assert_eq!(chunk_files(&s3_root.join("quip-media")).len(), 3);
+    assert!(!dir.path().join("data/media/chunks").exists());
+    // Identical bytes are stored once there too.
+    assert!(upload(&bob, &bytes, "again").await.unwrap().deduplicated);
+    assert_eq!(chunk_files(&s3_root.join("quip-media")).len(), 3);
+    server.stop().await;
+}
