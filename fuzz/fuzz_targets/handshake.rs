@@ -43,7 +43,9 @@ fn world() -> &'static World {
             quip_server::store::write(&*store, move |t| accounts::register(t, "ann", &phc, "fuzz", &hash, i64::MAX / 2).map(|_| ()))
                 .await
                 .unwrap();
-            (Arc::new(Shared::new(store, Arc::new(Config::for_tests(dir.path())))), token)
+            let config = Config::for_tests(dir.path());
+            let media = Arc::new(quip_server::media::MediaStore::open(&config).unwrap());
+            (Arc::new(Shared::new(store, Arc::new(config), media)), token)
         });
         World { rt, shared, token, _dir: dir }
     })

@@ -139,7 +139,8 @@ async fn run(input: Input) {
     config.rate_burst = 1e9;
     config.typing_rate = 1e9;
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("fuzz.redb"), 1024).unwrap());
-    let shared = Arc::new(Shared::new(store.clone(), Arc::new(config)));
+    let media = Arc::new(quip_server::media::MediaStore::open(&config).unwrap());
+    let shared = Arc::new(Shared::new(store.clone(), Arc::new(config), media));
     let mut tokens = Vec::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
