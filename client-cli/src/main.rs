@@ -67,6 +67,30 @@ enum Command {
         #[arg(long, value_name = "CLIENT_MSG_ID")]
         id: Option<String>,
     },
+    /// Upload a file and send it as a media message. Interrupted? Run the same
+    /// command again: the upload resumes where the server's bytes end.
+    SendFile {
+        /// A username (the direct chat with them) or chat:ID.
+        target: Target,
+        /// The file.
+        path: PathBuf,
+        /// Text shown with the file.
+        #[arg(long)]
+        caption: Option<String>,
+        /// MIME type [default: guessed from the file name].
+        #[arg(long = "type", value_name = "MIME")]
+        content_type: Option<String>,
+    },
+    /// Download media by id (from a message). Interrupted? Run it again: it
+    /// continues the partial download.
+    Download {
+        /// The media id.
+        media_id: String,
+        /// Where to write it [default: the sender's file name, in the
+        /// current directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Stay connected and print events as they arrive (after what was missed)
     /// until the connection closes or Ctrl-C. Confirms delivery of others'
     /// messages.
@@ -492,6 +516,16 @@ fn body(m: &v1::Message) -> String {
     if let Some(g) = &m.group_event {
         return group_event(m, g);
     }
+    if let Some(media) = m.content.as_ref().and_then(|c| c.media.as_ref()) {
+        let caption = match text(m) {
+            "" => String::new(),
+            t => format!(" {t}"),
+        };
+        return format!(
+            "[{} {}, {} bytes, media {}]{caption}",
+            media.content_type, media.file_name, media.size, media.media_id
+        );
+    }
     let payload = m.content.as_ref().map_or(0, |c| c.payload.len());
     match text(m) {
         "" if payload > 0 => format!("<{payload} bytes of payload>"),
@@ -545,10 +579,20 @@ fn message_json(m: &v1::Message, pos: Option<u64>) -> serde_json::Value {
         "to": m.recipient, "text": text(m), "sent_at_ms": m.sent_at_ms,
         "client_msg_id": m.client_msg_id,
     });
+    if let Some(media) = m.content.as_ref().and_then(|c| c.media.as_ref()) {
+        v["media"] = json!({
+            "id": media.media_id, "size": media.size, "type": media.content_type,
+            "file_name": media.file_name, "sha256": hex(&media.sha256),
+        });
+    }
     if let Some(pos) = pos {
         v["pos"] = json!(pos);
     }
     v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn receipt_kind(kind: i32) -> &'static str {
@@ -662,6 +706,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!({"type": "sent", "chat": sent.chat_id, "seq": sent.seq,
                         "duplicate": sent.duplicate, "sent_at_ms": sent.sent_at_ms})
                 },
+            )?;
+            Ok(())
+        }
+        Command::SendFile {
+            target,
+            path,
+            caption,
+            content_type,
+        } => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let sent = send_file(&conn.client, &home, &out, target, &path, caption, content_type).await;
+            conn.finish().await;
+            let (sent, media) = sent?;
+            out.emit(
+                || {
+                    format!(
+                        "sent {} as seq {} in chat {} (media {})",
+                        path.display(),
+                        sent.seq,
+                        sent.chat_id,
+                        media.media_id
+                    )
+                },
+                || {
+                    json!({"type": "sent", "chat": sent.chat_id, "seq": sent.seq, "media": media.media_id,
+                        "size": media.size, "sha256": hex(&media.sha256)})
+                },
+            )?;
+            Ok(())
+        }
+        Command::Download { media_id, output } => {
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let got = download(&conn.client, &out, &media_id, output).await;
+            conn.finish().await;
+            let (path, media) = got?;
+            out.emit(
+                || format!("saved {} ({} bytes, sha256 verified)", path.display(), media.size),
+                || json!({"type": "downloaded", "media": media.media_id, "path": path, "size": media.size}),
             )?;
             Ok(())
         }
@@ -877,6 +959,170 @@ async fn send(client: &Client, target: Target, text: String, id: Option<String>)
             }),
         })
         .await?)
+}
+
+/// A byte progress bar on a terminal; hidden for --json or when stderr is
+/// not a terminal.
+fn progress_bar(out: &Out, what: &str) -> indicatif::ProgressBar {
+    if out.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn on_progress(bar: &indicatif::ProgressBar) -> impl FnMut(quip_client::Progress) + '_ {
+    move |p| match p {
+        quip_client::Progress::Started { offset, total, .. } => {
+            bar.set_length(total);
+            bar.set_position(offset);
+        }
+        quip_client::Progress::At(n) => bar.set_position(n),
+    }
+}
+
+/// Uploads a file (resuming an interrupted upload of the same bytes, whose
+/// id is kept in $QUIP_HOME/uploads/) and sends it.
+async fn send_file(
+    client: &Client,
+    home: &Path,
+    out: &Out,
+    target: Target,
+    path: &Path,
+    caption: Option<String>,
+    content_type: Option<String>,
+) -> anyhow::Result<(v1::SendResponse, v1::Media)> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let (size, sha256) = quip_client::media::hash(&mut file)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let pending = home.join("uploads").join(hex(&sha256));
+    let content_type = content_type.unwrap_or_else(|| mime_guess::from_path(path).first_or_octet_stream().to_string());
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut spec = quip_client::UploadSpec {
+        size,
+        sha256,
+        content_type,
+        file_name,
+        resume: std::fs::read_to_string(&pending).ok().map(|s| s.trim().to_owned()),
+    };
+    let bar = progress_bar(out, "uploading");
+    let remember = |p: &quip_client::Progress| {
+        if let quip_client::Progress::Started { upload_id, .. } = p {
+            let _ = std::fs::create_dir_all(home.join("uploads"));
+            let _ = std::fs::write(&pending, upload_id);
+        }
+    };
+    let mut track = on_progress(&bar);
+    let mut r = client
+        .upload(&spec, &mut file, |p| {
+            remember(&p);
+            track(p);
+        })
+        .await;
+    if spec.resume.is_some()
+        && matches!(
+            r.as_ref().map_err(|e| e.code()),
+            Err(Some(ErrorCode::NotFound | ErrorCode::InvalidArgument))
+        )
+    {
+        // The earlier upload is gone (cleaned up): start over.
+        spec.resume = None;
+        r = client
+            .upload(&spec, &mut file, |p| {
+                remember(&p);
+                track(p);
+            })
+            .await;
+    }
+    bar.finish_and_clear();
+    let done = r?;
+    let _ = std::fs::remove_file(&pending);
+    let media = done.media.ok_or_else(|| anyhow!("server sent no media"))?;
+    let (to_user, chat_id) = match target {
+        Target::User(u) => (u, 0),
+        Target::Chat(c) => (String::new(), c),
+    };
+    let sent = client
+        .send(v1::SendRequest {
+            to_user,
+            chat_id,
+            client_msg_id: new_client_msg_id(),
+            content: Some(v1::Content {
+                text: caption.unwrap_or_default(),
+                media: Some(v1::Media {
+                    media_id: media.media_id.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    Ok((sent, media))
+}
+
+/// Downloads into a hidden partial file next to the destination, continuing
+/// one left by an earlier attempt, verifies the SHA-256, then renames it.
+async fn download(
+    client: &Client,
+    out: &Out,
+    media_id: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, v1::Media)> {
+    use tokio::io::AsyncSeekExt;
+    let dir = match &output {
+        Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => PathBuf::new(),
+    };
+    let part = dir.join(format!(".{media_id}.part"));
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&part)
+        .await
+        .with_context(|| format!("opening {}", part.display()))?;
+    let have = file.seek(std::io::SeekFrom::End(0)).await?;
+    let bar = progress_bar(out, "downloading");
+    let r = client.download(media_id, have, 0, &mut file, on_progress(&bar)).await;
+    bar.finish_and_clear();
+    let ready = match r {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code().is_some() {
+                drop(file);
+                let _ = std::fs::remove_file(&part); // refused: nothing to resume
+            }
+            return Err(e.into());
+        }
+    };
+    let media = ready.media.ok_or_else(|| anyhow!("server sent no media"))?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let (size, sha256) = quip_client::media::hash(&mut file).await?;
+    drop(file);
+    if size != media.size || sha256[..] != media.sha256[..] {
+        let _ = std::fs::remove_file(&part);
+        bail!("the downloaded bytes do not match the media's size and SHA-256; removed, run again");
+    }
+    let name = Path::new(&media.file_name)
+        .file_name()
+        .map(|n| n.to_owned())
+        .unwrap_or_else(|| media_id.into());
+    let dest = output.unwrap_or_else(|| PathBuf::from(name));
+    std::fs::rename(&part, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok((dest, media))
 }
 
 /// The chat id of a target (the direct chat with a user must exist).

@@ -586,3 +586,101 @@ async fn groups_and_channels_in_sync_and_listen() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_file_and_download_resume_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let (alice, bob, carol) = (
+        dir.path().join("alice"),
+        dir.path().join("bob"),
+        dir.path().join("carol"),
+    );
+    for (home, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        env.ok(home, &["register", name, "--password", "password-1234"]).await;
+    }
+    // 3 MiB of varied bytes, with a name the content type is guessed from.
+    let bytes: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let photo = dir.path().join("holiday.png");
+    std::fs::write(&photo, &bytes).unwrap();
+    // A stale resume record (an upload the server no longer has) is
+    // discarded and the upload starts over.
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    std::fs::create_dir_all(alice.join("uploads")).unwrap();
+    std::fs::write(alice.join("uploads").join(&sha), "0123456789abcdef0123456789abcdef").unwrap();
+
+    let out = env
+        .ok(
+            &alice,
+            &[
+                "--json",
+                "send-file",
+                "bob",
+                photo.to_str().unwrap(),
+                "--caption",
+                "the beach",
+            ],
+        )
+        .await;
+    let sent = &json_lines(&out)[0];
+    assert_eq!(sent["sha256"].as_str(), Some(sha.as_str()));
+    let id = sent["media"].as_str().unwrap().to_owned();
+    assert!(
+        !alice.join("uploads").join(&sha).exists(),
+        "resume record removed once done"
+    );
+
+    // Bob sees a media message in his history, with the guessed type.
+    let hist = json_lines(&env.ok(&bob, &["--json", "history", "alice"]).await);
+    let m = &hist[0]["media"];
+    assert_eq!(
+        (
+            m["id"].as_str(),
+            m["type"].as_str(),
+            m["file_name"].as_str(),
+            m["size"].as_u64()
+        ),
+        (Some(id.as_str()), Some("image/png"), Some("holiday.png"), Some(3 << 20))
+    );
+    assert_eq!(hist[0]["text"], "the beach");
+    let human = env.ok(&bob, &["history", "alice"]).await;
+    assert!(
+        human.contains(&format!("[image/png holiday.png, 3145728 bytes, media {id}] the beach")),
+        "{human}"
+    );
+
+    // Bob downloads it; a partial file from an interrupted attempt is
+    // continued, and the result is verified against the SHA-256.
+    let dest = dir.path().join("got.png");
+    std::fs::write(dir.path().join(format!(".{id}.part")), &bytes[..1 << 20]).unwrap();
+    let out = env.ok(&bob, &["download", &id, "-o", dest.to_str().unwrap()]).await;
+    assert!(out.contains("sha256 verified"), "{out}");
+    assert!(std::fs::read(&dest).unwrap() == bytes);
+    // A corrupt partial file is caught by the hash check, not kept.
+    let dest2 = dir.path().join("got2.png");
+    let mut wrong = bytes[..1 << 20].to_vec();
+    wrong[7] ^= 0xff;
+    std::fs::write(dir.path().join(format!(".{id}.part")), &wrong).unwrap();
+    let err = env.fails(&bob, &["download", &id, "-o", dest2.to_str().unwrap()]).await;
+    assert!(err.contains("do not match"), "{err}");
+    assert!(!dest2.exists());
+    env.ok(&bob, &["download", &id, "-o", dest2.to_str().unwrap()]).await;
+    assert!(std::fs::read(&dest2).unwrap() == bytes);
+
+    // Carol is in no chat with it: refused, exactly like an unknown id.
+    let err = env
+        .fails(&carol, &["download", &id, "-o", dir.path().join("c").to_str().unwrap()])
+        .await;
+    assert!(err.contains("NotFound"), "{err}");
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
