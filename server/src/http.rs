@@ -13,16 +13,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
+use futures::{StreamExt, TryStreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use quip_protocol::MAX_FRAME;
+use quip_protocol::v1;
+use serde_json::{Value, json};
 use tokio_rustls::TlsAcceptor;
 
+use crate::media;
 use crate::quic::HANDSHAKE_TIMEOUT;
+use crate::service::media as records;
+use crate::service::{Actor, ServiceError};
 use crate::session::Shared;
 use crate::tls::Identity;
 use crate::{web, ws};
@@ -56,6 +64,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(WS_PATH, get(websocket))
         .route("/healthz", get(health))
+        .route("/v1/uploads", post(start_upload))
+        .route("/v1/uploads/{id}", put(put_upload))
+        .route("/v1/media/{id}", get(get_media))
         .fallback(get(asset))
         .with_state(shared)
 }
@@ -136,5 +147,209 @@ async fn asset(uri: Uri) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+// ---------------------------------------------------------------- media
+//
+// The HTTPS face of spec/protocol.md §20 for browsers: the same
+// begin/receive/download functions as the QUIC streams, with JSON around
+// them and a bearer token instead of a session.
+
+/// An error as JSON, with the HTTP status that fits its code.
+fn error_response(e: &ServiceError) -> Response {
+    use quip_protocol::v1::ErrorCode as C;
+    let code = e.code();
+    let status = match code {
+        C::InvalidArgument => StatusCode::BAD_REQUEST,
+        C::Unauthenticated => StatusCode::UNAUTHORIZED,
+        C::NotFound => StatusCode::NOT_FOUND,
+        C::UploadIncomplete => StatusCode::CONFLICT,
+        C::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        C::HashMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_response(status, json!({"code": code.as_str_name(), "message": e.to_string()}))
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn media_json(m: &v1::Media) -> Value {
+    json!({
+        "media_id": m.media_id, "size": m.size, "content_type": m.content_type,
+        "sha256": hex(&m.sha256), "file_name": m.file_name,
+    })
+}
+
+fn complete_json(done: &v1::UploadComplete) -> Value {
+    json!({
+        "media": done.media.as_ref().map(media_json),
+        "deduplicated": done.deduplicated,
+    })
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Actor, ServiceError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ServiceError::Unauthenticated("send Authorization: Bearer <session token>".into()))?;
+    shared.actor_for_bearer(token.trim())
+}
+
+/// `POST /v1/uploads`: starts (or finds, to resume) an upload.
+async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let r = async {
+        let actor = bearer(&shared, &headers)?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ServiceError::InvalidArgument(format!("body must be JSON: {e}")))?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let sha = field("sha256");
+        let sha256 = (0..sha.len() / 2)
+            .map(|i| u8::from_str_radix(sha.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| ServiceError::InvalidArgument("sha256 must be 64 hex digits".into()))?;
+        let req = v1::UploadRequest {
+            upload_id: field("upload_id"),
+            size: v.get("size").and_then(Value::as_u64).unwrap_or(0),
+            sha256: sha256.into(),
+            content_type: field("content_type"),
+            file_name: field("file_name"),
+        };
+        let begun = media::begin_upload(&*shared.store, &shared.media, &actor, &req).await?;
+        Ok::<_, ServiceError>(match begun.done {
+            Some(done) => complete_json(&done),
+            None => json!({"upload_id": records::id_to_string(&begun.id), "offset": begun.offset}),
+        })
+    }
+    .await;
+    match r {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `PUT /v1/uploads/{id}`: the bytes from the server's offset to the end.
+async fn put_upload(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let actor = bearer(&shared, &headers)?;
+        let (media_id, rec) = crate::store::read(&*shared.store, |t| records::own(t, &actor, &id))?;
+        if rec.complete {
+            let done = crate::store::write(&*shared.store, move |t| records::complete(t, &media_id)).await?;
+            return Ok(v1::UploadComplete {
+                media: Some(done.media),
+                deduplicated: false,
+            });
+        }
+        let claimed = headers
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if claimed != Some(rec.received) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "Upload-Offset must be the server's offset, {}",
+                rec.received
+            )));
+        }
+        let bytes = body.into_data_stream().map_err(std::io::Error::other).boxed();
+        media::receive_upload(&shared.store, &shared.media, media_id, rec.received, bytes).await
+    }
+    .await;
+    match r {
+        Ok(done) => json_response(StatusCode::OK, complete_json(&done)),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// A `Range: bytes=A-B` / `bytes=A-` header as (offset, length; 0 = to the end).
+fn parse_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let spec = v.to_str().map_err(|_| ())?.strip_prefix("bytes=").ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let start: u64 = a.trim().parse().map_err(|_| ())?;
+    match b.trim() {
+        "" => Ok(Some((start, 0))),
+        end => {
+            let end: u64 = end.parse().map_err(|_| ())?;
+            if end < start {
+                return Err(());
+            }
+            Ok(Some((start, end - start + 1)))
+        }
+    }
+}
+
+/// `GET /v1/media/{id}`: the bytes, whole or a range.
+async fn get_media(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match bearer(&shared, &headers) {
+        Ok(a) => a,
+        Err(e) => return error_response(&e),
+    };
+    let Ok(range) = parse_range(&headers) else {
+        return (StatusCode::RANGE_NOT_SATISFIABLE, "unsupported Range header\n").into_response();
+    };
+    let (offset, length) = range.unwrap_or((0, 0));
+    let req = v1::DownloadRequest {
+        media_id: id,
+        offset,
+        length,
+    };
+    let (ready, chunks) = match media::open_download(&*shared.store, &shared.media, &actor, &req) {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let m = ready.media.clone().unwrap_or_default();
+    if range.is_some() && offset >= m.size {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{}", m.size))],
+        )
+            .into_response();
+    }
+    let mut resp = Response::new(Body::from_stream(chunks));
+    *resp.status_mut() = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = resp.headers_mut();
+    let ct = HeaderValue::from_str(&m.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, ct);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(ready.length));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", hex(&m.sha256))) {
+        h.insert(header::ETAG, etag);
+    }
+    if range.is_some() && ready.length > 0 {
+        let last = ready.offset + ready.length - 1;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{last}/{}", ready.offset, m.size)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
     resp
 }

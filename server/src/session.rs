@@ -100,6 +100,31 @@ impl Shared {
         quip_protocol::MAX_FRAME
     }
 
+    /// The actor behind an HTTP request's bearer token, charged one request
+    /// against its device's budget (the one its connections share).
+    pub fn actor_for_bearer(&self, token: &str) -> Result<Actor, ServiceError> {
+        let (actor, _) = self
+            .authenticate(token)?
+            .ok_or_else(|| ServiceError::Unauthenticated("invalid, expired or revoked token".into()))?;
+        let now = Instant::now();
+        let bucket = self.device_limits.get_with((actor.user_id, actor.device_id), || {
+            Arc::new(Mutex::new(TokenBucket::new(
+                self.config.rate_limit,
+                self.config.rate_burst,
+                now,
+            )))
+        });
+        if let Err(wait) = bucket.lock().expect("limiter lock").try_take(now) {
+            return Err(ServiceError::RateLimited {
+                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+            });
+        }
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ServiceError::Unavailable);
+        }
+        Ok(actor)
+    }
+
     /// Resolves a token to its actor, through the cache.
     /// Expired tokens count as unknown.
     fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32])>, ServiceError> {

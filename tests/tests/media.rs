@@ -547,3 +547,181 @@ async fn the_s3_backend_round_trips_through_a_loopback_s3_server() {
     assert_eq!(chunk_files(&s3_root.join("quip-media")).len(), 3);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn browsers_upload_resume_and_download_over_https_through_the_same_store() {
+    use common::https::request;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice_quic, alice_token) = server.user("alice").await;
+    let (bob, bob_token) = server.user("bob").await;
+    let (_carol, carol_token) = server.user("carol").await;
+    let auth = |t: &str| format!("Bearer {t}");
+    let bytes = random_bytes(2 * MIB + 500);
+    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let decl =
+        serde_json::json!({"size": bytes.len(), "sha256": sha, "content_type": "image/png", "file_name": "p.png"});
+
+    // No token, a bad token: 401 with a typed JSON error.
+    let r = request(&server, "POST", "/v1/uploads", &[], decl.to_string().as_bytes()).await;
+    assert_eq!((r.status, r.json()["code"].as_str()), (401, Some("UNAUTHENTICATED")));
+    let r = request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", "Bearer nope")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Start, send the first 1.5 MiB only (the browser's tab closed), resume.
+    let a = auth(&alice_token);
+    let r = request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &a)],
+        decl.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["offset"], 0);
+    let path = format!("/v1/uploads/{id}");
+    let r = request(
+        &server,
+        "PUT",
+        &path,
+        &[("Authorization", &a), ("Upload-Offset", "0")],
+        &bytes[..3 * MIB as usize / 2],
+    )
+    .await;
+    assert_eq!((r.status, r.json()["code"].as_str()), (409, Some("UPLOAD_INCOMPLETE")));
+    let mut resume = decl.clone();
+    resume["upload_id"] = id.clone().into();
+    let r = request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &a)],
+        resume.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["offset"], MIB, "whole chunks kept");
+    // A wrong offset is refused without touching the upload.
+    let r = request(
+        &server,
+        "PUT",
+        &path,
+        &[("Authorization", &a), ("Upload-Offset", "5")],
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = request(
+        &server,
+        "PUT",
+        &path,
+        &[("Authorization", &a), ("Upload-Offset", &MIB.to_string())],
+        &bytes[MIB as usize..],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let done = r.json();
+    assert_eq!(done["media"]["media_id"].as_str(), Some(id.as_str()));
+    assert_eq!(done["media"]["sha256"].as_str(), Some(sha.as_str()));
+
+    // Sent over QUIC, downloaded by bob over HTTPS (whole and a range) and
+    // over QUIC: one store behind both transports.
+    let media = v1::Media {
+        media_id: id.clone(),
+        ..Default::default()
+    };
+    send_media(&alice_quic, "bob", &media, "").await.unwrap();
+    let b = auth(&bob_token);
+    let r = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{id}"),
+        &[("Authorization", &b)],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(r.header("etag"), Some(format!("\"{sha}\"").as_str()));
+    assert!(r.body == bytes, "whole body");
+    let r = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{id}"),
+        &[("Authorization", &b), ("Range", "bytes=1048570-1048589")],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 1048570-1048589/{}", bytes.len()).as_str())
+    );
+    assert_eq!(r.body, &bytes[1_048_570..1_048_590]);
+    let r = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{id}"),
+        &[("Authorization", &b), ("Range", "bytes=99999999-")],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(download(&bob, &id, 0, 0).await.unwrap(), bytes);
+
+    // Carol: the same 404 as for an id that does not exist.
+    let c = auth(&carol_token);
+    let real = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{id}"),
+        &[("Authorization", &c)],
+        &[],
+    )
+    .await;
+    let fake_id = "0123456789abcdef0123456789abcdef";
+    let fake = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{fake_id}"),
+        &[("Authorization", &c)],
+        &[],
+    )
+    .await;
+    assert_eq!((real.status, fake.status), (404, 404));
+    assert_eq!(
+        String::from_utf8_lossy(&real.body).replace(&id, "ID"),
+        String::from_utf8_lossy(&fake.body).replace(fake_id, "ID")
+    );
+
+    // A hash mismatch over HTTPS: 422, nothing kept.
+    let mut bad = decl.clone();
+    bad["sha256"] = "00".repeat(32).into();
+    let r = request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &a)],
+        bad.to_string().as_bytes(),
+    )
+    .await;
+    let bad_id = r.json()["upload_id"].as_str().unwrap().to_owned();
+    let r = request(
+        &server,
+        "PUT",
+        &format!("/v1/uploads/{bad_id}"),
+        &[("Authorization", &a), ("Upload-Offset", "0")],
+        &bytes,
+    )
+    .await;
+    assert_eq!((r.status, r.json()["code"].as_str()), (422, Some("HASH_MISMATCH")));
+    server.stop().await;
+}

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::ws::{self, WsClient};
@@ -15,37 +14,15 @@ use quip_client::Client;
 use quip_protocol::v1::{self, ErrorCode};
 use quip_protocol::{Body, CloseCode, Envelope};
 use quip_server::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A plain HTTPS GET: the status line, the headers and the body.
+/// A GET through the test HTTPS client: (status line, headers, body), as
+/// the assertions below read them.
 async fn get(server: &TestServer, path: &str) -> (String, String, Vec<u8>) {
-    let pem = std::fs::read(&server.ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &pem[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(server.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(T, s.read_to_end(&mut raw)).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
-    (status.to_string(), headers.to_lowercase(), raw[split + 4..].to_vec())
+    let r = common::https::get(server, path).await;
+    (r.status.to_string(), r.headers, r.body)
 }
 
 #[tokio::test]

@@ -88,17 +88,23 @@ pub fn create(txn: &mut dyn Txn, actor: &Actor, req: &v1::UploadRequest, id: &Me
     rec
 }
 
+/// One of the caller's own uploads (complete or not).
+pub fn own(txn: &mut dyn ReadTxn, actor: &Actor, wire_id: &str) -> Result<(MediaId, MediaRecord), ServiceError> {
+    let id = parse_id(wire_id)?;
+    let rec: MediaRecord = records::get(txn, &keys::media(&id))?.ok_or_else(|| not_found(wire_id))?;
+    if rec.owner != actor.user_id {
+        return Err(not_found(wire_id));
+    }
+    Ok((id, rec))
+}
+
 /// An upload to resume: the caller's own, with the same declaration.
 pub fn resume(
     txn: &mut dyn ReadTxn,
     actor: &Actor,
     req: &v1::UploadRequest,
 ) -> Result<(MediaId, MediaRecord), ServiceError> {
-    let id = parse_id(&req.upload_id)?;
-    let rec: MediaRecord = records::get(txn, &keys::media(&id))?.ok_or_else(|| not_found(&req.upload_id))?;
-    if rec.owner != actor.user_id {
-        return Err(not_found(&req.upload_id));
-    }
+    let (id, rec) = own(txn, actor, &req.upload_id)?;
     if rec.size != req.size || rec.sha256[..] != req.sha256[..] {
         return Err(ServiceError::InvalidArgument(
             "a resumed upload must declare the same size and sha256 as when it started".into(),

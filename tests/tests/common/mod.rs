@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod https;
 pub mod relay;
 pub mod ws;
 
