@@ -278,7 +278,7 @@ async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader,
         Ok(b) => Envelope::new(id, b),
         Err(e) => Envelope::new(id, Body::Error(e.to_wire())),
     };
-    let actor = match session.admit_media().await {
+    let (actor, _slot) = match session.admit_media().await {
         Ok(a) => a,
         Err(e) => {
             let _ = write_envelope(&mut send, &reply(Err(e))).await;

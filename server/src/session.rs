@@ -235,7 +235,14 @@ pub struct Session {
     /// False until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
     handshake_done: tokio::sync::watch::Sender<bool>,
+    /// Media transfers this connection may run at once.
+    media_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Media transfers one connection may run at once: each may buffer a 1 MiB
+/// chunk plus a stream's flow-control window, so this bounds a connection's
+/// media memory at about 8 MiB.
+pub const MEDIA_STREAMS_PER_CONNECTION: usize = 4;
 
 /// How long a request that is not replay-safe, read before the handshake
 /// completed, waits for it before being refused with `TOO_EARLY`. A real
@@ -277,6 +284,7 @@ impl Session {
             handshake_done: tokio::sync::watch::Sender::new(true),
             peer,
             background: AtomicBool::new(false),
+            media_slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_STREAMS_PER_CONNECTION)),
         })
     }
 
@@ -448,7 +456,12 @@ impl Session {
     /// Admits the request that opens a media stream: like any request it
     /// needs a login, counts against the rate limit, and waits for a 0-RTT
     /// handshake to complete (an upload creates state; a replay must not).
-    pub async fn admit_media(&self) -> Result<Actor, ServiceError> {
+    pub async fn admit_media(&self) -> Result<(Actor, tokio::sync::OwnedSemaphorePermit), ServiceError> {
+        let slot = self.media_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::LimitExceeded(format!(
+                "at most {MEDIA_STREAMS_PER_CONNECTION} media transfers per connection at once"
+            ))
+        })?;
         let mut done = self.handshake_done.subscribe();
         if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
             return Err(ServiceError::TooEarly);
@@ -461,7 +474,7 @@ impl Session {
         if self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
         }
-        self.actor()
+        Ok((self.actor()?, slot))
     }
 
     /// The server's shared state.

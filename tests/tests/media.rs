@@ -725,3 +725,72 @@ async fn browsers_upload_resume_and_download_over_https_through_the_same_store()
     assert_eq!((r.status, r.json()["code"].as_str()), (422, Some("HASH_MISMATCH")));
     server.stop().await;
 }
+
+/// A file that never yields a byte: an upload stalled mid-way.
+struct Stalled;
+
+impl AsyncRead for Stalled {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncSeek for Stalled {
+    fn start_seek(self: std::pin::Pin<&mut Self>, _: std::io::SeekFrom) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        std::task::Poll::Ready(Ok(0))
+    }
+}
+
+#[tokio::test]
+async fn media_transfers_per_connection_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let alice = std::sync::Arc::new(alice);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let mut stalled = Vec::new();
+    for i in 0..quip_server::session::MEDIA_STREAMS_PER_CONNECTION {
+        let (alice, tx) = (alice.clone(), tx.clone());
+        stalled.push(tokio::spawn(async move {
+            let s = spec(&random_bytes(100), &format!("s{i}"));
+            let _ = alice
+                .upload(&s, &mut Stalled, |p| {
+                    if matches!(p, Progress::Started { .. }) {
+                        let _ = tx.try_send(());
+                    }
+                })
+                .await;
+        }));
+    }
+    for _ in 0..quip_server::session::MEDIA_STREAMS_PER_CONNECTION {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap();
+    }
+    let e = upload(&alice, b"one too many", "x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitExceeded), "{e}");
+    // Messages still flow on the connection.
+    server.user("bob").await;
+    alice.send_text("bob", "still here").await.unwrap();
+    // When a transfer ends, its slot is free again.
+    stalled.pop().unwrap().abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match upload(&alice, b"now it fits", "y").await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(ErrorCode::LimitExceeded) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    server.stop().await;
+}
