@@ -1,5 +1,6 @@
 //! The web client in a real headless Chromium, driven by Playwright
-//! (`web/e2e/chat.mjs`), against a real quipd in this process; a third user
+//! (`web/e2e/chat.mjs`), against a real quipd in this process (WebSocket
+//! and the HTTPS media endpoints); a third user
 //! on the real `quip` CLI over QUIC joins the conversation. Needs Node.js,
 //! `web/node_modules` and Debian's chromium: `scripts/install-test-deps.sh`
 //! installs them (the README's test command runs it). Without them this
@@ -81,15 +82,31 @@ async fn two_browsers_and_a_cli_user_chat_through_the_web_client() {
     // What the browsers did is in the store, as QUIC clients see it.
     let alice = Client::connect(&opts).await.unwrap();
     alice.login("alice", ALICE_PASSWORD, "check").await.unwrap();
-    let texts: Vec<String> = alice
-        .history("bob", 0, 10)
-        .await
-        .unwrap()
-        .messages
+    let history = alice.history("bob", 0, 10).await.unwrap().messages;
+    let texts: Vec<&str> = history
         .iter()
-        .map(|m| m.content.as_ref().unwrap().text.clone())
+        .map(|m| m.content.as_ref().unwrap().text.as_str())
         .collect();
-    assert_eq!(texts, ["hi alice", "hello bob"], "newest first");
+    assert_eq!(texts, ["a picture", "hi alice", "hello bob"], "newest first");
+    // The picture the browser uploaded over HTTPS downloads over QUIC, and
+    // its bytes match the hash the browser declared.
+    let media = history[0]
+        .content
+        .as_ref()
+        .unwrap()
+        .media
+        .clone()
+        .expect("a media message");
+    assert_eq!(
+        (media.content_type.as_str(), media.file_name.as_str()),
+        ("image/png", "sidebar.png")
+    );
+    let mut png = Vec::new();
+    alice.download(&media.media_id, 0, 0, &mut png, |_| {}).await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let mut cursor = std::io::Cursor::new(png);
+    let (size, sha) = quip_client::media::hash(&mut cursor).await.unwrap();
+    assert_eq!((size, &sha[..]), (media.size, &media.sha256[..]));
     let chats = alice.chats().await.unwrap();
     let with_bob = chats.iter().find(|c| c.peer == "bob").unwrap();
     assert!(with_bob.peer_read_seq >= 1, "bob's read receipt is stored");

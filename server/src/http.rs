@@ -44,7 +44,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The web client's Content-Security-Policy: its own scripts, styles and
 /// connections only, never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                   img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN).
 pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {

@@ -1,7 +1,8 @@
 // The web client end to end in a real headless Chromium: two browser
 // contexts are two users (alice logs in, bob registers), they chat with
-// live delivery, ticks turning to read, typing and presence; alice pages
-// back through history; carol, on the `quip` CLI over QUIC, joins in.
+// live delivery, ticks turning to read, typing and presence, a picture
+// uploaded over HTTPS and shown inline; alice pages back through history;
+// carol, on the `quip` CLI over QUIC, joins in.
 //
 // Run by client-cli/tests/browser.rs, which starts quipd and seeds data,
 // with: QUIP_URL, QUIP_SERVER, QUIP_CA, QUIP_BIN, QUIP_CAROL_HOME,
@@ -112,6 +113,16 @@ try {
   await bob.press('#composer-input', 'Enter');
   await expectText(alice.locator('.msg:not(.mine)'), 'hi alice');
   await bob.locator('.msg.mine[data-status="read"]', { hasText: 'hi alice' }).waitFor();
+
+  step('alice sends a picture (HTTPS upload, then a media message); bob sees it inline');
+  const picture = await alice.screenshot({ clip: { x: 0, y: 0, width: 160, height: 90 } });
+  await alice.fill('#composer-input', 'a picture');
+  await alice.setInputFiles('#attach', { name: 'sidebar.png', mimeType: 'image/png', buffer: picture });
+  const loaded = () => [...document.querySelectorAll('.msg img.media')].some((i) => i.naturalWidth === 160);
+  await bob.waitForFunction(loaded, null, { timeout: T });
+  await expectText(bob.locator('.msg'), 'a picture');
+  await alice.waitForFunction(loaded, null, { timeout: T });
+  await alice.locator('.msg.mine:not([data-status="pending"])', { hasText: 'a picture' }).waitFor();
 
   step('carol, on the quip CLI over QUIC, messages alice; alice answers from the browser');
   quip('register', 'carol');

@@ -10,6 +10,7 @@
 
 import protobuf from 'protobufjs/minimal.js';
 import Long from 'long';
+import { sha256 } from '@noble/hashes/sha2';
 import { quip } from '../gen/quip.js';
 
 // 64-bit ids and positions stay exact (as decimal strings in decoded objects).
@@ -19,6 +20,8 @@ protobuf.configure();
 const TOKEN_KEY = 'quip.token';
 const HISTORY_PAGE = 50;
 const TYPING_EVERY_MS = 3000;
+// Files are hashed and uploaded in slices: never read whole into memory.
+const SLICE = 1 << 20;
 const DECODE = { longs: String, enums: String, defaults: true, oneofs: true };
 
 const $ = (id) => document.getElementById(id);
@@ -146,6 +149,7 @@ class App {
     this.ackedPos = 0n;
     this.receipts = { DELIVERED: new Map(), READ: new Map() }; // chat_id -> seq to send
     this.backoff = 1000;
+    this.mediaUrls = new Map(); // media id -> Promise of an object URL
     this.bind();
   }
 
@@ -156,6 +160,11 @@ class App {
     $('new-chat-form').addEventListener('submit', (e) => { e.preventDefault(); this.startChat($('new-chat').value.trim()); });
     $('composer').addEventListener('submit', (e) => { e.preventDefault(); this.send(); });
     $('composer-input').addEventListener('input', () => this.sendTyping());
+    $('attach').addEventListener('change', (e) => {
+      const file = e.target.files[0];
+      e.target.value = '';
+      if (file) this.sendFile(file);
+    });
     $('load-earlier').addEventListener('click', () => this.loadEarlier());
     document.addEventListener('visibilitychange', () => this.markRead());
   }
@@ -518,6 +527,102 @@ class App {
     }
   }
 
+  // ---------------------------------------------------------------- media
+
+  /** HTTPS media endpoints (spec §20.4), with this device's token. */
+  async api(method, path, body, headers = {}) {
+    const token = localStorage.getItem(TOKEN_KEY) || '';
+    const r = await fetch(path, { method, body, headers: { Authorization: `Bearer ${token}`, ...headers } });
+    if (!r.ok) {
+      const e = await r.json().catch(() => ({ code: String(r.status), message: r.statusText }));
+      throw new QuipError(e);
+    }
+    return r;
+  }
+
+  /** Hashes, uploads (resuming after a failure) and sends a file. */
+  async sendFile(file) {
+    if (!this.open) return;
+    const status = (t) => { $('upload-status').textContent = t; };
+    const target = this.open;
+    const caption = $('composer-input').value;
+    $('composer-input').value = '';
+    try {
+      status(`Hashing ${file.name}…`);
+      const h = sha256.create();
+      for (let at = 0; at < file.size; at += SLICE) {
+        h.update(new Uint8Array(await file.slice(at, at + SLICE).arrayBuffer()));
+      }
+      const hex = [...h.digest()].map((b) => b.toString(16).padStart(2, '0')).join('');
+      const decl = { size: file.size, sha256: hex, content_type: file.type || 'application/octet-stream', file_name: file.name };
+      let media = null;
+      let uploadId = '';
+      for (let attempt = 0; !media && attempt < 5; attempt++) {
+        const start = await (await this.api('POST', '/v1/uploads', JSON.stringify({ ...decl, upload_id: uploadId }))).json();
+        if (start.media) { media = start.media; break; }
+        uploadId = start.upload_id;
+        status(`Uploading ${file.name} (${Math.round((100 * start.offset) / file.size)}%)…`);
+        try {
+          const done = await this.api('PUT', `/v1/uploads/${uploadId}`, file.slice(start.offset), { 'Upload-Offset': String(start.offset) });
+          media = (await done.json()).media;
+        } catch (e) {
+          if (e.code !== 'UPLOAD_INCOMPLETE' && !(e instanceof TypeError)) throw e; // else resume
+        }
+      }
+      if (!media) throw new Error('upload did not complete');
+      status('');
+      const m = {
+        client_msg_id: crypto.randomUUID(),
+        sender: this.me,
+        content: { text: caption, media: { media_id: media.media_id, file_name: file.name } },
+        sent_at_ms: String(Date.now()),
+        seq: null,
+        chat_id: target.draft ? null : target,
+        to_user: target.draft || '',
+      };
+      m.content.media.content_type = decl.content_type;
+      this.unsent.push(m);
+      if (this.open === target) { this.messages.push(m); this.renderMessages(true); }
+      this.deliver(m);
+    } catch (e) {
+      status(`Could not send ${file.name}: ${e.message}`);
+    }
+  }
+
+  /** An image inline, anything else as a download link. */
+  mediaElement(media) {
+    const box = el('div', 'media-box');
+    const name = media.file_name || 'file';
+    // One fetch per media id: renders reuse the object URL.
+    const load = () => {
+      if (!this.mediaUrls.has(media.media_id)) {
+        const url = this.api('GET', `/v1/media/${media.media_id}`).then(async (r) => URL.createObjectURL(await r.blob()));
+        url.catch(() => this.mediaUrls.delete(media.media_id));
+        this.mediaUrls.set(media.media_id, url);
+      }
+      return this.mediaUrls.get(media.media_id);
+    };
+    if ((media.content_type || '').startsWith('image/')) {
+      const img = el('img', 'media');
+      img.alt = name;
+      img.dataset.mediaId = media.media_id;
+      load().then((u) => { img.src = u; }, () => { img.alt = `${name} (unavailable)`; });
+      box.append(img);
+    } else {
+      const a = el('a', 'file', `File: ${name} (${num(media.size)} bytes)`);
+      a.href = '#';
+      a.addEventListener('click', async (e) => {
+        e.preventDefault();
+        const link = document.createElement('a');
+        link.href = await load();
+        link.download = name;
+        link.click();
+      });
+      box.append(a);
+    }
+    return box;
+  }
+
   sendTyping() {
     if (!this.open || this.open.draft) return;
     const now = Date.now();
@@ -607,6 +712,7 @@ class App {
       const mine = m.sender === this.me;
       if (mine) li.classList.add('mine');
       if (!mine && chat && chat.kind !== 'DIRECT') li.append(el('div', 'from', m.sender));
+      if (m.content && m.content.media && m.content.media.media_id) li.append(this.mediaElement(m.content.media));
       li.append(el('div', 'text', (m.content && m.content.text) || ''));
       const meta = el('div', 'meta', time(m.sent_at_ms));
       if (mine) {
