@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
@@ -48,15 +47,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 /// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN).
 pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 unavailable")?
-        .with_no_client_auth()
-        .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .context("certificate and key do not match")?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(tls)))
+    Ok(TlsAcceptor::from(Arc::new(crate::tls::server_config(id, b"http/1.1")?)))
 }
 
 /// The routes.

@@ -102,14 +102,7 @@ impl Server {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("TLS 1.3 unavailable")?
-            .with_no_client_auth()
-            .with_single_cert(id.certs.clone(), id.key.clone_key())
-            .context("certificate and key do not match")?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut tls = tls::server_config(&id, ALPN)?;
         // 0-RTT for returning clients (quinn requires u32::MAX to enable
         // it). Resumption is stateful: a ticket is taken from this cache on
         // use, so one ticket's early data is accepted once; what may run

@@ -453,6 +453,21 @@ impl Session {
         }
     }
 
+    /// The checks every request passes first: one not safe to replay waits
+    /// for a 0-RTT handshake to complete (up to [`EARLY_WAIT`]), and each
+    /// is charged against the rate limit.
+    async fn admit(&self, replay_safe: bool) -> Result<(), ServiceError> {
+        if !replay_safe {
+            let mut done = self.handshake_done.subscribe();
+            if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
+                return Err(ServiceError::TooEarly);
+            }
+        }
+        self.take_token().map_err(|wait| ServiceError::RateLimited {
+            retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+        })
+    }
+
     /// Admits the request that opens a media stream: like any request it
     /// needs a login, counts against the rate limit, and waits for a 0-RTT
     /// handshake to complete (an upload creates state; a replay must not).
@@ -462,15 +477,7 @@ impl Session {
                 "at most {MEDIA_STREAMS_PER_CONNECTION} media transfers per connection at once"
             ))
         })?;
-        let mut done = self.handshake_done.subscribe();
-        if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
-            return Err(ServiceError::TooEarly);
-        }
-        if let Err(wait) = self.take_token() {
-            return Err(ServiceError::RateLimited {
-                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-            });
-        }
+        self.admit(false).await?;
         if self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
         }
@@ -538,17 +545,7 @@ impl Session {
                 "Hello is only valid as the first frame of the connection",
             )));
         }
-        if !Self::allowed_early(&body) {
-            let mut done = self.handshake_done.subscribe();
-            if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
-                return Err(ServiceError::TooEarly);
-            }
-        }
-        if let Err(wait) = self.take_token() {
-            return Err(ServiceError::RateLimited {
-                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-            });
-        }
+        self.admit(Self::allowed_early(&body)).await?;
         let writes = !matches!(
             body,
             Body::Whoami(_)

@@ -68,3 +68,16 @@ fn dev_identity(data_dir: &Path) -> anyhow::Result<Identity> {
         dev_cert_path: Some(cert_path),
     })
 }
+
+/// A TLS 1.3-only server configuration for `id`, offering `alpn`.
+pub fn server_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
