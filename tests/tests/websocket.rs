@@ -458,3 +458,69 @@ async fn a_browser_that_stops_reading_is_disconnected_and_resyncs() {
     assert_eq!(texts, want);
     server.stop().await;
 }
+
+/// The next presence event about `user` seen by a QUIC client.
+async fn presence_of(c: &Client, user: &str) -> v1::Presence {
+    loop {
+        let e = tokio::time::timeout(T, c.next_event())
+            .await
+            .expect("presence in time")
+            .expect("open");
+        if let Some(v1::event::Kind::Presence(p)) = e.kind
+            && p.user == user
+        {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_browser_is_timed_out_and_goes_offline_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.idle_timeout_secs = 1;
+    config.presence_grace_secs = 2.0;
+    let server = TestServer::start_with(config).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, bob_token) = ws_user(&server, "bob").await;
+    bob.request(send_to("alice", "hi", "h1")).await.unwrap(); // now contacts
+    common::next_message(&alice).await;
+
+    // A clean close (code 1000) ends presence at once.
+    bob.close().await;
+    assert!(!presence_of(&alice, "bob").await.online);
+
+    // Bob's browser comes back, then its tab freezes: it neither sends nor
+    // reads, so it never answers the server's pings.
+    let mut frozen = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
+        .await
+        .unwrap();
+    let hello = v1::Hello {
+        versions: vec![1],
+        token: bob_token,
+        ..Default::default()
+    };
+    frozen.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
+    assert!(presence_of(&alice, "bob").await.online);
+    let frozen_at = std::time::Instant::now();
+    // Silence for the idle timeout (1 s) ends the connection; the grace
+    // period (2 s, counted from the last message heard) then ends presence.
+    let p = presence_of(&alice, "bob").await;
+    let took = frozen_at.elapsed();
+    assert!(!p.online);
+    assert!(
+        took >= Duration::from_millis(1500),
+        "offline after {took:?}: idle timeout and grace not respected"
+    );
+    // The server closed the socket: reading it now ends (after any pings).
+    let ended = tokio::time::timeout(T, async {
+        while let Some(Ok(m)) = frozen.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server ended the silent connection");
+    server.stop().await;
+}
