@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use quip_protocol::{Body, CloseCode, Envelope, frame_bytes};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::service::{Delivery, Notification};
 
@@ -58,6 +58,16 @@ impl Closer {
     }
 }
 
+/// The sending side of a connection's push queue.
+pub type PushSender = flume::Sender<Push>;
+/// The receiving side, drained by the connection's writer.
+pub type PushReceiver = flume::Receiver<Push>;
+
+/// A connection's push queue, holding at most `capacity` frames.
+pub fn push_queue(capacity: usize) -> (PushSender, PushReceiver) {
+    flume::bounded(capacity.max(1))
+}
+
 /// A connected, authenticated device.
 #[derive(Debug, Clone)]
 pub struct DeviceHandle {
@@ -66,7 +76,7 @@ pub struct DeviceHandle {
     /// The device.
     pub device_id: u32,
     /// Its push queue.
-    pub tx: mpsc::Sender<Push>,
+    pub tx: PushSender,
     /// Closes it.
     pub closer: Arc<Closer>,
 }
@@ -80,12 +90,12 @@ fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes, unreliable: bool) {
         unreliable,
     }) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) if unreliable => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(flume::TrySendError::Full(_)) if unreliable => {}
+        Err(flume::TrySendError::Full(_)) => {
             d.closer
                 .close(CloseCode::SlowConsumer, "push queue full: reconnect and sync");
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(flume::TrySendError::Disconnected(_)) => {}
     }
 }
 

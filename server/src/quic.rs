@@ -14,9 +14,8 @@ use futures::StreamExt;
 use quip_protocol::v1;
 use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
-use crate::hub::{Closer, Push};
+use crate::hub::{Closer, PushReceiver};
 use crate::media;
 use crate::presence::Ended;
 use crate::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
@@ -61,7 +60,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         },
     };
     let (closer, mut close_rx) = Closer::new();
-    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
+    let (push_tx, push_rx) = crate::hub::push_queue(shared.config.push_queue);
     let session = Session::new(shared.clone(), closer.clone(), push_tx, conn.remote_address().ip());
     if let Some(accepted) = accepted {
         session.set_early(true);
@@ -388,9 +387,9 @@ impl ReplySink for QuicReplies {
 /// Writes pushed events to their lanes, opening lanes on first use.
 /// Unreliable events go as datagrams where the client accepts them and they
 /// fit; otherwise on the lane like any event.
-async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>, lanes: u32) {
+async fn push_loop(conn: quinn::Connection, rx: PushReceiver, lanes: u32) {
     let mut streams: Vec<Option<quinn::SendStream>> = (0..lanes).map(|_| None).collect();
-    while let Some(push) = rx.recv().await {
+    while let Ok(push) = rx.recv_async().await {
         if push.unreliable {
             let body = quip_protocol::frame_body(&push.frame);
             if conn.max_datagram_size().is_some_and(|max| body.len() <= max) {

@@ -16,11 +16,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use quip_protocol::v1::{self, ChatAction, ChatKind, ErrorCode, ReceiptKind};
 use quip_protocol::{Body, CloseCode, Envelope, negotiate_version};
-use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::fanout::Fanout;
-use crate::hub::{Closer, DeviceHandle, Hub, Push};
+use crate::hub::{Closer, DeviceHandle, Hub, PushSender};
 use crate::liveness::Liveness;
 use crate::media::MediaStore;
 use crate::presence::Ended;
@@ -225,7 +224,7 @@ pub struct Session {
     /// Budget while anonymous; a logged-in connection uses its device's.
     limiter: Mutex<TokenBucket>,
     closer: Arc<Closer>,
-    push_tx: mpsc::Sender<Push>,
+    push_tx: PushSender,
     /// Set by logout: close the connection once the reply is sent.
     close_after_reply: Mutex<Option<CloseCode>>,
     /// The client's IP address (login throttling).
@@ -265,12 +264,7 @@ fn err(id: u64, e: &ServiceError) -> Envelope {
 
 impl Session {
     /// A session for a new connection; pushed frames go to `push_tx`.
-    pub fn new(
-        shared: Arc<Shared>,
-        closer: Arc<Closer>,
-        push_tx: mpsc::Sender<Push>,
-        peer: std::net::IpAddr,
-    ) -> Arc<Self> {
+    pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: PushSender, peer: std::net::IpAddr) -> Arc<Self> {
         let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now());
         Arc::new(Self {

@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use quip_protocol::{CloseCode, Envelope, FrameError, MAX_FRAME};
 use tokio::sync::mpsc;
 
-use crate::hub::{Closer, Push};
+use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
 use crate::quic::HANDSHAKE_TIMEOUT;
 use crate::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
@@ -46,7 +46,7 @@ enum Out {
 /// Drives one upgraded WebSocket to its end.
 pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::IpAddr) {
     let (closer, mut close_rx) = Closer::new();
-    let (push_tx, push_rx) = mpsc::channel(shared.config.push_queue.max(1));
+    let (push_tx, push_rx) = crate::hub::push_queue(shared.config.push_queue);
     let session = Session::new(shared.clone(), closer, push_tx, peer);
     let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
     let (sink, stream) = socket.split();
@@ -97,7 +97,7 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut out: mpsc::Receiver<Out>,
-    mut pushes: mpsc::Receiver<Push>,
+    pushes: PushReceiver,
     ping_every: Duration,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -113,7 +113,7 @@ async fn write_loop(
                 }
                 None => return,
             },
-            Some(p) = pushes.recv() => Message::Binary(quip_protocol::frame_body(&p.frame)),
+            Ok(p) = pushes.recv_async() => Message::Binary(quip_protocol::frame_body(&p.frame)),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         if sink.send(msg).await.is_err() {
