@@ -157,7 +157,7 @@ async fn run(input: Input) {
     let mut queues = Vec::new(); // pushes are not under test; keep the queues open
     for t in &tokens {
         let (closer, close_rx) = Closer::new();
-        let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
+        let (tx, rx) = quip_server::hub::push_queue(1 << 16);
         queues.push((rx, close_rx));
         let s = Session::new(shared.clone(), closer, tx, "127.0.0.1".parse().unwrap());
         let hello = Envelope::new(
