@@ -169,14 +169,10 @@ fn json_response(status: StatusCode, v: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn media_json(m: &v1::Media) -> Value {
     json!({
         "media_id": m.media_id, "size": m.size, "content_type": m.content_type,
-        "sha256": hex(&m.sha256), "file_name": m.file_name,
+        "sha256": records::hex(&m.sha256), "file_name": m.file_name,
     })
 }
 
@@ -240,9 +236,8 @@ async fn put_upload(
         let actor = bearer(&shared, &headers)?;
         let (media_id, rec) = crate::store::read(&*shared.store, |t| records::own(t, &actor, &id))?;
         if rec.complete {
-            let done = crate::store::write(&*shared.store, move |t| records::complete(t, &media_id)).await?;
             return Ok(v1::UploadComplete {
-                media: Some(done.media),
+                media: Some(records::wire(&media_id, &rec)),
                 deduplicated: false,
             });
         }
@@ -333,7 +328,7 @@ async fn get_media(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", hex(&m.sha256))) {
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", records::hex(&m.sha256))) {
         h.insert(header::ETAG, etag);
     }
     if range.is_some() && ready.length > 0 {

@@ -28,7 +28,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::service::media::{self, MediaId};
+use crate::service::media::{self, MediaId, hex};
 use crate::service::{Actor, ServiceError};
 use crate::store::{self, Store};
 
@@ -46,10 +46,6 @@ pub struct MediaStore {
 
 fn object_error(e: object_store::Error) -> ServiceError {
     ServiceError::Internal(format!("media storage: {e}"))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn chunk_path(upload: &[u8], index: u64) -> Path {

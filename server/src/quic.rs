@@ -273,44 +273,41 @@ async fn serve_stream(
 /// then raw bytes one way, then (for uploads) the final answer.
 async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader, mut send: quinn::SendStream) {
     let id = env.id;
-    let reply = |body: Result<Body, ServiceError>| match body {
-        Ok(b) => Envelope::new(id, b),
-        Err(e) => Envelope::new(id, Body::Error(e.to_wire())),
+    let last = match media_exchange(&session, env, reader, &mut send).await {
+        Ok(Some(body)) => Some(body),
+        Ok(None) => None,
+        Err(e) => Some(Body::Error(e.to_wire())),
     };
-    let (actor, _slot) = match session.admit_media().await {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = write_envelope(&mut send, &reply(Err(e))).await;
-            let _ = send.finish();
-            return;
-        }
-    };
-    let shared = session.shared().clone();
+    if let Some(body) = last {
+        let _ = write_envelope(&mut send, &Envelope::new(id, body)).await;
+    }
+    let _ = send.finish();
+}
+
+/// Runs one transfer; returns the frame that ends the stream (an upload's
+/// result), or the error that refused it. Peer failures end it silently.
+async fn media_exchange(
+    session: &Session,
+    env: Envelope,
+    reader: StreamReader,
+    send: &mut quinn::SendStream,
+) -> Result<Option<Body>, ServiceError> {
+    let (actor, _slot) = session.admit_media().await?;
+    let shared = session.shared();
+    let gone = |_| ServiceError::Unavailable; // the write failed: nobody hears the answer
     match env.body {
         Some(Body::Upload(req)) => {
-            let begun = match media::begin_upload(&*shared.store, &shared.media, &actor, &req).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = write_envelope(&mut send, &reply(Err(e))).await;
-                    let _ = send.finish();
-                    return;
-                }
-            };
+            let begun = media::begin_upload(&*shared.store, &shared.media, &actor, &req).await?;
             if let Some(done) = begun.done {
-                let _ = write_envelope(&mut send, &reply(Ok(Body::UploadComplete(done)))).await;
-                let _ = send.finish();
-                return;
+                return Ok(Some(Body::UploadComplete(done)));
             }
             let ready = v1::UploadReady {
                 upload_id: service::media::id_to_string(&begun.id),
                 offset: begun.offset,
             };
-            if write_envelope(&mut send, &reply(Ok(Body::UploadReady(ready))))
+            write_envelope(send, &Envelope::new(env.id, Body::UploadReady(ready)))
                 .await
-                .is_err()
-            {
-                return;
-            }
+                .map_err(gone)?;
             let (leftover, recv) = reader.into_raw();
             let first = futures::stream::iter((!leftover.is_empty()).then(|| Ok(leftover.freeze())));
             let rest = futures::stream::unfold(recv, |mut recv| async move {
@@ -321,30 +318,22 @@ async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader,
                 }
             });
             let bytes = std::pin::pin!(first.chain(rest));
-            let done = media::receive_upload(&shared.store, &shared.media, begun.id, begun.offset, bytes).await;
-            let _ = write_envelope(&mut send, &reply(done.map(Body::UploadComplete))).await;
-            let _ = send.finish();
+            let done = media::receive_upload(&shared.store, &shared.media, begun.id, begun.offset, bytes).await?;
+            Ok(Some(Body::UploadComplete(done)))
         }
         Some(Body::Download(req)) => {
-            let (ready, mut chunks) = match media::open_download(&*shared.store, &shared.media, &actor, &req) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = write_envelope(&mut send, &reply(Err(e))).await;
-                    let _ = send.finish();
-                    return;
-                }
-            };
-            if write_envelope(&mut send, &reply(Ok(Body::DownloadReady(ready))))
+            let (ready, mut chunks) = media::open_download(&*shared.store, &shared.media, &actor, &req)?;
+            if write_envelope(send, &Envelope::new(env.id, Body::DownloadReady(ready)))
                 .await
                 .is_err()
             {
-                return;
+                return Ok(None);
             }
             while let Some(chunk) = chunks.next().await {
                 match chunk {
                     Ok(b) => {
                         if send.write_chunk(b).await.is_err() {
-                            return;
+                            return Ok(None);
                         }
                     }
                     Err(e) => {
@@ -352,11 +341,11 @@ async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader,
                         // announced length: it retries with a range.
                         tracing::warn!(error = %e, "media download failed midway");
                         let _ = send.reset(quinn::VarInt::from_u32(1));
-                        return;
+                        return Ok(None);
                     }
                 }
             }
-            let _ = send.finish();
+            Ok(None)
         }
         _ => unreachable!("serve_stream checked the body"),
     }

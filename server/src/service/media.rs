@@ -22,7 +22,12 @@ pub type MediaId = [u8; 16];
 
 /// The wire form of an id.
 pub fn id_to_string(id: &MediaId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    hex(id)
+}
+
+/// Lowercase hex: ids, hashes and chunk paths.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses a wire id; anything malformed is simply not found.
