@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the store's hot paths through the domain
 //! functions that use them: appending messages (a batch of sends in one
-//! group commit, with fsync), reading a history page and a sync page.
+//! group commit, with fsync), reading a history page and a sync page, on
+//! each embedded engine.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -11,8 +12,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use quip_protocol::v1;
 use quip_server::service::messages::{self, Page, Target};
 use quip_server::service::{Actor, accounts, log};
-use quip_server::store::embedded::EmbeddedStore;
-use quip_server::store::{self, Store};
+use quip_server::store::{self, EngineKind, Store};
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
@@ -22,14 +22,14 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+fn fixture(engine: EngineKind) -> Fixture {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("bench.redb"), 8192).unwrap());
+    let store = store::open_in(dir.path(), Some(engine), 8192).unwrap();
     let phc = accounts::hash_password("bench password").unwrap();
     let (alice, bob) = rt.block_on(async {
         let mut actors = Vec::new();
@@ -84,8 +84,15 @@ async fn sends(f: &Fixture, from: usize, n: usize) {
 }
 
 fn store_benches(c: &mut Criterion) {
-    let f = fixture();
-    let mut g = c.benchmark_group("store");
+    for engine in [EngineKind::Lsm, EngineKind::Redb] {
+        engine_benches(c, engine);
+    }
+}
+
+/// The same benchmarks on each embedded engine, as group `store/<engine>`.
+fn engine_benches(c: &mut Criterion, engine: EngineKind) {
+    let f = fixture(engine);
+    let mut g = c.benchmark_group(format!("store/{engine:?}").to_lowercase());
     g.sample_size(20).measurement_time(std::time::Duration::from_secs(4));
 
     let mut next = 0;

@@ -24,6 +24,9 @@ struct Cli {
     /// Print one JSON object with every figure instead of a summary.
     #[arg(long, global = true)]
     json: bool,
+    /// Storage engine of the in-process server (quipd's --store-engine).
+    #[arg(long, global = true, value_enum, default_value = "lsm")]
+    store_engine: quip_server::store::EngineKind,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -126,12 +129,13 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start() -> anyhow::Result<Self> {
+    async fn start(engine: quip_server::store::EngineKind) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut config = Config::for_tests(dir.path());
         // The generator is one trusted client with many devices: no throttling.
         config.rate_limit = 1e12;
         config.rate_burst = 1e12;
+        config.store_engine = Some(engine);
         let server = Server::bind(config)?;
         let opts = ConnectOptions::new(server.local_addr().to_string(), server.dev_cert().map(|p| p.as_path()))?;
         let store = server.store();
@@ -213,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     if let Scenario::Table { readme, stdout } = &cli.scenario {
         return table(readme, *stdout);
     }
-    let bench = Bench::start().await?;
+    let bench = Bench::start(cli.store_engine).await?;
     let (name, params, figures, summary) = match cli.scenario {
         Scenario::Throughput {
             users,
@@ -229,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
     let st = bench.store.stats();
     figures["store"] = json!({
+        "engine": format!("{:?}", cli.store_engine).to_lowercase(),
         "commits": st.commits, "writes": st.writes, "keys_written": st.keys_written,
         "writes_per_commit": st.writes as f64 / st.commits.max(1) as f64,
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,

@@ -22,7 +22,6 @@ use quip_server::hub::Closer;
 use quip_server::service::accounts;
 use quip_server::session::{Session, Shared};
 use quip_server::store::Store;
-use quip_server::store::embedded::EmbeddedStore;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -37,7 +36,7 @@ fn world() -> &'static World {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (shared, token) = rt.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("h.redb"), 64).unwrap());
+            let store: Arc<dyn Store> = quip_server::store::open_in(dir.path(), None, 64).unwrap();
             let (token, hash) = accounts::new_token();
             let phc = accounts::hash_password("fuzz password 1").unwrap();
             quip_server::store::write(&*store, move |t| accounts::register(t, "ann", &phc, "fuzz", &hash, i64::MAX / 2).map(|_| ()))

@@ -23,7 +23,6 @@ use quip_server::hub::Closer;
 use quip_server::service::accounts;
 use quip_server::session::{Reply, Session, Shared};
 use quip_server::store::Store;
-use quip_server::store::embedded::EmbeddedStore;
 
 const USERS: [&str; 3] = ["ann", "ben", "cat"];
 
@@ -138,7 +137,7 @@ async fn run(input: Input) {
     config.rate_limit = 1e9;
     config.rate_burst = 1e9;
     config.typing_rate = 1e9;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("fuzz.redb"), 1024).unwrap());
+    let store: Arc<dyn Store> = quip_server::store::open_in(dir.path(), None, 1024).unwrap();
     let media = Arc::new(quip_server::media::MediaStore::open(&config).unwrap());
     let shared = Arc::new(Shared::new(store.clone(), Arc::new(config), media));
     let mut tokens = Vec::new();

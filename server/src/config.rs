@@ -28,9 +28,16 @@ pub struct Config {
     #[arg(long, env = "QUIP_NO_HTTPS")]
     pub no_https: bool,
 
-    /// Directory holding the database (quip.redb) and the dev certificate.
+    /// Directory holding the database (db/), media (media/) and the dev
+    /// certificate.
     #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
     pub data_dir: PathBuf,
+
+    /// Storage engine in the data directory. Default: lsm, or redb when the
+    /// directory already holds a redb database (quip.redb) from an older
+    /// quipd.
+    #[arg(long, env = "QUIP_STORE_ENGINE", value_enum)]
+    pub store_engine: Option<crate::store::EngineKind>,
 
     /// TLS certificate chain (PEM). Without --cert/--key a self-signed dev
     /// certificate for localhost is generated in the data directory.

@@ -117,6 +117,11 @@ pub fn log(uid: u64, pos: u64) -> Vec<u8> {
     cat(b"log/", &[&uid.to_be_bytes(), &pos.to_be_bytes()])
 }
 
+/// `loghead/{user_id}` → u64 BE: the newest position of the user's log.
+pub fn log_head(uid: u64) -> Vec<u8> {
+    cat(b"loghead/", &[&uid.to_be_bytes()])
+}
+
 /// `ctr/{name}` → u64 BE: id allocators ("user", "chat").
 pub fn counter(name: &str) -> Vec<u8> {
     cat(b"ctr/", &[name.as_bytes()])

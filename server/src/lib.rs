@@ -7,8 +7,8 @@
 //!                                                      │
 //!        hub.rs: push to online devices ◄── service/: domain logic over Txn
 //!                                                      │
-//!                                         store/: Store trait; embedded redb
-//!                                                 with group commit
+//!                                         store/: Store trait; group commit
+//!                                                 over fjall (LSM) or redb
 //! ```
 //!
 //! # Layout

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::media::{self, MediaStore};
 use crate::session::Shared;
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
 use crate::{http, quic, tls};
 
 /// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
@@ -98,7 +97,7 @@ impl Server {
     pub fn bind(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let store = EmbeddedStore::open(&config.data_dir.join("quip.redb"), config.write_queue)
+        let store = crate::store::open_in(&config.data_dir, config.store_engine, config.write_queue)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
 
@@ -153,7 +152,7 @@ impl Server {
             Some((listener, http::tls_acceptor(&id)?))
         };
         let media = Arc::new(MediaStore::open(&config)?);
-        let shared = Arc::new(Shared::new(Arc::new(store), Arc::new(config), media));
+        let shared = Arc::new(Shared::new(store, Arc::new(config), media));
         Ok(Self {
             endpoint,
             https,

@@ -30,7 +30,10 @@ fn starts_with_zero_config_and_exits_cleanly_on_sigterm() {
     }
     assert!(seen.contains("quipd listening"), "{seen}");
     assert!(data.join("dev-cert.pem").exists());
-    assert!(data.join("quip.redb").exists());
+    assert!(
+        data.join("db").is_dir(),
+        "the default engine (lsm) lives in <data-dir>/db"
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
