@@ -230,6 +230,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Connections { .. } | Scenario::Table { .. } => unreachable!("handled above"),
     };
     let mut figures = figures;
+    let mut params = params;
+    params["store_engine"] = json!(format!("{:?}", cli.store_engine).to_lowercase());
     figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
     let st = bench.store.stats();
     figures["store"] = json!({
