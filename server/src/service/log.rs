@@ -138,3 +138,49 @@ pub fn ack(txn: &mut dyn Txn, uid: u64, device: u32, pos: u64) -> Result<u64, Se
     }
     Ok(dev.acked_pos)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, EngineKind, StoreError};
+
+    fn record(seq: u64) -> LogRecord {
+        LogRecord {
+            chat_id: 1,
+            seq,
+            receipt: None,
+        }
+    }
+
+    /// Data directories from before the `loghead/` key hold logs without
+    /// one: their last entry is the head, and the first append after the
+    /// upgrade continues from it and starts keeping the key.
+    #[tokio::test]
+    async fn a_log_without_a_head_key_continues_after_its_last_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::open_in(dir.path(), Some(EngineKind::Redb), 16).unwrap();
+        store::write(&*store, |t| {
+            for pos in 1..=3 {
+                t.set(&keys::log(7, pos), &record(pos).encode_to_vec());
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(store::read(&*store, |t| head(t, 7)).unwrap(), 3);
+
+        let event = v1::event::Kind::Message(v1::Message::default());
+        let n = store::write(&*store, move |t| append(t, 7, &record(4), event.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(n.event.pos, 4);
+        let (head_key, last) = store::read(&*store, |t| {
+            Ok::<_, ServiceError>((t.get(&keys::log_head(7))?, head(t, 7)?))
+        })
+        .unwrap();
+        assert_eq!(head_key.as_deref(), Some(&4u64.to_be_bytes()[..]));
+        assert_eq!(last, 4);
+        // Another user's log is untouched and still empty.
+        assert_eq!(store::read(&*store, |t| head(t, 8)).unwrap(), 0);
+    }
+}
