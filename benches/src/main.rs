@@ -352,7 +352,9 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
         let (opts, tokens, endpoints) = (&opts, &tokens, &endpoints);
         async move {
             let mut clients = Vec::with_capacity(range.len());
-            let mut failed = 0usize;
+            // Failures by what went wrong, so a run that loses connections
+            // says why.
+            let mut failed = std::collections::BTreeMap::<String, usize>::new();
             let mut attempts = futures::stream::iter(range)
                 .map(|i| {
                     let o = opts.clone().token(tokens[i % tokens.len()].clone());
@@ -363,7 +365,7 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
             while let Some(r) = attempts.next().await {
                 match r {
                     Ok(c) => clients.push(c),
-                    Err(_) => failed += 1,
+                    Err(e) => *failed.entry(e.to_string()).or_default() += 1,
                 }
             }
             (clients, failed)
@@ -381,7 +383,11 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
     let (more, more_failed) = open_batch(n / 2..n).await;
     elapsed += start.elapsed();
     clients.extend(more);
-    failed += more_failed;
+    for (why, count) in more_failed {
+        *failed.entry(why).or_default() += count;
+    }
+    let failures = failed;
+    let failed: usize = failures.values().sum();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = quipd.rss_kib().unwrap_or(0);
     let open = clients.len();
@@ -392,16 +398,21 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
         c.close();
     }
     let figures = json!({
-        "open": open, "failed": failed, "seconds": elapsed.as_secs_f64(),
+        "open": open, "failed": failed, "failures": failures, "seconds": elapsed.as_secs_f64(),
         "handshakes_per_sec": rate, "server_rss_kib_before": rss_before,
         "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
         "server_rss_kib_half": rss_mid, "server_rss_bytes_per_connection_second_half": marginal,
     });
     let summary = format!(
-        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half)",
+        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half){}",
         elapsed.as_secs_f64(),
         per_conn / 1024.0,
-        marginal / 1024.0
+        marginal / 1024.0,
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!("; failures: {failures:?}")
+        }
     );
     Ok((
         json!({"connections": n, "concurrency": concurrency, "users": users}),

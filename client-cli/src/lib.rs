@@ -75,6 +75,12 @@ pub enum ClientError {
     /// A local file could not be read or written.
     #[error("file: {0}")]
     Io(String),
+    /// The server refused this connection's 0-RTT early data (its resumption
+    /// ticket was used up or expired): what was sent in it never arrived.
+    /// [`Client::connect_on`] handles it by speaking again in 1-RTT; it
+    /// reaches callers only from raw streams opened before the handshake.
+    #[error("0-RTT early data rejected by the server")]
+    ZeroRttRejected,
 }
 
 impl ClientError {
@@ -239,8 +245,18 @@ fn resolve(server: &str) -> Result<(SocketAddr, String), ClientError> {
     Ok((addr, host))
 }
 
-fn closed(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Closed(e.to_string())
+/// A transport error as [`ClientError::Closed`], with its causes: quinn's
+/// stream errors say only "connection lost" and keep why (timed out, reset,
+/// closed by the server with a code) in their source.
+fn closed(e: impl std::error::Error) -> ClientError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Closed(text)
 }
 
 impl Client {
@@ -318,27 +334,17 @@ impl Client {
     /// When `opts` (or a clone) connected before, the TLS session is resumed
     /// and Hello travels in 0-RTT: the handshake costs no extra round trip.
     pub async fn connect_on(endpoint: quinn::Endpoint, opts: &ConnectOptions) -> Result<Self, ClientError> {
-        let (conn, handshake) = Self::quic_connect_0rtt(&endpoint, opts).await?;
-        let early = !*handshake.borrow();
-        let (mut send, mut recv) = conn.open_bi().await.map_err(closed)?;
-        let hello = Envelope::new(
-            1,
-            Body::Hello(v1::Hello {
-                versions: vec![PROTOCOL_VERSION],
-                token: opts.token.clone().unwrap_or_default(),
-                client: opts.client_name.clone(),
-                background: opts.background,
-            }),
-        );
-        write(&mut send, &hello).await?;
-        let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
-        let first = read(&mut recv, &mut dec)
-            .await?
-            .ok_or_else(|| closed("server ended the stream during handshake"))?;
-        let welcome = match first.body {
-            Some(Body::Welcome(w)) => w,
-            Some(Body::Error(e)) => return Err(server_error(e)),
-            _ => return Err(ClientError::Protocol("expected Welcome".into())),
+        let (conn, mut handshake) = Self::quic_connect_0rtt(&endpoint, opts).await?;
+        let mut early = !*handshake.borrow();
+        let (send, recv, dec, welcome) = match hello(&conn, opts).await {
+            // The early data never arrived: the streams opened in it are
+            // void, the connection goes on in 1-RTT. Say Hello again there.
+            Err(ClientError::ZeroRttRejected) if early => {
+                let _ = handshake.wait_for(|done| *done).await;
+                early = false;
+                hello(&conn, opts).await?
+            }
+            r => r?,
         };
 
         let pending: Pending = Arc::default();
@@ -426,7 +432,7 @@ impl Client {
                 ClientError::Closed(format!("{code:?}: {}", String::from_utf8_lossy(&c.reason)))
             }
             Some(e) => closed(e),
-            None => closed("reply stream ended"),
+            None => ClientError::Closed("reply stream ended".into()),
         }
     }
 
@@ -749,10 +755,40 @@ fn server_error(e: v1::Error) -> ClientError {
     }
 }
 
+/// Opens the control stream and exchanges Hello for Welcome.
+async fn hello(
+    conn: &quinn::Connection,
+    opts: &ConnectOptions,
+) -> Result<(quinn::SendStream, quinn::RecvStream, FrameDecoder, v1::Welcome), ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(closed)?;
+    let hello = Envelope::new(
+        1,
+        Body::Hello(v1::Hello {
+            versions: vec![PROTOCOL_VERSION],
+            token: opts.token.clone().unwrap_or_default(),
+            client: opts.client_name.clone(),
+            background: opts.background,
+        }),
+    );
+    write(&mut send, &hello).await?;
+    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+    let first = read(&mut recv, &mut dec)
+        .await?
+        .ok_or_else(|| ClientError::Closed("server ended the stream during handshake".into()))?;
+    match first.body {
+        Some(Body::Welcome(w)) => Ok((send, recv, dec, w)),
+        Some(Body::Error(e)) => Err(server_error(e)),
+        _ => Err(ClientError::Protocol("expected Welcome".into())),
+    }
+}
+
 async fn write(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), ClientError> {
     let mut buf = BytesMut::new();
     encode_frame(env, quip_protocol::MAX_FRAME, &mut buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    send.write_all(&buf).await.map_err(closed)
+    send.write_all(&buf).await.map_err(|e| match e {
+        quinn::WriteError::ZeroRttRejected => ClientError::ZeroRttRejected,
+        e => closed(e),
+    })
 }
 
 async fn read(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Option<Envelope>, ClientError> {
@@ -767,6 +803,13 @@ async fn read(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Op
                 return Ok(None);
             }
             Ok(_) => {}
+            Err(e)
+                if e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+                    .is_some_and(|r| matches!(r, quinn::ReadError::ZeroRttRejected)) =>
+            {
+                return Err(ClientError::ZeroRttRejected);
+            }
             Err(e) => return Err(closed(e)),
         }
     }
@@ -813,5 +856,19 @@ async fn accept_lanes(conn: quinn::Connection, events: mpsc::Sender<v1::Event>) 
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod closed_tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let lost = quinn::WriteError::ConnectionLost(quinn::ConnectionError::TimedOut);
+        match closed(lost) {
+            ClientError::Closed(text) => assert_eq!(text, "connection lost: timed out"),
+            other => panic!("{other:?}"),
+        }
     }
 }
