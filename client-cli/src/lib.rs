@@ -77,8 +77,7 @@ pub enum ClientError {
     Io(String),
     /// The server refused this connection's 0-RTT early data (its resumption
     /// ticket was used up or expired): what was sent in it never arrived.
-    /// [`Client::connect_on`] handles it by speaking again in 1-RTT; it
-    /// reaches callers only from raw streams opened before the handshake.
+    /// [`Client::connect_on`] handles it by saying Hello again in 1-RTT.
     #[error("0-RTT early data rejected by the server")]
     ZeroRttRejected,
 }

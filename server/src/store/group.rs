@@ -3,7 +3,7 @@
 //! A durable commit costs a sync to disk, so committing each message alone
 //! would cap a server at a few hundred messages per second. Instead one
 //! writer thread drains the queue and hands everything waiting (up to
-//! [`MAX_BATCH`]) to the engine as one batch: N concurrent writes cost one
+//! 1,024) to the engine as one batch: N concurrent writes cost one
 //! sync. Callbacks run in queue order once the batch is durable, so whatever
 //! they publish goes out in commit order. The engines differ only in how a
 //! batch is applied and made durable ([`Engine`]).
@@ -24,8 +24,8 @@ pub type Job = (WriteFn, OnDurable);
 
 /// A storage engine under the group-commit writer.
 pub trait Engine: Send + Sync + 'static {
-    /// Runs every job's closure in order (each in its own overlay, see
-    /// [`super::overlay::run_job`]) and makes the committed writes durable
+    /// Runs every job's closure in order, each in its own overlay (a closure
+    /// that rolls back leaves nothing), and makes the committed writes durable
     /// in one atomic commit. Returns how many key writes were applied.
     /// Readers must not see any of it before it is durable.
     fn commit(&self, jobs: &mut [Job]) -> Result<u64, StoreError>;

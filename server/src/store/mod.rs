@@ -24,8 +24,6 @@ pub mod group;
 pub mod lsm;
 mod overlay;
 
-pub use group::GroupCommit;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
