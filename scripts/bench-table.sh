@@ -20,6 +20,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 run() { echo "== quip-bench $*" >&2; "$bench" --json "$@" | tail -n 1 >>"$results"; }
 if $tiny; then
+  run disk --seconds 1
   run throughput --users 20 --messages 20
   run latency --users 10 --rate 100 --seconds 1
   run fanout --members 8 --rate 20 --seconds 1
@@ -27,6 +28,7 @@ if $tiny; then
   run connections --connections 50 --users 2
   "$bench" table --stdout <"$results"
 else
+  run disk
   run throughput
   run latency
   run fanout

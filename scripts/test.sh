@@ -24,6 +24,7 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"
 cargo build --locked -p quip-bench -p quip-server
+./target/debug/quip-bench disk --seconds 1
 ./target/debug/quip-bench throughput --users 20 --messages 20
 ./target/debug/quip-bench latency --users 10 --rate 100 --seconds 1
 ./target/debug/quip-bench sync --messages 200

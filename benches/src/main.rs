@@ -88,6 +88,19 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// The disk under the store: appends, each followed by fdatasync, to a
+    /// file in a temp dir (where the in-process server keeps its store).
+    /// Every durable ack waits for one such sync, so its tail is the floor
+    /// under the other scenarios' latency tails.
+    Disk {
+        /// Seconds to keep appending (stalls come a few times a minute on
+        /// some disks, so this matches the other scenarios' length).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Bytes per append (one group commit's journal entry is of this order).
+        #[arg(long, default_value_t = 4096)]
+        bytes: usize,
+    },
     /// Reads `--json` results (one object per line) on stdin and rewrites
     /// the results table between the markers in a README (used by
     /// scripts/bench-table.sh; with --stdout, prints the table instead).
@@ -111,7 +124,15 @@ enum Scenario {
 /// Messages carry the sender's send instant (ns since the run started), so a
 /// receiver in the same process computes send-to-receive latency.
 fn stamp(start: Instant) -> String {
-    format!("t{}", start.elapsed().as_nanos())
+    stamp_at(start, Instant::now())
+}
+
+/// A stamp for a send that was due at `due`: open-loop scenarios stamp the
+/// schedule, not the moment the generator got round to sending, so a
+/// generator that falls behind shows up in the latency instead of hiding it
+/// (coordinated omission).
+fn stamp_at(start: Instant, due: Instant) -> String {
+    format!("t{}", due.saturating_duration_since(start).as_nanos())
 }
 
 fn latency_of(start: Instant, m: &v1::Message) -> Option<u64> {
@@ -201,6 +222,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The allocator `quipd` ships with, so the in-process server is measured
+/// as deployed: under glibc malloc, allocator calls were ~10% of all samples
+/// (perf of the latency scenario).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -217,6 +244,11 @@ async fn main() -> anyhow::Result<()> {
     if let Scenario::Table { readme, stdout } = &cli.scenario {
         return table(readme, *stdout);
     }
+    if let Scenario::Disk { seconds, bytes } = cli.scenario {
+        let (params, figures, summary) = tokio::task::spawn_blocking(move || disk(seconds, bytes)).await??;
+        report(cli.json, "disk", params, figures, summary);
+        return Ok(());
+    }
     let bench = Bench::start(cli.store_engine).await?;
     let (name, params, figures, summary) = match cli.scenario {
         Scenario::Throughput {
@@ -227,7 +259,9 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
         Scenario::Sync { messages } => sync(&bench, messages).await?,
         Scenario::Fanout { members, rate, seconds } => fanout(&bench, members, rate, seconds).await?,
-        Scenario::Connections { .. } | Scenario::Table { .. } => unreachable!("handled above"),
+        Scenario::Connections { .. } | Scenario::Table { .. } | Scenario::Disk { .. } => {
+            unreachable!("handled above")
+        }
     };
     let mut figures = figures;
     let mut params = params;
@@ -244,6 +278,36 @@ async fn main() -> anyhow::Result<()> {
     let summary = format!("{summary}\n  store: {}", figures["store"]);
     report(cli.json, name, params, figures, summary);
     Ok(())
+}
+
+/// Appends `bytes` and syncs with fdatasync (what a group commit costs the
+/// disk) for `seconds`, on the file system of the temp dir.
+fn disk(seconds: u64, bytes: usize) -> anyhow::Result<(Value, Value, String)> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::File::create(dir.path().join("journal"))?;
+    let block = vec![0x5a_u8; bytes];
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut stalls = 0_u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        file.write_all(&block)?;
+        let t = Instant::now();
+        file.sync_data()?;
+        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stalls += u64::from(us > 10_000);
+        hist.record(us)?;
+    }
+    let figures = json!({"syncs": hist.len(), "sync": percentiles(&hist), "stalls_over_10ms": stalls});
+    let summary = format!(
+        "disk: {} appends of {bytes} B, each + fdatasync, in {seconds} s; p50 {} us, p99 {} us, p99.9 {} us, max {} us; {stalls} over 10 ms",
+        hist.len(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max()
+    );
+    Ok((json!({"seconds": seconds, "bytes": bytes}), figures, summary))
 }
 
 fn report(json_out: bool, name: &str, params: Value, figures: Value, summary: String) {
@@ -531,16 +595,20 @@ async fn latency(bench: &Bench, users: usize, rate: u64, seconds: u64) -> anyhow
         sends.push(tokio::spawn(async move {
             let to = format!("rcv{i}");
             // Open loop: each send starts on schedule, whatever the replies do.
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pair));
+            // Pair i's schedule is shifted by i/pairs of a period, so the
+            // total rate is even: one send every 1/rate s, not every pair at
+            // once in a burst each period.
+            let period = Duration::from_secs_f64(1.0 / per_pair);
+            let first = tokio::time::Instant::from_std(start) + period.mul_f64(i as f64 / pairs as f64);
+            let mut tick = tokio::time::interval_at(first, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut inflight = futures::stream::FuturesUnordered::new();
             for _ in 0..each {
-                tick.tick().await;
+                let due = tick.tick().await.into_std();
                 let s = s.clone();
                 let to = to.clone();
                 inflight.push(tokio::spawn(async move {
-                    let t = Instant::now();
-                    s.send_text(&to, &stamp(start)).await.map(|_| t.elapsed())
+                    s.send_text(&to, &stamp_at(start, due)).await.map(|_| due.elapsed())
                 }));
             }
             use futures::StreamExt;
@@ -689,13 +757,12 @@ async fn fanout(bench: &Bench, members: usize, rate: u64, seconds: u64) -> anyho
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut inflight = futures::stream::FuturesUnordered::new();
     for _ in 0..posts {
-        tick.tick().await;
+        let due = tick.tick().await.into_std();
         let (poster, sent_at) = (poster.clone(), sent_at.clone());
         inflight.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let r = poster.send_text_to_chat(chat, &stamp(start)).await?;
-            sent_at.lock().expect("lock").insert(r.seq, t);
-            anyhow::Ok(t.elapsed())
+            let r = poster.send_text_to_chat(chat, &stamp_at(start, due)).await?;
+            sent_at.lock().expect("lock").insert(r.seq, due);
+            anyhow::Ok(due.elapsed())
         }));
     }
     use futures::StreamExt;
@@ -795,6 +862,15 @@ fn key_figures(r: &Value) -> String {
             f["handshakes_per_sec"].as_f64().unwrap_or(0.0),
             f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
             f["server_rss_bytes_per_connection_second_half"].as_f64().unwrap_or(0.0) / 1024.0
+        ),
+        "disk" => format!(
+            "fdatasync p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms; {} of {} over 10 ms",
+            ms(&f["sync"]["p50_us"]),
+            ms(&f["sync"]["p99_us"]),
+            ms(&f["sync"]["p999_us"]),
+            ms(&f["sync"]["max_us"]),
+            f["stalls_over_10ms"],
+            f["syncs"]
         ),
         _ => f.to_string(),
     }
