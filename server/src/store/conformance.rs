@@ -32,6 +32,7 @@ pub async fn run_all(store: &dyn Store) {
     range_reads(store).await;
     read_your_writes(store).await;
     rollback_leaves_no_trace(store).await;
+    later_writes_read_what_earlier_commits_left(store).await;
     writes_apply_in_queue_order(store).await;
     durable_callbacks_run_in_queue_order(store).await;
     concurrent_increments_are_serializable(store).await;
@@ -154,6 +155,45 @@ pub async fn rollback_leaves_no_trace(store: &dyn Store) {
     assert_eq!(b, None);
     assert_eq!(o1.as_deref(), Some(&b"1"[..]));
     assert_eq!(o2.as_deref(), Some(&b"2"[..]));
+}
+
+/// A write closure reads what the commits before it left, in separate
+/// commits: overwritten, deleted, once-absent and rolled-back keys alike.
+/// (An engine that caches what closures read must keep up with each
+/// commit.)
+pub async fn later_writes_read_what_earlier_commits_left(store: &dyn Store) {
+    async fn get(store: &dyn Store, key: &'static [u8]) -> Option<Vec<u8>> {
+        write(store, move |t| Ok::<_, TestError>(t.get(key)?)).await.unwrap()
+    }
+    async fn set(store: &dyn Store, key: &'static [u8], value: Option<&'static [u8]>) {
+        write(store, move |t| {
+            match value {
+                Some(v) => t.set(key, v),
+                None => t.clear(key),
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+    }
+    set(store, b"lat/k", Some(b"a")).await;
+    assert_eq!(get(store, b"lat/k").await.as_deref(), Some(&b"a"[..]));
+    set(store, b"lat/k", Some(b"b")).await;
+    assert_eq!(get(store, b"lat/k").await.as_deref(), Some(&b"b"[..]));
+    set(store, b"lat/k", None).await;
+    assert_eq!(get(store, b"lat/k").await, None);
+    assert_eq!(get(store, b"lat/new").await, None);
+    set(store, b"lat/new", Some(b"c")).await;
+    assert_eq!(get(store, b"lat/new").await.as_deref(), Some(&b"c"[..]));
+    let rolled_back = write(store, |t| {
+        t.set(b"lat/new", b"never");
+        Err::<(), _>(TestError::Abort)
+    })
+    .await;
+    assert_eq!(rolled_back, Err(TestError::Abort));
+    assert_eq!(get(store, b"lat/new").await.as_deref(), Some(&b"c"[..]));
+    let snapshot = read(store, |t| Ok::<_, TestError>((t.get(b"lat/k")?, t.get(b"lat/new")?))).unwrap();
+    assert_eq!(snapshot, (None, Some(b"c".to_vec())));
 }
 
 /// Writes enqueued one after another apply in that order.

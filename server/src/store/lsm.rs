@@ -11,8 +11,16 @@
 //! atomically). The batch persists the journal before its writes reach the
 //! memtable and before its sequence number is published to snapshots, so
 //! readers never see a write that a crash could still take back.
+//!
+//! The write closures' point reads go through a cache of hot keys first
+//! ([`HotCache`]): a send reads the same few records (chat head, log heads,
+//! cursors) that the previous send to that chat just wrote, and a memtable
+//! lookup is a skip-list walk of cache misses on the one thread every write
+//! waits for.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
@@ -27,6 +35,30 @@ pub type LsmStore = GroupCommit<LsmEngine>;
 pub struct LsmEngine {
     db: Database,
     kv: Keyspace,
+    /// Only the writer thread takes it (once per commit): a Mutex only
+    /// because the engine is shared with the readers' threads.
+    hot: Mutex<HotCache>,
+}
+
+/// Committed values of keys the write closures read, `None` for absent
+/// keys, kept equal to the keyspace: filled from it on a miss, and after each
+/// durable commit every written key already cached takes its new value.
+/// Nothing else writes the keyspace, and a batch's values enter only once
+/// fjall has them, so a hit is always what the keyspace would say.
+/// Written-but-unread keys (message bodies, log entries) never enter.
+type HotCache = quick_cache::unsync::Cache<Vec<u8>, Option<Vec<u8>>, EntryBytes>;
+
+/// Bytes a hot-cache budget is counted in.
+const HOT_CACHE_BYTES: u64 = 16 << 20;
+
+/// An entry's weight: its key and value plus the map's own overhead.
+#[derive(Clone)]
+struct EntryBytes;
+
+impl quick_cache::Weighter<Vec<u8>, Option<Vec<u8>>> for EntryBytes {
+    fn weight(&self, key: &Vec<u8>, value: &Option<Vec<u8>>) -> u64 {
+        (key.len() + value.as_ref().map_or(0, Vec::len) + 64) as u64
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -44,36 +76,28 @@ impl LsmStore {
     pub fn open(path: &Path, queue: usize) -> Result<Self, StoreError> {
         let db = Database::builder(path).open().map_err(backend)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(backend)?;
-        GroupCommit::start(LsmEngine { db, kv }, queue)
+        let hot = HotCache::with_weighter(HOT_CACHE_BYTES as usize / 256, HOT_CACHE_BYTES, EntryBytes);
+        GroupCommit::start(
+            LsmEngine {
+                db,
+                kv,
+                hot: Mutex::new(hot),
+            },
+            queue,
+        )
     }
 }
 
 impl Engine for LsmEngine {
     fn commit(&self, jobs: &mut [Job]) -> Result<u64, StoreError> {
-        let mut batch = Writes::new();
-        let mut keys = 0u64;
-        for (f, _) in jobs.iter_mut() {
-            let view = Pending {
-                kv: &self.kv,
-                batch: &batch,
-            };
-            let Some(writes) = run_job(&view, f)? else { continue };
-            keys += writes.len() as u64;
-            batch.extend(writes);
+        let mut hot = self.hot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = self.commit_with(jobs, &mut hot);
+        if result.is_err() {
+            // Whether fjall kept any of a failed batch is unknown: forget
+            // everything rather than risk a stale hit.
+            hot.clear();
         }
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        // fdatasync before the memtable sees it: "sent" means on disk.
-        let mut w = self.db.batch().durability(Some(PersistMode::SyncData));
-        for (k, v) in batch {
-            match v {
-                Some(v) => w.insert(&self.kv, k, v),
-                None => w.remove(&self.kv, k),
-            }
-        }
-        w.commit().map_err(backend)?;
-        Ok(keys)
+        result
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
@@ -82,6 +106,46 @@ impl Engine for LsmEngine {
             snapshot: &snapshot,
             kv: &self.kv,
         }))
+    }
+}
+
+impl LsmEngine {
+    fn commit_with(&self, jobs: &mut [Job], hot: &mut HotCache) -> Result<u64, StoreError> {
+        let mut batch = Writes::new();
+        let mut keys = 0u64;
+        {
+            let hot = RefCell::new(&mut *hot);
+            for (f, _) in jobs.iter_mut() {
+                let view = Pending {
+                    kv: &self.kv,
+                    batch: &batch,
+                    hot: &hot,
+                };
+                let Some(writes) = run_job(&view, f)? else { continue };
+                keys += writes.len() as u64;
+                batch.extend(writes);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // fdatasync before the memtable sees it: "sent" means on disk.
+        let mut w = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (k, v) in &batch {
+            match v {
+                Some(v) => w.insert(&self.kv, k.as_slice(), v.as_slice()),
+                None => w.remove(&self.kv, k.as_slice()),
+            }
+        }
+        w.commit().map_err(backend)?;
+        for (k, v) in batch {
+            // Remove, then insert: an insert the cache declines (too heavy)
+            // leaves the key absent, never holding its old value.
+            if hot.remove(&k).is_some() {
+                hot.insert(k, v);
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -109,17 +173,23 @@ impl Base for Snap<'_> {
 /// The committed keyspace with the batch so far laid over it: what a write
 /// closure reads through its own overlay. Only the writer thread writes, so
 /// the keyspace's latest state is the last durable commit.
-struct Pending<'a> {
+struct Pending<'a, 'h> {
     kv: &'a Keyspace,
     batch: &'a Writes,
+    hot: &'a RefCell<&'h mut HotCache>,
 }
 
-impl Base for Pending<'_> {
+impl Base for Pending<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.batch.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.kv.get(key).map_err(backend)?.map(|v| v.to_vec())),
+        if let Some(v) = self.batch.get(key) {
+            return Ok(v.clone());
         }
+        if let Some(v) = self.hot.borrow().get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.kv.get(key).map_err(backend)?.map(|v| v.to_vec());
+        self.hot.borrow_mut().insert(key.to_vec(), v.clone());
+        Ok(v)
     }
 
     fn scan<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Result<Scan<'a>, StoreError> {
