@@ -25,7 +25,7 @@ if $tiny; then
   run latency --users 10 --rate 100 --seconds 1
   run fanout --members 8 --rate 20 --seconds 1
   run sync --messages 200
-  run connections --connections 50 --users 2
+  run connections --connections 50 --users 2 --idle-seconds 1
   "$bench" table --stdout <"$results"
 else
   run disk

@@ -30,7 +30,7 @@ cargo build --locked -p quip-bench -p quip-server
 ./target/debug/quip-bench sync --messages 200
 ./target/debug/quip-bench fanout --members 8 --rate 20 --seconds 1
 cargo test --locked -p quip-bench --benches   # each Criterion micro-benchmark once
-./target/debug/quip-bench connections --connections 50 --users 2
+./target/debug/quip-bench connections --connections 50 --users 2 --idle-seconds 1
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so the summary closes the log.

@@ -72,6 +72,10 @@ enum Scenario {
         /// account's devices share them).
         #[arg(long, default_value_t = 10)]
         users: usize,
+        /// Seconds to measure the server's CPU with every connection open
+        /// and idle (default: one keep-alive period of the client library).
+        #[arg(long, default_value_t = quip_client::KEEP_ALIVE.as_secs())]
+        idle_seconds: u64,
     },
     /// A group with every member online; one member posts at a fixed rate.
     /// Latency from send to the last member having the message, and to the
@@ -216,6 +220,19 @@ fn git_commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// CPU time the process has used, user and system, in seconds (from
+/// /proc: USER_HZ is 100 on every Linux ABI).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -235,9 +252,11 @@ async fn main() -> anyhow::Result<()> {
         connections,
         concurrency,
         users,
+        idle_seconds,
     } = cli.scenario
     {
-        let (params, figures, summary) = connections_scenario(connections, concurrency, users).await?;
+        let idle = Duration::from_secs(idle_seconds);
+        let (params, figures, summary) = connections_scenario(connections, concurrency, users, idle).await?;
         report(cli.json, "connections", params, figures, summary);
         return Ok(());
     }
@@ -388,6 +407,10 @@ impl Quipd {
     fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.child.id())
     }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
+    }
 }
 
 impl Drop for Quipd {
@@ -397,7 +420,12 @@ impl Drop for Quipd {
     }
 }
 
-async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> anyhow::Result<(Value, Value, String)> {
+async fn connections_scenario(
+    n: usize,
+    concurrency: usize,
+    users: usize,
+    idle: Duration,
+) -> anyhow::Result<(Value, Value, String)> {
     use futures::StreamExt;
     let quipd = Quipd::spawn(n + 100)?;
     let opts = ConnectOptions::new(quipd.addr.clone(), Some(&quipd.ca))?;
@@ -458,6 +486,13 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
     let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / open.max(1) as f64;
     let marginal = (rss_after.saturating_sub(rss_mid) as f64 * 1024.0) / (open - open_mid).max(1) as f64;
     let rate = open as f64 / elapsed.as_secs_f64();
+    // What the open connections cost the server while idle: keep-alive
+    // PINGs (one per connection every KEEP_ALIVE) and their ACKs.
+    let cpu_before = quipd.cpu_seconds();
+    tokio::time::sleep(idle).await;
+    let idle_cpu_percent = cpu_before
+        .zip(quipd.cpu_seconds())
+        .map(|(a, b)| (b - a) / idle.as_secs_f64().max(0.001) * 100.0);
     for c in &clients {
         c.close();
     }
@@ -466,12 +501,14 @@ async fn connections_scenario(n: usize, concurrency: usize, users: usize) -> any
         "handshakes_per_sec": rate, "server_rss_kib_before": rss_before,
         "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
         "server_rss_kib_half": rss_mid, "server_rss_bytes_per_connection_second_half": marginal,
+        "server_idle_cpu_percent": idle_cpu_percent,
     });
     let summary = format!(
-        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half){}",
+        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half); idle, quipd used {:.0}% of a core (keep-alives){}",
         elapsed.as_secs_f64(),
         per_conn / 1024.0,
         marginal / 1024.0,
+        idle_cpu_percent.unwrap_or(f64::NAN),
         if failures.is_empty() {
             String::new()
         } else {
@@ -856,12 +893,13 @@ fn key_figures(r: &Value) -> String {
             f["reconnect_and_sync_ms"].as_f64().unwrap_or(0.0)
         ),
         "connections" => format!(
-            "{} open ({} failed) at {:.0} handshakes/s; {:.1} KiB server RSS per connection ({:.1} KiB in the second half)",
+            "{} open ({} failed) at {:.0} handshakes/s; {:.1} KiB server RSS per connection ({:.1} KiB in the second half); idle: {:.0}% of a core",
             f["open"],
             f["failed"],
             f["handshakes_per_sec"].as_f64().unwrap_or(0.0),
             f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
-            f["server_rss_bytes_per_connection_second_half"].as_f64().unwrap_or(0.0) / 1024.0
+            f["server_rss_bytes_per_connection_second_half"].as_f64().unwrap_or(0.0) / 1024.0,
+            f["server_idle_cpu_percent"].as_f64().unwrap_or(f64::NAN)
         ),
         "disk" => format!(
             "fdatasync p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms; {} of {} over 10 ms",

@@ -137,6 +137,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_IDLE_TIMEOUT", default_value_t = 30)]
     pub idle_timeout_secs: u64,
 
+    /// Seconds a QUIC client has to send Hello once its TLS handshake is
+    /// complete (or from its 0-RTT data on). A handshake itself may take up
+    /// to three times this, so an overloaded server still greets clients
+    /// whose handshake merely waited in its queue; then close code 6.
+    #[arg(long, env = "QUIP_HELLO_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub hello_timeout_secs: u64,
+
     /// UDP socket send and receive buffer size in bytes. Bursts of
     /// handshakes overflow the kernel's default (~208 KiB) and dropped
     /// Initial packets cost a retransmission timeout each; the kernel caps

@@ -393,6 +393,34 @@ async fn floods_are_rate_limited_per_device_across_its_connections() {
     server.stop().await;
 }
 
+/// A connection that completes its handshake but never says Hello is
+/// closed with code 6 once `--hello-timeout` has passed since the handshake
+/// (not before it), while a client that does say Hello is served.
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed_after_the_hello_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.hello_timeout_secs = 1;
+    let server = TestServer::start_with(config).await;
+    let (_ep, silent) = Client::connect_raw(&server.options()).await.unwrap();
+    let handshake_done = std::time::Instant::now();
+    let (alice, _) = server.user("alice").await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.closed())
+        .await
+        .expect("closed in time");
+    let waited = handshake_done.elapsed();
+    let quinn::ConnectionError::ApplicationClosed(c) = closed else {
+        panic!("expected an application close, got {closed}");
+    };
+    assert_eq!(
+        CloseCode::from_code(c.error_code.into_inner()),
+        Some(CloseCode::HandshakeTimeout)
+    );
+    assert_eq!(&c.reason[..], b"no Hello within 1 s");
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}");
+    assert_eq!(alice.whoami().await.unwrap().user, "alice");
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
