@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every quip-bench scenario at its default size (release build, server
 # and load generator on this machine) and regenerates the results table in
-# benches/README.md from their --json output. Takes a few minutes; run it on
+# benches/README.md from their --json output (kept whole in
+# benches/results.jsonl). Takes a few minutes; run it on
 # a quiet machine. With --tiny, runs tiny sizes and prints the table instead
 # (a smoke test of this script).
 set -euo pipefail
@@ -36,5 +37,7 @@ else
   run connections
   run connections --connections 100000 --users 100
   "$bench" table --readme benches/README.md <"$results"
-  echo "benches/README.md updated" >&2
+  # The raw results behind the table (every figure, failure reasons).
+  cp "$results" benches/results.jsonl
+  echo "benches/README.md and benches/results.jsonl updated" >&2
 fi

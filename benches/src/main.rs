@@ -876,16 +876,18 @@ fn key_figures(r: &Value) -> String {
             ms(&f["latency"]["p99_us"])
         ),
         "latency" => format!(
-            "send→receive p50 {} ms, p99 {} ms, p99.9 {} ms",
+            "send→receive p50 {} ms, p99 {} ms, p99.9 {} ms; slowest group commit {} ms",
             ms(&f["latency"]["p50_us"]),
             ms(&f["latency"]["p99_us"]),
-            ms(&f["latency"]["p999_us"])
+            ms(&f["latency"]["p999_us"]),
+            ms(&f["store"]["max_commit_us"])
         ),
         "fanout" => format!(
-            "send→last member p50 {} ms, p99 {} ms; →\"delivered to everyone\" p99 {} ms",
+            "send→last member p50 {} ms, p99 {} ms; →\"delivered to everyone\" p99 {} ms; slowest group commit {} ms",
             ms(&f["to_last_member"]["p50_us"]),
             ms(&f["to_last_member"]["p99_us"]),
-            ms(&f["to_delivered_to_everyone_tick"]["p99_us"])
+            ms(&f["to_delivered_to_everyone_tick"]["p99_us"]),
+            ms(&f["store"]["max_commit_us"])
         ),
         "sync" => format!(
             "{} missed messages in {:.1} ms",
