@@ -233,6 +233,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// Datagrams the kernel dropped because the UDP socket bound to `addr`
+/// (an IPv4 address) had a full receive buffer: the 13th column of
+/// /proc/net/udp. A server that falls behind reading its socket loses
+/// packets here, and its peers wait out retransmission timers.
+fn udp_drops(addr: &str) -> Option<u64> {
+    let addr: std::net::SocketAddrV4 = addr.parse().ok()?;
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(addr.ip().octets()), addr.port());
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))?;
+    line.split_whitespace().nth(12)?.parse().ok()
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -437,6 +451,7 @@ async fn connections_scenario(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = quipd.rss_kib().unwrap_or(0);
+    let drops_before = udp_drops(&quipd.addr);
     // A few client sockets, each carrying many connections.
     let endpoints: Vec<quinn::Endpoint> = (0..4).map(|_| Client::endpoint(&opts)).collect::<Result<_, _>>()?;
     // Opens connections `range` (their handshakes `concurrency` at a time).
@@ -486,6 +501,16 @@ async fn connections_scenario(
     let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / open.max(1) as f64;
     let marginal = (rss_after.saturating_sub(rss_mid) as f64 * 1024.0) / (open - open_mid).max(1) as f64;
     let rate = open as f64 / elapsed.as_secs_f64();
+    let server_udp_drops = drops_before
+        .zip(udp_drops(&quipd.addr))
+        .map(|(a, b)| b.saturating_sub(a));
+    // Round-trip times as the clients' QUIC stacks estimate them: on a
+    // saturated machine handshakes queue and these grow, and with them
+    // every retransmission timeout.
+    let mut rtts = Histogram::<u64>::new(3)?;
+    for c in &clients {
+        let _ = rtts.record(u64::try_from(c.connection().rtt().as_micros()).unwrap_or(u64::MAX));
+    }
     // What the open connections cost the server while idle: keep-alive
     // PINGs (one per connection every KEEP_ALIVE) and their ACKs.
     let cpu_before = quipd.cpu_seconds();
@@ -501,14 +526,17 @@ async fn connections_scenario(
         "handshakes_per_sec": rate, "server_rss_kib_before": rss_before,
         "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
         "server_rss_kib_half": rss_mid, "server_rss_bytes_per_connection_second_half": marginal,
-        "server_idle_cpu_percent": idle_cpu_percent,
+        "server_idle_cpu_percent": idle_cpu_percent, "client_rtt": percentiles(&rtts),
+        "server_udp_drops": server_udp_drops,
     });
     let summary = format!(
-        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half); idle, quipd used {:.0}% of a core (keep-alives){}",
+        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half); idle, quipd used {:.0}% of a core (keep-alives); {} datagrams dropped at its socket; client RTT p99 {} us{}",
         elapsed.as_secs_f64(),
         per_conn / 1024.0,
         marginal / 1024.0,
         idle_cpu_percent.unwrap_or(f64::NAN),
+        server_udp_drops.map_or_else(|| "?".into(), |d| d.to_string()),
+        rtts.value_at_quantile(0.99),
         if failures.is_empty() {
             String::new()
         } else {
@@ -895,10 +923,11 @@ fn key_figures(r: &Value) -> String {
             f["reconnect_and_sync_ms"].as_f64().unwrap_or(0.0)
         ),
         "connections" => format!(
-            "{} open ({} failed) at {:.0} handshakes/s; {:.1} KiB server RSS per connection ({:.1} KiB in the second half); idle: {:.0}% of a core",
+            "{} open ({} failed) at {:.0} handshakes/s ({} datagrams dropped at the server's socket); {:.1} KiB server RSS per connection ({:.1} KiB in the second half); idle: {:.0}% of a core",
             f["open"],
             f["failed"],
             f["handshakes_per_sec"].as_f64().unwrap_or(0.0),
+            f["server_udp_drops"],
             f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
             f["server_rss_bytes_per_connection_second_half"].as_f64().unwrap_or(0.0) / 1024.0,
             f["server_idle_cpu_percent"].as_f64().unwrap_or(f64::NAN)
