@@ -24,6 +24,9 @@ use serde_json::json;
 /// The profile (server, trusted certificate, login token) lives in
 /// $QUIP_HOME/profile.json, by default in the user's config directory
 /// (e.g. ~/.config/quip). `quip register` or `quip login` fills it in.
+// Doc comments on the argument types are `--help` text, written for a
+// terminal: `<data-dir>` and `<hostname>` are meant literally, not as HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Parser)]
 #[command(name = "quip", version, about, long_about)]
 struct Cli {
@@ -304,6 +307,7 @@ enum ChannelCmd {
     },
 }
 
+#[allow(rustdoc::invalid_html_tags)] // `--help` text, as on `Cli`
 #[derive(Debug, clap::Args)]
 struct AuthArgs {
     /// Username (3-32 of a-z, 0-9, '_', '.', '-').
@@ -1279,7 +1283,7 @@ fn password(given: Option<String>) -> anyhow::Result<String> {
     }
 }
 
-/// "quip-cli on <hostname>", or "quip-cli" where the hostname is unknown.
+/// `quip-cli on <hostname>`, or `quip-cli` where the hostname is unknown.
 fn default_device_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

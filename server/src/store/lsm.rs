@@ -13,7 +13,7 @@
 //! readers never see a write that a crash could still take back.
 //!
 //! The write closures' point reads go through a cache of hot keys first
-//! ([`HotCache`]): a send reads the same few records (chat head, log heads,
+//! (`HotCache`): a send reads the same few records (chat head, log heads,
 //! cursors) that the previous send to that chat just wrote, and a memtable
 //! lookup is a skip-list walk of cache misses on the one thread every write
 //! waits for.
