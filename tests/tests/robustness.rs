@@ -394,7 +394,7 @@ async fn floods_are_rate_limited_per_device_across_its_connections() {
 }
 
 /// A connection that completes its handshake but never says Hello is
-/// closed with code 6 once `--hello-timeout` has passed since the handshake
+/// closed with code 6 once `--hello-timeout-secs` has passed since the handshake
 /// (not before it), while a client that does say Hello is served.
 #[tokio::test]
 async fn a_connection_that_never_says_hello_is_closed_after_the_hello_timeout() {
