@@ -109,7 +109,7 @@ impl Server {
         // (Session::allowed_early). The cache bounds memory: beyond it the
         // oldest tickets are forgotten and those clients do a full handshake.
         tls.max_early_data_size = u32::MAX;
-        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE);
+        tls.session_storage = tls::SessionCache::new(TLS_SESSION_CACHE);
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();

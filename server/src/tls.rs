@@ -1,4 +1,5 @@
-//! Certificates: load the operator's, or make a self-signed one for dev mode.
+//! TLS: certificates (the operator's, or a self-signed one for dev mode),
+//! the server configuration, and the cache of resumable sessions.
 
 use std::path::{Path, PathBuf};
 
@@ -80,4 +81,82 @@ pub fn server_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<rustls::Serve
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
+}
+
+/// Resumable TLS 1.3 sessions, taken (single use) when a client resumes.
+///
+/// rustls's own `ServerSessionMemoryCache` finds the entry to take by a
+/// linear scan of its insertion-order queue under one global lock: with
+/// tens of thousands of sessions cached, every resumed handshake compared
+/// keys for ~100 us while every other handshake waited (3% of quipd's
+/// samples at 10,000 connections, growing with the cache). quick_cache
+/// takes in O(1) on sharded locks, and its eviction keeps recently issued
+/// tickets over old ones just as well.
+pub struct SessionCache(quick_cache::sync::Cache<Vec<u8>, Vec<u8>>);
+
+impl SessionCache {
+    /// A cache of at most `sessions` entries (a few hundred bytes each).
+    pub fn new(sessions: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(quick_cache::sync::Cache::new(sessions.max(1))))
+    }
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache").field("len", &self.0.len()).finish()
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.insert(key, value);
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.remove(key).map(|(_, v)| v)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::server::StoresServerSessions;
+
+    use super::SessionCache;
+
+    #[test]
+    fn a_session_is_taken_once() {
+        let cache = SessionCache::new(16);
+        assert!(cache.put(b"ticket".to_vec(), b"state".to_vec()));
+        assert_eq!(cache.get(b"ticket").as_deref(), Some(&b"state"[..]));
+        assert_eq!(cache.take(b"ticket").as_deref(), Some(&b"state"[..]));
+        assert_eq!(
+            cache.take(b"ticket"),
+            None,
+            "a ticket's early data must be accepted at most once"
+        );
+        assert_eq!(cache.get(b"ticket"), None);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bound() {
+        let cache = SessionCache::new(1_000);
+        for i in 0..10_000u32 {
+            cache.put(i.to_be_bytes().to_vec(), vec![0; 100]);
+        }
+        let kept = (0..10_000u32).filter(|i| cache.get(&i.to_be_bytes()).is_some()).count();
+        assert!((1..=1_100).contains(&kept), "kept {kept} of 10,000 in a cache of 1,000");
+        assert!(
+            cache.get(&9_999u32.to_be_bytes()).is_some(),
+            "the newest session was evicted"
+        );
+    }
 }
