@@ -88,8 +88,10 @@ enum Scenario {
         /// Posts per second.
         #[arg(long, default_value_t = 20)]
         rate: u64,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds to run. Long enough for costs that grow with the store's
+        /// unflushed history to show: a 5 s run once hid receipts slowing
+        /// down from post to post.
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
     /// The disk under the store: appends, each followed by fdatasync, to a

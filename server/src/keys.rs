@@ -64,11 +64,6 @@ pub fn user_chats(uid: u64) -> (Vec<u8>, Vec<u8>) {
     (user_chat(uid, 0), user_chat(uid, u64::MAX))
 }
 
-/// The range of [`cursor`] keys of one chat: its members' (subscribers') cursors.
-pub fn cursors(chat: u64) -> (Vec<u8>, Vec<u8>) {
-    (cursor(chat, 0), cursor(chat, u64::MAX))
-}
-
 /// The user id in a [`cursor`] key.
 pub fn user_of_cursor(key: &[u8]) -> Option<u64> {
     chat_of_user_chat(key)

@@ -156,7 +156,7 @@ pub fn create(
     }
     let mut delivery = Delivery::default();
     if kind == ChatKind::Group {
-        receipts::aggregate_change(txn, chat_id, None, None)?;
+        receipts::aggregate_change(txn, chat_id, &chat.members, None, None)?;
         delivery.events = messages::fan_out(txn, &chat.members, &msg, None)?;
     } else {
         txn.set(&keys::user_channel(actor.user_id, chat_id), b"");
@@ -353,9 +353,13 @@ pub fn update(
             };
             txn.set(&key, &cur.encode_to_vec());
             if kind == ChatKind::Group {
-                delivery
-                    .events
-                    .extend(receipts::aggregate_change(txn, chat_id, Some(old), Some(cur))?);
+                delivery.events.extend(receipts::aggregate_change(
+                    txn,
+                    chat_id,
+                    &chat.members,
+                    Some(old),
+                    Some(cur),
+                )?);
             }
         }
     }
@@ -367,9 +371,13 @@ pub fn update(
             joined: event_seq,
         };
         txn.set(&keys::cursor(chat_id, uid), &cursor.encode_to_vec());
-        delivery
-            .events
-            .extend(receipts::aggregate_change(txn, chat_id, None, Some(cursor))?);
+        delivery.events.extend(receipts::aggregate_change(
+            txn,
+            chat_id,
+            &chat.members,
+            None,
+            Some(cursor),
+        )?);
     }
     for &uid in &gone {
         let ckey = keys::cursor(chat_id, uid);
@@ -386,7 +394,7 @@ pub fn update(
             chat.members.retain(|&m| m != uid);
             delivery
                 .events
-                .extend(receipts::aggregate_change(txn, chat_id, old, None)?);
+                .extend(receipts::aggregate_change(txn, chat_id, &chat.members, old, None)?);
         }
     }
     if kind == ChatKind::Group && chat.admins.is_empty() && !chat.members.is_empty() {

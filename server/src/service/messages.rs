@@ -168,9 +168,13 @@ pub fn send(
         }
     }
     if kind == ChatKind::Group {
-        delivery
-            .events
-            .extend(receipts::aggregate_change(txn, chat_id, Some(old), Some(cur))?);
+        delivery.events.extend(receipts::aggregate_change(
+            txn,
+            chat_id,
+            &chat.members,
+            Some(old),
+            Some(cur),
+        )?);
     } else if kind == ChatKind::Direct && old.read + 1 < seq {
         // The peers' messages before this one are now read: blue ticks for them.
         let receipt = v1::Receipt {

@@ -74,7 +74,7 @@ pub fn mark(
         out.push(append_receipt(txn, actor.user_id, &receipt, Some(actor.device_id))?);
     }
     match chat.kind() {
-        ChatKind::Group => out.extend(aggregate_change(txn, chat_id, Some(old), Some(cur))?),
+        ChatKind::Group => out.extend(aggregate_change(txn, chat_id, &chat.members, Some(old), Some(cur))?),
         ChatKind::Channel => {}
         _ => {
             // Never a tick for a message hidden from me (I block its sender).
@@ -109,11 +109,14 @@ fn append_receipt(
 
 /// Updates a group's aggregate after one member's cursor changed from `old`
 /// to `new` (`None`: not a member before / after). Call it after the cursor
-/// key itself is written or cleared. Returns the aggregate receipts to push
-/// when the lowest delivered or read cursor advanced.
+/// key itself is written or cleared, with `members` every user who may hold
+/// a cursor in the chat at that point (users without one are skipped).
+/// Returns the aggregate receipts to push when the lowest delivered or read
+/// cursor advanced.
 pub fn aggregate_change(
     txn: &mut dyn Txn,
     chat_id: u64,
+    members: &[u64],
     old: Option<CursorRecord>,
     new: Option<CursorRecord>,
 ) -> Result<Vec<Notification>, ServiceError> {
@@ -146,7 +149,7 @@ pub fn aggregate_change(
         rescan |= *count == 0;
     }
     if rescan {
-        agg = scan_aggregate(txn, chat_id)?;
+        agg = scan_aggregate(txn, chat_id, members)?;
     }
     if agg != before {
         txn.set(&key, &agg.encode_to_vec());
@@ -174,16 +177,25 @@ pub fn aggregate_change(
 }
 
 /// Recomputes a group's aggregate from its members' cursors.
-fn scan_aggregate(txn: &mut dyn ReadTxn, chat_id: u64) -> Result<AggRecord, ServiceError> {
-    let (from, to) = keys::cursors(chat_id);
+///
+/// Point reads of each member's cursor, not a range scan of the chat's
+/// cursor keys: every delivered receipt rewrites a cursor, and an LSM
+/// memtable keeps each version until it is flushed, so a scan walked all of
+/// them — a 256-member group taking 20 posts/s spent more per post the
+/// longer it ran (fanout p50 20 ms after 5 s, 196 ms after 20 s). A point
+/// read finds the newest version directly, from the writer's hot-key cache
+/// when it runs in a write closure.
+fn scan_aggregate(txn: &mut dyn ReadTxn, chat_id: u64, members: &[u64]) -> Result<AggRecord, ServiceError> {
     let mut agg = AggRecord {
         delivered_min: u64::MAX,
         delivered_at_min: 0,
         read_min: u64::MAX,
         read_at_min: 0,
     };
-    for (k, v) in txn.range(&from, &to, usize::MAX, false)? {
-        let c: CursorRecord = records::decode(&k, &v)?;
+    for &uid in members {
+        let Some(c) = records::get::<CursorRecord>(txn, &keys::cursor(chat_id, uid))? else {
+            continue;
+        };
         for (min, count, v) in [
             (&mut agg.delivered_min, &mut agg.delivered_at_min, c.delivered),
             (&mut agg.read_min, &mut agg.read_at_min, c.read),
