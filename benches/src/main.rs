@@ -510,6 +510,9 @@ async fn connections_scenario(
     // saturated machine handshakes queue and these grow, and with them
     // every retransmission timeout.
     let mut rtts = Histogram::<u64>::new(3)?;
+    // Resumed handshakes (0-RTT) skip the certificate's signature and its
+    // verification: the share says which kind of handshake was measured.
+    let resumed = clients.iter().filter(|c| c.used_0rtt()).count();
     for c in &clients {
         let _ = rtts.record(u64::try_from(c.connection().rtt().as_micros()).unwrap_or(u64::MAX));
     }
@@ -529,10 +532,10 @@ async fn connections_scenario(
         "server_rss_kib_after": rss_after, "server_rss_bytes_per_connection": per_conn,
         "server_rss_kib_half": rss_mid, "server_rss_bytes_per_connection_second_half": marginal,
         "server_idle_cpu_percent": idle_cpu_percent, "client_rtt": percentiles(&rtts),
-        "server_udp_drops": server_udp_drops,
+        "server_udp_drops": server_udp_drops, "resumed_0rtt": resumed,
     });
     let summary = format!(
-        "connections: {open} idle authenticated connections ({failed} failed) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half); idle, quipd used {:.0}% of a core (keep-alives); {} datagrams dropped at its socket; client RTT p99 {} us{}",
+        "connections: {open} idle authenticated connections ({failed} failed, {resumed} resumed in 0-RTT) in {:.2} s = {rate:.0} handshakes/s; quipd RSS {rss_before} -> {rss_mid} (half) -> {rss_after} KiB = {:.1} KiB per connection ({:.1} KiB each in the second half); idle, quipd used {:.0}% of a core (keep-alives); {} datagrams dropped at its socket; client RTT p99 {} us{}",
         elapsed.as_secs_f64(),
         per_conn / 1024.0,
         marginal / 1024.0,

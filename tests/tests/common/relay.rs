@@ -27,6 +27,9 @@ pub struct Faults {
     pub reorder: f64,
     /// Added to every datagram.
     pub delay: Duration,
+    /// Datagrams with more bytes than this are dropped, as on a path with a
+    /// smaller MTU (0: no limit).
+    pub max_datagram: usize,
 }
 
 /// Live controls of a relay.
@@ -140,7 +143,7 @@ fn forward(ctl: &Control, f: &Faults, held: &Mutex<Option<Vec<u8>>>, target: Tar
         return;
     }
     let mut rng = rand::rng();
-    if rng.random_bool(f.loss.clamp(0.0, 1.0)) {
+    if rng.random_bool(f.loss.clamp(0.0, 1.0)) || (f.max_datagram > 0 && data.len() > f.max_datagram) {
         return;
     }
     let mut out = Vec::with_capacity(3);
