@@ -55,8 +55,10 @@ enum Scenario {
         /// Total messages per second.
         #[arg(long, default_value_t = 5000)]
         rate: u64,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds to run. A few disk stalls a minute decide p99, so a short
+        /// run's p99 is luck (10-449 ms across 10 s runs of one build); 30 s
+        /// also shows costs that grow with the store's unflushed history.
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
     /// Open N idle authenticated connections to a separate quipd process:
