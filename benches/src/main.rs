@@ -930,9 +930,10 @@ fn key_figures(r: &Value) -> String {
             f["reconnect_and_sync_ms"].as_f64().unwrap_or(0.0)
         ),
         "connections" => format!(
-            "{} open ({} failed) at {:.0} handshakes/s ({} datagrams dropped at the server's socket); {:.1} KiB server RSS per connection ({:.1} KiB in the second half); idle: {:.0}% of a core",
+            "{} open ({} failed, {} resumed in 0-RTT) at {:.0} handshakes/s ({} datagrams dropped at the server's socket); {:.1} KiB server RSS per connection ({:.1} KiB in the second half); idle: {:.0}% of a core",
             f["open"],
             f["failed"],
+            f["resumed_0rtt"],
             f["handshakes_per_sec"].as_f64().unwrap_or(0.0),
             f["server_udp_drops"],
             f["server_rss_bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
