@@ -196,8 +196,9 @@ fn quic_config_with(ca_pem: Option<&[u8]>, keep_alive: Duration) -> Result<quinn
 /// per connection, each a packet of PADDING frames that the server's QUIC
 /// stack parses one byte at a time: perf put that at a fifth of quipd's CPU
 /// while accepting connections; 10,000 connections opened at 930-1,210
-/// handshakes/s with four probes, 1,170-1,405 with one (alternating runs). One probe keeps the larger packets for media transfers where the
-/// path allows them; the sizes in between are not worth three more probes.
+/// handshakes/s with four probes, 1,170-1,405 with one (alternating runs).
+/// One probe keeps the larger packets for media transfers where the path
+/// allows them; the sizes in between are not worth three more probes.
 fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut mtud = quinn::MtuDiscoveryConfig::default();
     mtud.upper_bound(1452).minimum_change(1452 - 1200);
