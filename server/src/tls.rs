@@ -88,8 +88,9 @@ pub fn server_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<rustls::Serve
 /// rustls's own `ServerSessionMemoryCache` finds the entry to take by a
 /// linear scan of its insertion-order queue under one global lock: with
 /// tens of thousands of sessions cached, every resumed handshake compared
-/// keys for ~100 us while every other handshake waited (3% of quipd's
-/// samples at 10,000 connections, growing with the cache). quick_cache
+/// that many keys while every other handshake waited (3% of quipd's
+/// samples at 10,000 connections; at 100,000, 363 handshakes/s with 104
+/// failed against 1,002/s and none failed with this cache). quick_cache
 /// takes in O(1) on sharded locks, and its eviction keeps recently issued
 /// tickets over old ones just as well.
 pub struct SessionCache(quick_cache::sync::Cache<Vec<u8>, Vec<u8>>);
