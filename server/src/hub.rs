@@ -16,7 +16,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use quip_protocol::{Body, CloseCode, Envelope, frame_bytes};
-use tokio::sync::watch;
 
 use crate::service::{Delivery, Notification};
 
@@ -34,27 +33,47 @@ pub struct Push {
 }
 
 /// Asks a connection's driver to close it.
-#[derive(Debug)]
-pub struct Closer(watch::Sender<Option<(CloseCode, String)>>);
+///
+/// A lock and a `Notify` inside the connection's `Arc<Closer>` rather than a
+/// watch channel: tokio's watch allocates a shared block with eight wakers
+/// (~370 bytes) per channel, for one waiter that is woken at most once.
+#[derive(Debug, Default)]
+pub struct Closer {
+    requested: std::sync::Mutex<Option<(CloseCode, String)>>,
+    /// One waiter, the connection's driver; `notify_one` keeps the wake-up
+    /// if the driver is not waiting yet.
+    notify: tokio::sync::Notify,
+}
 
 impl Closer {
-    /// A closer and the receiver the connection driver watches.
-    pub fn new() -> (Arc<Self>, watch::Receiver<Option<(CloseCode, String)>>) {
-        let (tx, rx) = watch::channel(None);
-        (Arc::new(Self(tx)), rx)
+    /// A closer for a new connection, whose driver awaits [`Closer::requested`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
     }
 
     /// Requests a close; the first request wins.
     pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
-        let reason = reason.into();
-        self.0.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some((code, reason));
-                true
-            } else {
-                false
+        let mut requested = self.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if requested.is_none() {
+            *requested = Some((code, reason.into()));
+            drop(requested);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves with the first close requested.
+    pub async fn requested(&self) -> (CloseCode, String) {
+        loop {
+            if let Some(r) = self
+                .requested
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+            {
+                return r;
             }
-        });
+            self.notify.notified().await;
+        }
     }
 }
 

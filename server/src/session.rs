@@ -231,9 +231,11 @@ pub struct Session {
     peer: std::net::IpAddr,
     /// Set from Hello.background: presence ignores this connection.
     background: AtomicBool,
-    /// False until the TLS handshake is complete on a connection accepted
+    /// True until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
-    handshake_done: tokio::sync::watch::Sender<bool>,
+    early: AtomicBool,
+    /// Wakes requests waiting for the handshake to complete (`admit`).
+    handshake_done: tokio::sync::Notify,
     /// Media transfers this connection may run at once.
     media_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -275,7 +277,8 @@ impl Session {
             closer,
             push_tx,
             close_after_reply: Mutex::new(None),
-            handshake_done: tokio::sync::watch::Sender::new(true),
+            early: AtomicBool::new(false),
+            handshake_done: tokio::sync::Notify::new(),
             peer,
             background: AtomicBool::new(false),
             media_slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_STREAMS_PER_CONNECTION)),
@@ -284,7 +287,24 @@ impl Session {
 
     /// Marks whether requests may still come from 0-RTT early data.
     pub fn set_early(&self, early: bool) {
-        self.handshake_done.send_replace(!early);
+        self.early.store(early, Ordering::Release);
+        if !early {
+            self.handshake_done.notify_waiters();
+        }
+    }
+
+    /// Resolves once requests can no longer be replays of early data.
+    async fn handshake_complete(&self) {
+        loop {
+            let notified = self.handshake_done.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a completion in between wakes it.
+            notified.as_mut().enable();
+            if !self.early.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Requests that are harmless when replayed, so they may run from 0-RTT
@@ -451,11 +471,13 @@ impl Session {
     /// for a 0-RTT handshake to complete (up to [`EARLY_WAIT`]), and each
     /// is charged against the rate limit.
     async fn admit(&self, replay_safe: bool) -> Result<(), ServiceError> {
-        if !replay_safe {
-            let mut done = self.handshake_done.subscribe();
-            if !*done.borrow() && tokio::time::timeout(EARLY_WAIT, done.wait_for(|d| *d)).await.is_err() {
-                return Err(ServiceError::TooEarly);
-            }
+        if !replay_safe
+            && self.early.load(Ordering::Acquire)
+            && tokio::time::timeout(EARLY_WAIT, self.handshake_complete())
+                .await
+                .is_err()
+        {
+            return Err(ServiceError::TooEarly);
         }
         self.take_token().map_err(|wait| ServiceError::RateLimited {
             retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),

@@ -45,9 +45,9 @@ enum Out {
 
 /// Drives one upgraded WebSocket to its end.
 pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::IpAddr) {
-    let (closer, mut close_rx) = Closer::new();
+    let closer = Closer::new();
     let (push_tx, push_rx) = crate::hub::push_queue(shared.config.push_queue);
-    let session = Session::new(shared.clone(), closer, push_tx, peer);
+    let session = Session::new(shared.clone(), closer.clone(), push_tx, peer);
     let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
     let (sink, stream) = socket.split();
     // Replies wait here for the writer; when it is full the request loop
@@ -78,8 +78,7 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     tokio::select! {
         _ = serve => {}
         _ = &mut writer => {}
-        _ = close_rx.changed() => {
-            let (code, reason) = close_rx.borrow().clone().unwrap_or((CloseCode::Normal, String::new()));
+        (code, reason) = closer.requested() => {
             tracing::debug!(%peer, ?code, %reason, "closing WebSocket");
             // Dropped if the writer is stuck behind a browser that stopped
             // reading: then the linger below ends the connection.
