@@ -15,6 +15,9 @@ if $tiny; then
 else
   profile=release
   cargo build --locked --release -p quip-bench -p quip-server
+  # The build leaves hundreds of MB dirty; written back during the first
+  # scenarios, they stall the store's fdatasyncs (seen with strace).
+  sync
 fi
 bench="./target/$profile/quip-bench"
 results="$(mktemp)"
