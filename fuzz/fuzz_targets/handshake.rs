@@ -104,7 +104,7 @@ fuzz_target!(|input: Input| {
         let offered_v1 = matches!(&env.body, Some(Body::Hello(h)) if h.versions.contains(&1));
         let had_token = matches!(&env.body, Some(Body::Hello(h)) if !h.token.is_empty());
         let id = env.id;
-        let (closer, _close_rx) = Closer::new();
+        let closer = Closer::new();
         let (tx, _rx) = quip_server::hub::push_queue(16);
         let session = Session::new(w.shared.clone(), closer, tx, "127.0.0.1".parse().unwrap());
         match session.hello(env) {

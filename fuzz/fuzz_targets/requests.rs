@@ -155,9 +155,9 @@ async fn run(input: Input) {
     let mut sessions = Vec::new();
     let mut queues = Vec::new(); // pushes are not under test; keep the queues open
     for t in &tokens {
-        let (closer, close_rx) = Closer::new();
+        let closer = Closer::new();
         let (tx, rx) = quip_server::hub::push_queue(1 << 16);
-        queues.push((rx, close_rx));
+        queues.push(rx);
         let s = Session::new(shared.clone(), closer, tx, "127.0.0.1".parse().unwrap());
         let hello = Envelope::new(
             1,
