@@ -79,7 +79,6 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let _ = handshake_done.send(());
     }
     let remote = conn.remote_address();
-    let max_frame = quip_protocol::MAX_FRAME;
 
     let budget = Arc::new(Budget::default());
     let hello_timeout = Duration::from_secs(shared.config.hello_timeout_secs);
@@ -100,7 +99,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             tokio::select! {
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
-                        let reader = StreamReader::new(recv, budget.clone(), max_frame);
+                        let reader = StreamReader::new(recv, budget.clone(), quip_protocol::MAX_FRAME);
                         tasks.spawn(serve_stream(session.clone(), reader, send, conn.clone()));
                     }
                     Err(_) => break,
