@@ -227,7 +227,26 @@ fn git_commit() -> Option<String> {
 /// CPU time the process has used, user and system, in seconds (from
 /// /proc: USER_HZ is 100 on every Linux ABI).
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time of this process's threads named `comm` (as the kernel shortens
+/// it: 15 bytes), e.g. the store's writer thread: every write runs on it, so
+/// its CPU per write is the ceiling on writes per second whatever the cores.
+fn thread_cpu_seconds(comm: &str) -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.trim_end() == comm {
+            let s = stat_cpu_seconds(&task.path().join("stat").to_string_lossy())?;
+            total = Some(total.unwrap_or(0.0) + s);
+        }
+    }
+    total
+}
+
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -311,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
         "writes_per_commit": st.writes as f64 / st.commits.max(1) as f64,
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,
         "max_commit_us": st.max_commit_micros,
+        "writer_cpu_us_per_write": thread_cpu_seconds("quip-store-writ").map(|s| s * 1e6 / st.writes.max(1) as f64),
     });
     let summary = format!("{summary}\n  store: {}", figures["store"]);
     report(cli.json, name, params, figures, summary);
@@ -905,10 +925,11 @@ fn key_figures(r: &Value) -> String {
     let f = &r["figures"];
     match r["scenario"].as_str().unwrap_or("") {
         "throughput" => format!(
-            "{:.0} msg/s durably stored and delivered; latency p50 {} ms, p99 {} ms",
+            "{:.0} msg/s durably stored and delivered; latency p50 {} ms, p99 {} ms; store writer {:.1} µs CPU per write",
             f["delivered_per_sec"].as_f64().unwrap_or(0.0),
             ms(&f["latency"]["p50_us"]),
-            ms(&f["latency"]["p99_us"])
+            ms(&f["latency"]["p99_us"]),
+            f["store"]["writer_cpu_us_per_write"].as_f64().unwrap_or(f64::NAN)
         ),
         "latency" => format!(
             "send→receive p50 {} ms, p99 {} ms, p99.9 {} ms; slowest group commit {} ms",

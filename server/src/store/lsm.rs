@@ -46,7 +46,7 @@ pub struct LsmEngine {
 /// Nothing else writes the keyspace, and a batch's values enter only once
 /// fjall has them, so a hit is always what the keyspace would say.
 /// Written-but-unread keys (message bodies, log entries) never enter.
-type HotCache = quick_cache::unsync::Cache<Vec<u8>, Option<Vec<u8>>, EntryBytes>;
+type HotCache = quick_cache::unsync::Cache<Vec<u8>, Option<Vec<u8>>, EntryBytes, foldhash::fast::RandomState>;
 
 /// Bytes a hot-cache budget is counted in.
 const HOT_CACHE_BYTES: u64 = 16 << 20;
@@ -76,7 +76,13 @@ impl LsmStore {
     pub fn open(path: &Path, queue: usize) -> Result<Self, StoreError> {
         let db = Database::builder(path).open().map_err(backend)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(backend)?;
-        let hot = HotCache::with_weighter(HOT_CACHE_BYTES as usize / 256, HOT_CACHE_BYTES, EntryBytes);
+        let hot = HotCache::with(
+            HOT_CACHE_BYTES as usize / 256,
+            HOT_CACHE_BYTES,
+            EntryBytes,
+            foldhash::fast::RandomState::default(),
+            Default::default(),
+        );
         GroupCommit::start(
             LsmEngine {
                 db,
@@ -139,10 +145,11 @@ impl LsmEngine {
         }
         w.commit().map_err(backend)?;
         for (k, v) in batch {
-            // Remove, then insert: an insert the cache declines (too heavy)
-            // leaves the key absent, never holding its old value.
-            if hot.remove(&k).is_some() {
-                hot.insert(k, v);
+            // In place: one lookup per written key, and most written keys
+            // (message bodies, log entries) are not cached at all. The
+            // entry's weight is recounted when the slot is dropped.
+            if let Some(mut slot) = hot.peek_mut(k.as_slice()) {
+                *slot = v;
             }
         }
         Ok(keys)
