@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 use super::group::{Engine, GroupCommit, Job};
-use super::overlay::{Base, Reader, Scan, Writes, merged, run_job};
+use super::overlay::{Base, Reader, Scan, Writes, run_job_in};
 use super::{KeyValue, ReadTxn, StoreError};
 
 /// A store on a fjall database, with group commit.
@@ -121,15 +121,12 @@ impl LsmEngine {
         let mut keys = 0u64;
         {
             let hot = RefCell::new(&mut *hot);
+            let under = Committed {
+                kv: &self.kv,
+                hot: &hot,
+            };
             for (f, _) in jobs.iter_mut() {
-                let view = Pending {
-                    kv: &self.kv,
-                    batch: &batch,
-                    hot: &hot,
-                };
-                let Some(writes) = run_job(&view, f)? else { continue };
-                keys += writes.len() as u64;
-                batch.extend(writes);
+                keys += run_job_in(&mut batch, &under, f)?.unwrap_or(0);
             }
         }
         if batch.is_empty() {
@@ -177,20 +174,16 @@ impl Base for Snap<'_> {
     }
 }
 
-/// The committed keyspace with the batch so far laid over it: what a write
-/// closure reads through its own overlay. Only the writer thread writes, so
-/// the keyspace's latest state is the last durable commit.
-struct Pending<'a, 'h> {
+/// The committed keyspace, through the hot-key cache: what the batch in
+/// progress lies on. Only the writer thread writes, so the keyspace's latest
+/// state is the last durable commit.
+struct Committed<'a, 'h> {
     kv: &'a Keyspace,
-    batch: &'a Writes,
     hot: &'a RefCell<&'h mut HotCache>,
 }
 
-impl Base for Pending<'_, '_> {
+impl Base for Committed<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = self.batch.get(key) {
-            return Ok(v.clone());
-        }
         if let Some(v) = self.hot.borrow().get(key) {
             return Ok(v.clone());
         }
@@ -201,12 +194,11 @@ impl Base for Pending<'_, '_> {
 
     fn scan<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Result<Scan<'a>, StoreError> {
         let iter = self.kv.range(begin..end);
-        let base: Scan<'a> = if reverse {
+        Ok(if reverse {
             Box::new(iter.rev().map(owned))
         } else {
             Box::new(iter.map(owned))
-        };
-        Ok(merged(base, self.batch, begin, end, reverse))
+        })
     }
 }
 

@@ -1,11 +1,14 @@
 //! Buffered writes layered over a committed view, for group commit.
 //!
-//! Both embedded engines run every queued write closure against one batch:
-//! each closure gets an [`Overlay`] whose reads see the batch so far and
-//! whose writes stay in the overlay until the closure returns
-//! [`Outcome::Commit`]. A closure that rolls back (or panics) leaves nothing,
-//! while its batch-mates commit. The engine only says how to read what lies
-//! under the overlay ([`Base`]) and how to make the kept writes durable.
+//! Both embedded engines run every queued write closure against one batch,
+//! and a closure that rolls back (or panics) leaves nothing while its
+//! batch-mates commit. The B-tree engine gives each closure an [`Overlay`]
+//! whose reads see the batch so far (its write transaction) and whose writes
+//! stay in the overlay until the closure returns [`Outcome::Commit`]. The
+//! log-structured engine keeps the batch itself in memory, so a closure
+//! writes straight into it and an undo log takes a rollback back
+//! ([`run_job_in`]). The engine only says how to read what lies under
+//! ([`Base`]) and how to make the kept writes durable.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
@@ -38,14 +41,133 @@ pub(super) fn run_job(base: &dyn Base, f: &mut WriteFn) -> Result<Option<Writes>
         writes: Writes::new(),
         error: None,
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut overlay))).unwrap_or_else(|_| {
-        tracing::error!("write closure panicked; its writes are discarded");
-        Outcome::Rollback
-    });
+    let outcome = call(f, &mut overlay);
     if let Some(e) = overlay.error {
         return Err(e);
     }
     Ok((outcome == Outcome::Commit).then_some(overlay.writes))
+}
+
+/// Calls a write closure; a panic counts as a rollback, so one bad closure
+/// cannot take the writer thread (and every batch-mate) down with it.
+fn call(f: &mut WriteFn, txn: &mut dyn Txn) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(txn))).unwrap_or_else(|_| {
+        tracing::error!("write closure panicked; its writes are discarded");
+        Outcome::Rollback
+    })
+}
+
+/// Runs one write closure straight on `batch`, over `under` (what the batch
+/// lies on). Its writes go into the batch as they happen, each noting what it
+/// replaced, and a rollback (or panic) puts those back: no per-closure map
+/// whose every key is moved into the batch afterwards, and a read looks in one
+/// map, not two. (perf of the throughput scenario: the per-closure maps and
+/// the move were about a tenth of the writer thread's time.)
+/// `Ok(Some(n))`: the closure committed `n` key writes; `Ok(None)`: it rolled
+/// back and the batch is as before; `Err`: a read failed in the backend, so
+/// the whole batch is suspect.
+pub(super) fn run_job_in(batch: &mut Writes, under: &dyn Base, f: &mut WriteFn) -> Result<Option<u64>, StoreError> {
+    let mut txn = InBatch {
+        batch,
+        under,
+        undo: Vec::new(),
+        error: None,
+    };
+    let outcome = call(f, &mut txn);
+    if let Some(e) = txn.error {
+        return Err(e);
+    }
+    if outcome == Outcome::Commit {
+        return Ok(Some(txn.undo.len() as u64));
+    }
+    for (key, replaced) in txn.undo.into_iter().rev() {
+        match replaced {
+            Some(v) => txn.batch.insert(key, v),
+            None => txn.batch.remove(&key),
+        };
+    }
+    Ok(None)
+}
+
+/// The batch entry a write replaced: `None` when the batch had none.
+type Replaced = Option<Option<Vec<u8>>>;
+
+/// One closure's view inside a group commit whose writes go straight into
+/// the batch (see [`run_job_in`]).
+struct InBatch<'b> {
+    batch: &'b mut Writes,
+    under: &'b dyn Base,
+    /// Each write's key and the batch entry it replaced, in write order.
+    undo: Vec<(Vec<u8>, Replaced)>,
+    /// A backend error seen by a read; fails the batch.
+    error: Option<StoreError>,
+}
+
+impl InBatch<'_> {
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        let replaced = self.batch.insert(key.to_vec(), value);
+        self.undo.push((key.to_vec(), replaced));
+    }
+}
+
+impl ReadTxn for InBatch<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        layered_get(self.batch, self.under, &mut self.error, key)
+    }
+
+    fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
+        layered_range(self.batch, self.under, &mut self.error, (begin, end), limit, reverse)
+    }
+}
+
+/// A read of `writes` laid over `base`. A backend error is kept in `error`
+/// as well as returned: it fails the whole batch even if the closure
+/// swallows it.
+fn layered_get(
+    writes: &Writes,
+    base: &dyn Base,
+    error: &mut Option<StoreError>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if let Some(v) = writes.get(key) {
+        return Ok(v.clone());
+    }
+    noted(error, base.get(key))
+}
+
+/// A range read of `writes` laid over `base` (see [`layered_get`]).
+fn layered_range(
+    writes: &Writes,
+    base: &dyn Base,
+    error: &mut Option<StoreError>,
+    (begin, end): (&[u8], &[u8]),
+    limit: usize,
+    reverse: bool,
+) -> Result<Vec<KeyValue>, StoreError> {
+    if begin >= end || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let r = base
+        .scan(begin, end, reverse)
+        .and_then(|scan| merged(scan, writes, begin, end, reverse).take(limit).collect());
+    noted(error, r)
+}
+
+fn noted<T>(error: &mut Option<StoreError>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(e) = &r {
+        *error = Some(e.clone());
+    }
+    r
+}
+
+impl Txn for InBatch<'_> {
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.write(key, Some(value.to_vec()));
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.write(key, None);
+    }
 }
 
 /// A read-only transaction over a [`Base`] (a snapshot).
@@ -126,33 +248,13 @@ struct Overlay<'b> {
     error: Option<StoreError>,
 }
 
-impl Overlay<'_> {
-    fn note<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(e) = &r {
-            self.error = Some(e.clone());
-        }
-        r
-    }
-}
-
 impl ReadTxn for Overlay<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = self.writes.get(key) {
-            return Ok(v.clone());
-        }
-        let r = self.base.get(key);
-        self.note(r)
+        layered_get(&self.writes, self.base, &mut self.error, key)
     }
 
     fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
-        if begin >= end || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let r = self
-            .base
-            .scan(begin, end, reverse)
-            .and_then(|base| merged(base, &self.writes, begin, end, reverse).take(limit).collect());
-        self.note(r)
+        layered_range(&self.writes, self.base, &mut self.error, (begin, end), limit, reverse)
     }
 }
 
@@ -163,5 +265,100 @@ impl Txn for Overlay<'_> {
 
     fn clear(&mut self, key: &[u8]) {
         self.writes.insert(key.to_vec(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Committed data under the batch: a sorted map.
+    struct Committed(Writes);
+
+    impl Base for Committed {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.get(key).cloned().flatten())
+        }
+
+        fn scan<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Result<Scan<'a>, StoreError> {
+            let rows = self
+                .0
+                .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+                .filter_map(|(k, v)| v.clone().map(|v| Ok((k.clone(), v))));
+            Ok(if reverse { Box::new(rows.rev()) } else { Box::new(rows) })
+        }
+    }
+
+    fn map(pairs: &[(&str, Option<&str>)]) -> Writes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    /// The batch as earlier closures left it: `a` overwritten, `b` written,
+    /// `c` deleted, over committed `a`, `c` and `d`.
+    fn setup() -> (Committed, Writes) {
+        let committed = Committed(map(&[("a", Some("0")), ("c", Some("0")), ("d", Some("0"))]));
+        let batch = map(&[("a", Some("1")), ("b", Some("1")), ("c", None)]);
+        (committed, batch)
+    }
+
+    fn job(f: impl FnMut(&mut dyn Txn) -> Outcome + Send + 'static) -> WriteFn {
+        Box::new(f)
+    }
+
+    #[test]
+    fn a_committed_closure_leaves_its_writes_in_the_batch() {
+        let (committed, mut batch) = setup();
+        let mut f = job(|t| {
+            // Reads see the batch over the committed data, then its own writes.
+            assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(t.get(b"c").unwrap(), None);
+            assert_eq!(t.get(b"d").unwrap().as_deref(), Some(&b"0"[..]));
+            t.set(b"a", b"2");
+            t.clear(b"d");
+            t.set(b"e", b"2");
+            let keys: Vec<_> = t
+                .range(b"a", b"z", 10, false)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"e".to_vec()]);
+            Outcome::Commit
+        });
+        assert_eq!(run_job_in(&mut batch, &committed, &mut f).unwrap(), Some(3));
+        let want = map(&[
+            ("a", Some("2")),
+            ("b", Some("1")),
+            ("c", None),
+            ("d", None),
+            ("e", Some("2")),
+        ]);
+        assert_eq!(batch, want);
+    }
+
+    /// The undo log puts back what a closure replaced in the batch, whether
+    /// the closure rolled back or panicked: overwritten, cleared and new keys,
+    /// and a key written twice.
+    #[test]
+    fn a_rolled_back_or_panicking_closure_leaves_the_batch_as_it_was() {
+        for panics in [false, true] {
+            let (committed, mut batch) = setup();
+            let before = batch.clone();
+            let mut f = job(move |t| {
+                t.set(b"a", b"2");
+                t.set(b"a", b"3");
+                t.clear(b"b");
+                t.set(b"c", b"2");
+                t.clear(b"d");
+                t.set(b"e", b"2");
+                assert!(!panics, "closure panics on purpose");
+                Outcome::Rollback
+            });
+            assert_eq!(run_job_in(&mut batch, &committed, &mut f).unwrap(), None);
+            assert_eq!(batch, before, "panics: {panics}");
+        }
     }
 }
