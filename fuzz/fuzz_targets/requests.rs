@@ -126,6 +126,7 @@ async fn reply(session: &Arc<Session>, env: Envelope) -> Envelope {
     match session.handle(env).await {
         Reply::Ready(e) => e,
         Reply::Pending(h) => h.await.expect("request task"),
+        Reply::Waiting(answer) => answer.await,
     }
 }
 

@@ -206,6 +206,10 @@ async fn step(session: &Arc<Session>, sink: &mut impl ReplySink, inflight: &mut 
                     inflight.push_back(Box::pin(async move { reply }));
                     Next::Read
                 }
+                Reply::Waiting(answer) => {
+                    inflight.push_back(answer);
+                    Next::Read
+                }
                 Reply::Pending(handle) => {
                     inflight.push_back(Box::pin(async move {
                         handle.await.unwrap_or_else(|e| {

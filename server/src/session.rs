@@ -5,7 +5,8 @@
 //! limits, runs the request against the store and says what to answer. It
 //! never touches a socket, so every transport gets identical behaviour.
 //!
-//! Writes are answered with [`Reply::Pending`]: the write is already queued
+//! Writes are answered with [`Reply::Waiting`] (or [`Reply::Pending`] when
+//! effects follow the commit): the write is already queued
 //! in order when `handle` returns, and the pending reply resolves once it is
 //! durable and its events are pushed. A transport keeps several pending
 //! replies per stream in flight (pipelining) and sends them in order.
@@ -206,8 +207,17 @@ impl Shared {
 pub enum Reply {
     /// The answer, now.
     Ready(Envelope),
-    /// A queued write's answer, once it is durable.
+    /// A queued write's answer, once it is durable, from a task of its own:
+    /// for writes with effects after they are durable (a login registers
+    /// the connection, a logout drops the session), which must happen even
+    /// if nobody waits for the answer any more.
     Pending(tokio::task::JoinHandle<Envelope>),
+    /// A queued write's answer, once it is durable, where producing the
+    /// answer is all there is left to do (sends, receipts, acks): the
+    /// transport's request loop polls it itself. A task per request would
+    /// cost a spawn and one more wake-up on the message path; nothing is
+    /// lost if the connection goes first, as the write is queued already.
+    Waiting(futures::future::BoxFuture<'static, Envelope>),
 }
 
 #[derive(Clone)]
@@ -628,7 +638,7 @@ impl Session {
                         |sent| &mut sent.delivery,
                     )
                     .await?;
-                Ok(Reply::Pending(tokio::spawn(async move {
+                Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
                         Ok(sent) => Envelope::new(id, Body::Sent(sent.response)),
                         Err(e) => err(id, &e),
@@ -699,7 +709,7 @@ impl Session {
                 let pending =
                     store::enqueue_write(&*shared.store, move |t| presence::set_visibility(t, actor.user_id, v))
                         .await?;
-                Ok(Reply::Pending(tokio::spawn(async move {
+                Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
                         Ok(v) => Envelope::new(id, Body::SettingsSaved(v1::SettingsResponse { last_seen: v as i32 })),
                         Err(e) => err(id, &e),
@@ -710,7 +720,7 @@ impl Session {
                 let actor = self.actor()?;
                 let pending =
                     store::enqueue_write(&*shared.store, move |t| blocking::set(t, &actor, &r.user, r.unblock)).await?;
-                Ok(Reply::Pending(tokio::spawn(async move {
+                Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
                         Ok(blocked) => Envelope::new(id, Body::Blocked(v1::BlockResponse { blocked })),
                         Err(e) => err(id, &e),
@@ -761,7 +771,7 @@ impl Session {
                         |r: &mut (u64, crate::service::Delivery)| &mut r.1,
                     )
                     .await?;
-                Ok(Reply::Pending(tokio::spawn(async move {
+                Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
                         Ok((seq, _)) => Envelope::new(id, Body::ReceiptStored(v1::ReceiptResponse { seq })),
                         Err(e) => err(id, &e),
@@ -789,7 +799,7 @@ impl Session {
                     log::ack(t, actor.user_id, actor.device_id, r.pos)
                 })
                 .await?;
-                Ok(Reply::Pending(tokio::spawn(async move {
+                Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
                         Ok(pos) => Envelope::new(id, Body::Acked(v1::AckResponse { pos })),
                         Err(e) => err(id, &e),
@@ -908,7 +918,7 @@ impl Session {
     }
 
     fn chat_reply(id: u64, pending: store::PendingWrite<Result<groups::Changed, ServiceError>>) -> Reply {
-        Reply::Pending(tokio::spawn(async move {
+        Reply::Waiting(Box::pin(async move {
             match pending.wait().await {
                 Ok(c) => Envelope::new(
                     id,
