@@ -331,6 +331,7 @@ async fn main() -> anyhow::Result<()> {
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,
         "max_commit_us": st.max_commit_micros,
         "writer_cpu_us_per_write": thread_cpu_seconds("quip-store-writ").map(|s| s * 1e6 / st.writes.max(1) as f64),
+        "committer_cpu_us_per_write": thread_cpu_seconds("quip-store-comm").map(|s| s * 1e6 / st.writes.max(1) as f64),
     });
     let summary = format!("{summary}\n  store: {}", figures["store"]);
     report(cli.json, name, params, figures, summary);
@@ -925,11 +926,12 @@ fn key_figures(r: &Value) -> String {
     let f = &r["figures"];
     match r["scenario"].as_str().unwrap_or("") {
         "throughput" => format!(
-            "{:.0} msg/s durably stored and delivered; latency p50 {} ms, p99 {} ms; store writer {:.1} µs CPU per write",
+            "{:.0} msg/s durably stored and delivered; latency p50 {} ms, p99 {} ms; store writer {:.1} µs, committer {:.1} µs CPU per write",
             f["delivered_per_sec"].as_f64().unwrap_or(0.0),
             ms(&f["latency"]["p50_us"]),
             ms(&f["latency"]["p99_us"]),
-            f["store"]["writer_cpu_us_per_write"].as_f64().unwrap_or(f64::NAN)
+            f["store"]["writer_cpu_us_per_write"].as_f64().unwrap_or(f64::NAN),
+            f["store"]["committer_cpu_us_per_write"].as_f64().unwrap_or(f64::NAN)
         ),
         "latency" => format!(
             "send→receive p50 {} ms, p99 {} ms, p99.9 {} ms; slowest group commit {} ms",

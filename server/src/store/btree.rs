@@ -43,7 +43,31 @@ impl RedbStore {
     }
 }
 
+/// redb has one write transaction at a time, in which the closures read
+/// their batch-mates' writes, so a batch is run and made durable in one
+/// step on the writer thread; only its callbacks wait for the committer.
 impl Engine for RedbEngine {
+    type Batch = ();
+
+    fn prepare(&self, jobs: &mut [Job], _in_flight: Option<&()>) -> Result<((), u64), StoreError> {
+        self.commit(jobs).map(|keys| ((), keys))
+    }
+
+    fn apply(&self, (): &()) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn settled(&self, (): &(), _applied: bool) {}
+
+    fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let r = self.db.begin_read().map_err(backend)?;
+        let table = r.open_table(KV).map_err(backend)?;
+        f(&mut Reader(&Table(&table)))
+    }
+}
+
+impl RedbEngine {
+    /// Runs `jobs` in one write transaction and commits it (with fsync).
     fn commit(&self, jobs: &mut [Job]) -> Result<u64, StoreError> {
         let mut w = self.db.begin_write().map_err(backend)?;
         // The default, stated: commit returns only after fsync. Replies to
@@ -68,12 +92,6 @@ impl Engine for RedbEngine {
         }
         w.commit().map_err(backend)?;
         Ok(keys)
-    }
-
-    fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let r = self.db.begin_read().map_err(backend)?;
-        let table = r.open_table(KV).map_err(backend)?;
-        f(&mut Reader(&Table(&table)))
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 use super::group::{Engine, GroupCommit, Job};
-use super::overlay::{Base, Reader, Scan, Writes, run_job_in};
+use super::overlay::{Base, Layered, Reader, Scan, Writes, run_job_in};
 use super::{KeyValue, ReadTxn, StoreError};
 
 /// A store on a fjall database, with group commit.
@@ -35,8 +35,9 @@ pub type LsmStore = GroupCommit<LsmEngine>;
 pub struct LsmEngine {
     db: Database,
     kv: Keyspace,
-    /// Only the writer thread takes it (once per commit): a Mutex only
-    /// because the engine is shared with the readers' threads.
+    /// Only the writer thread takes it (once to prepare a batch, once to
+    /// settle one; the committer never does): a Mutex only because the
+    /// engine is shared with the committer's and readers' threads.
     hot: Mutex<HotCache>,
 }
 
@@ -74,6 +75,13 @@ impl LsmStore {
     /// Opens (or creates) the store in the directory `path`. `queue` bounds
     /// the writes waiting for the writer thread; beyond it, writers wait.
     pub fn open(path: &Path, queue: usize) -> Result<Self, StoreError> {
+        GroupCommit::start(LsmEngine::open(path)?, queue)
+    }
+}
+
+impl LsmEngine {
+    /// Opens (or creates) the fjall database in the directory `path`.
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(path).open().map_err(backend)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(backend)?;
         let hot = HotCache::with(
@@ -83,27 +91,83 @@ impl LsmStore {
             foldhash::fast::RandomState::default(),
             Default::default(),
         );
-        GroupCommit::start(
-            LsmEngine {
-                db,
-                kv,
-                hot: Mutex::new(hot),
-            },
-            queue,
-        )
+        Ok(Self {
+            db,
+            kv,
+            hot: Mutex::new(hot),
+        })
     }
 }
 
 impl Engine for LsmEngine {
-    fn commit(&self, jobs: &mut [Job]) -> Result<u64, StoreError> {
+    type Batch = Writes;
+
+    fn prepare(&self, jobs: &mut [Job], in_flight: Option<&Writes>) -> Result<(Writes, u64), StoreError> {
         let mut hot = self.hot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let result = self.commit_with(jobs, &mut hot);
-        if result.is_err() {
+        let hot_cell = RefCell::new(&mut *hot);
+        let committed = Committed {
+            kv: &self.kv,
+            hot: &hot_cell,
+        };
+        let pending;
+        let under: &dyn Base = match in_flight {
+            Some(writes) => {
+                pending = Layered {
+                    writes,
+                    under: &committed,
+                };
+                &pending
+            }
+            None => &committed,
+        };
+        let mut batch = Writes::new();
+        let mut keys = 0u64;
+        for (f, _) in jobs.iter_mut() {
+            match run_job_in(&mut batch, under, f) {
+                Ok(n) => keys += n.unwrap_or(0),
+                Err(e) => {
+                    // Whether the failed read left the cache behind the
+                    // keyspace is unknown: forget it rather than risk a
+                    // stale hit.
+                    hot_cell.borrow_mut().clear();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((batch, keys))
+    }
+
+    fn apply(&self, batch: &Writes) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // fdatasync before the memtable sees it: "sent" means on disk.
+        let mut w = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (k, v) in batch {
+            match v {
+                Some(v) => w.insert(&self.kv, k.as_slice(), v.as_slice()),
+                None => w.remove(&self.kv, k.as_slice()),
+            }
+        }
+        w.commit().map_err(backend)
+    }
+
+    fn settled(&self, batch: &Writes, applied: bool) {
+        let mut hot = self.hot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !applied {
             // Whether fjall kept any of a failed batch is unknown: forget
             // everything rather than risk a stale hit.
             hot.clear();
+            return;
         }
-        result
+        for (k, v) in batch {
+            // In place: one lookup per written key, and most written keys
+            // (message bodies, log entries) are not cached at all. The
+            // entry's weight is recounted when the slot is dropped.
+            if let Some(mut slot) = hot.peek_mut(k.as_slice()) {
+                slot.clone_from(v);
+            }
+        }
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
@@ -112,44 +176,6 @@ impl Engine for LsmEngine {
             snapshot: &snapshot,
             kv: &self.kv,
         }))
-    }
-}
-
-impl LsmEngine {
-    fn commit_with(&self, jobs: &mut [Job], hot: &mut HotCache) -> Result<u64, StoreError> {
-        let mut batch = Writes::new();
-        let mut keys = 0u64;
-        {
-            let hot = RefCell::new(&mut *hot);
-            let under = Committed {
-                kv: &self.kv,
-                hot: &hot,
-            };
-            for (f, _) in jobs.iter_mut() {
-                keys += run_job_in(&mut batch, &under, f)?.unwrap_or(0);
-            }
-        }
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        // fdatasync before the memtable sees it: "sent" means on disk.
-        let mut w = self.db.batch().durability(Some(PersistMode::SyncData));
-        for (k, v) in &batch {
-            match v {
-                Some(v) => w.insert(&self.kv, k.as_slice(), v.as_slice()),
-                None => w.remove(&self.kv, k.as_slice()),
-            }
-        }
-        w.commit().map_err(backend)?;
-        for (k, v) in batch {
-            // In place: one lookup per written key, and most written keys
-            // (message bodies, log entries) are not cached at all. The
-            // entry's weight is recounted when the slot is dropped.
-            if let Some(mut slot) = hot.peek_mut(k.as_slice()) {
-                *slot = v;
-            }
-        }
-        Ok(keys)
     }
 }
 
@@ -175,8 +201,10 @@ impl Base for Snap<'_> {
 }
 
 /// The committed keyspace, through the hot-key cache: what the batch in
-/// progress lies on. Only the writer thread writes, so the keyspace's latest
-/// state is the last durable commit.
+/// progress lies on. Only the committer thread writes it, one batch at a
+/// time and durable first, and while it does, that batch is laid on top
+/// ([`Layered`]): a key it writes is never read from here until it is
+/// settled, so no read depends on how far its apply has got.
 struct Committed<'a, 'h> {
     kv: &'a Keyspace,
     hot: &'a RefCell<&'h mut HotCache>,

@@ -170,6 +170,32 @@ impl Txn for InBatch<'_> {
     }
 }
 
+/// A batch's writes laid over what lies under them: how the batch being
+/// prepared sees the batch still being made durable (group.rs).
+pub(super) struct Layered<'a> {
+    pub(super) writes: &'a Writes,
+    pub(super) under: &'a dyn Base,
+}
+
+impl Base for Layered<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.under.get(key),
+        }
+    }
+
+    fn scan<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Result<Scan<'a>, StoreError> {
+        Ok(merged(
+            self.under.scan(begin, end, reverse)?,
+            self.writes,
+            begin,
+            end,
+            reverse,
+        ))
+    }
+}
+
 /// A read-only transaction over a [`Base`] (a snapshot).
 pub(super) struct Reader<'a>(pub(super) &'a dyn Base);
 
