@@ -143,7 +143,7 @@ impl Engine for LsmEngine {
         }
         // fdatasync before the memtable sees it: "sent" means on disk.
         let mut w = self.db.batch().durability(Some(PersistMode::SyncData));
-        for (k, v) in batch {
+        for (k, v) in batch.iter() {
             match v {
                 Some(v) => w.insert(&self.kv, k.as_slice(), v.as_slice()),
                 None => w.remove(&self.kv, k.as_slice()),
@@ -160,7 +160,7 @@ impl Engine for LsmEngine {
             hot.clear();
             return;
         }
-        for (k, v) in batch {
+        for (k, v) in batch.iter() {
             // In place: one lookup per written key, and most written keys
             // (message bodies, log entries) are not cached at all. The
             // entry's weight is recounted when the slot is dropped.
