@@ -28,6 +28,7 @@ fn event() -> Envelope {
                     ..Default::default()
                 }),
                 group_event: None,
+                content_omitted: false,
             })),
         }),
     )

@@ -419,6 +419,8 @@ impl Quipd {
             .args(["--max-connections-per-ip", &max_connections.to_string()])
             .args(["--max-connections-per-user", &max_connections.to_string()])
             .args(["--max-connections-per-device", &max_connections.to_string()])
+            // The load generator registers its users from one address.
+            .args(["--registrations-per-ip-burst", "1000000"])
             .arg("--data-dir")
             .arg(dir.path())
             .env("QUIP_LOG", "info")

@@ -663,9 +663,22 @@ impl Client {
 
     /// Sets who may see my online status and last seen.
     pub async fn set_last_seen_visibility(&self, v: v1::Visibility) -> Result<v1::Visibility, ClientError> {
-        let body = Body::Settings(v1::SettingsRequest { last_seen: v as i32 });
+        let body = Body::Settings(v1::SettingsRequest {
+            last_seen: v as i32,
+            ..Default::default()
+        });
         reply_as!(self.request(body).await?, SettingsSaved)
             .map(|s| v1::Visibility::try_from(s.last_seen).unwrap_or_default())
+    }
+
+    /// Sets who may add this user to groups; returns the stored setting.
+    pub async fn set_group_adds(&self, g: v1::GroupAdds) -> Result<v1::GroupAdds, ClientError> {
+        let body = Body::Settings(v1::SettingsRequest {
+            group_adds: g as i32,
+            ..Default::default()
+        });
+        reply_as!(self.request(body).await?, SettingsSaved)
+            .map(|s| v1::GroupAdds::try_from(s.group_adds).unwrap_or_default())
     }
 
     /// Says "I am typing" in a chat: as a QUIC datagram when the connection
@@ -711,9 +724,37 @@ impl Client {
         .await
     }
 
-    /// The chat list.
+    /// The whole chat list, most recently active first, page by page. A
+    /// chat that becomes active while the pages are read may be listed
+    /// twice; the later entry is dropped.
     pub async fn chats(&self) -> Result<Vec<v1::ChatSummary>, ClientError> {
-        reply_as!(self.request(Body::Chats(v1::ChatsRequest {})).await?, ChatList).map(|c| c.chats)
+        let mut all: Vec<v1::ChatSummary> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.chats_page(0, after).await?;
+            for c in page.chats {
+                if !all.iter().any(|a| a.chat_id == c.chat_id) {
+                    all.push(c);
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of the chat list: at most `limit` chats (0: the server's
+    /// default) after `after`, the previous page's `next`.
+    pub async fn chats_page(
+        &self,
+        limit: u32,
+        after: Option<v1::ChatsCursor>,
+    ) -> Result<v1::ChatsResponse, ClientError> {
+        reply_as!(
+            self.request(Body::Chats(v1::ChatsRequest { limit, after })).await?,
+            ChatList
+        )
     }
 
     /// Moves this user's receipt cursor in a chat (seq 0: newest).

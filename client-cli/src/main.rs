@@ -146,6 +146,11 @@ enum Command {
         /// everyone, contacts (people you share a chat with) or nobody.
         visibility: VisibilityArg,
     },
+    /// Set who may add you to groups.
+    GroupAdds {
+        /// everyone, contacts (people you have sent a direct message to) or nobody.
+        who: VisibilityArg,
+    },
     /// Block a user: their direct messages never reach you (they are not told).
     Block {
         /// Username.
@@ -916,6 +921,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.emit(
                 || format!("last seen visible to: {now}"),
                 || json!({"type": "last_seen", "visibility": now}),
+            )?;
+            Ok(())
+        }
+        Command::GroupAdds { who } => {
+            let g = match who {
+                VisibilityArg::Everyone => v1::GroupAdds::Everyone,
+                VisibilityArg::Contacts => v1::GroupAdds::Contacts,
+                VisibilityArg::Nobody => v1::GroupAdds::Nobody,
+            };
+            let conn = Conn::open(&opts, Some(profile.token()?)).await?;
+            let r = conn.client.set_group_adds(g).await;
+            conn.finish().await;
+            let now = r?.as_str_name().trim_start_matches("GROUP_ADDS_").to_ascii_lowercase();
+            out.emit(
+                || format!("who may add you to groups: {now}"),
+                || json!({"type": "group_adds", "who": now}),
             )?;
             Ok(())
         }

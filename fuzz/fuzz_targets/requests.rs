@@ -89,7 +89,7 @@ fn body(op: Op) -> Option<Body> {
             kind: if read { ReceiptKind::Read } else { ReceiptKind::Delivered } as i32,
             seq: u64::from(seq % 32),
         }),
-        Op::Chats => Body::Chats(v1::ChatsRequest {}),
+        Op::Chats => Body::Chats(v1::ChatsRequest::default()),
         Op::Sync { limit } => Body::Sync(v1::SyncRequest { limit: u32::from(limit) }),
         Op::Ack { pos } => Body::Ack(v1::AckRequest { pos: u64::from(pos) }),
         Op::CreateChat { channel, name: n, members, request } => Body::CreateChat(v1::CreateChatRequest {
@@ -115,6 +115,7 @@ fn body(op: Op) -> Option<Body> {
         }),
         Op::Settings { visibility } => Body::Settings(v1::SettingsRequest {
             last_seen: Visibility::try_from(i32::from(visibility % 5)).map_or(7, |v| v as i32),
+            group_adds: i32::from(visibility / 5 % 5),
         }),
         Op::Block { user, unblock } => Body::Block(v1::BlockRequest { user: name(user), unblock }),
         Op::Typing { chat: c } => Body::Typing(v1::TypingRequest { chat_id: chat(c) }),
@@ -185,7 +186,7 @@ async fn run(input: Input) {
     }
     // Invariants over the final state, as each user sees it.
     for s in &sessions {
-        let Some(Body::ChatList(list)) = reply(s, Envelope::new(1000, Body::Chats(v1::ChatsRequest {}))).await.body
+        let Some(Body::ChatList(list)) = reply(s, Envelope::new(1000, Body::Chats(v1::ChatsRequest::default()))).await.body
         else {
             panic!("chat list failed")
         };

@@ -41,8 +41,14 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// disagree about a field.
 pub const SCHEMA: &str = include_str!("../proto/quip/v1/quip.proto");
 
-/// Default limit on a message body (text + payload): 64 KiB.
+/// Default limit on a message body (every field of `Content` the client
+/// chooses: text, payload, content_type, media id and file name): 64 KiB.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+/// The largest body limit a server may advertise: a quarter of a frame, so
+/// a message at the limit, with its envelope, a sync event's or a chat-list
+/// entry's wrapping, still fits in one frame with room to spare.
+pub const MAX_BODY_LIMIT: usize = MAX_FRAME / 4;
 
 /// A short name of the Envelope's body, for logs and errors.
 pub fn body_name(env: &Envelope) -> &'static str {

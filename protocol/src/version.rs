@@ -43,6 +43,9 @@ pub enum CloseCode {
     Replaced = 7,
     /// The user has too many connections open at once.
     TooManyConnections = 8,
+    /// The session token expired (it is valid for a set time after the
+    /// login that issued it); log in again.
+    SessionExpired = 9,
 }
 
 impl CloseCode {
@@ -63,6 +66,7 @@ impl CloseCode {
             6 => Self::HandshakeTimeout,
             7 => Self::Replaced,
             8 => Self::TooManyConnections,
+            9 => Self::SessionExpired,
             _ => return None,
         })
     }
@@ -92,6 +96,7 @@ mod tests {
             CloseCode::HandshakeTimeout,
             CloseCode::Replaced,
             CloseCode::TooManyConnections,
+            CloseCode::SessionExpired,
         ] {
             assert_eq!(CloseCode::from_code(c.code().into()), Some(c));
         }

@@ -51,8 +51,10 @@ pub struct Config {
     #[arg(long, env = "QUIP_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// Largest message body (text + payload) in bytes.
-    #[arg(long, env = "QUIP_MAX_BODY", default_value_t = quip_protocol::DEFAULT_MAX_BODY)]
+    /// Largest message body in bytes: text, payload, content type and
+    /// media reference together (at most 262144, a quarter of a frame, so
+    /// any stored message fits in a reply).
+    #[arg(long, env = "QUIP_MAX_BODY", default_value_t = quip_protocol::DEFAULT_MAX_BODY, value_parser = parse_max_body)]
     pub max_body: usize,
 
     /// Most members a group may have (admins included). Every message is
@@ -98,6 +100,26 @@ pub struct Config {
     /// further attempts from it are refused; one more per 10 s after that.
     #[arg(long, env = "QUIP_LOGIN_FAILURES_PER_IP", default_value_t = 20)]
     pub login_failures_per_ip: u32,
+
+    /// Accounts one client IP address may register in a burst; then
+    /// --registrations-per-ip-per-hour more each hour (RATE_LIMITED before
+    /// any password hashing). Raise both for clients behind a shared NAT.
+    #[arg(long, env = "QUIP_REGISTRATIONS_PER_IP_BURST", default_value_t = 10)]
+    pub registrations_per_ip_burst: u32,
+
+    /// Accounts one client IP address may register per hour, sustained.
+    #[arg(long, env = "QUIP_REGISTRATIONS_PER_IP_PER_HOUR", default_value_t = 20.0)]
+    pub registrations_per_ip_per_hour: f64,
+
+    /// Password hashes (argon2id, ~19 MiB each) run at once for logins and
+    /// registrations. 0: one per core, at most 4.
+    #[arg(long, env = "QUIP_PASSWORD_WORKERS", default_value_t = 0)]
+    pub password_workers: usize,
+
+    /// Logins and registrations waiting for a password worker; beyond this
+    /// they are refused at once with RATE_LIMITED (retry after 1 s).
+    #[arg(long, env = "QUIP_PASSWORD_QUEUE", default_value_t = 64)]
+    pub password_queue: usize,
 
     /// Requests per second each device may make, sustained (summed over its
     /// connections; anonymous connections each get their own budget). Excess
@@ -198,6 +220,15 @@ pub struct Config {
     pub log: String,
 }
 
+fn parse_max_body(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (1..=quip_protocol::MAX_BODY_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be 1 to {} bytes", quip_protocol::MAX_BODY_LIMIT))
+    }
+}
+
 impl Config {
     /// The defaults, with the given data directory and an ephemeral port on
     /// loopback: what tests use.
@@ -205,6 +236,8 @@ impl Config {
         let mut c = Self::parse_from(["quipd"]);
         c.data_dir = data_dir.into();
         c.listen = "127.0.0.1:0".parse().expect("valid address");
+        // Tests register many users from one address.
+        c.registrations_per_ip_burst = 1_000_000;
         c
     }
 }

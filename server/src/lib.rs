@@ -23,7 +23,8 @@
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //! - [`media`]: media bytes in an object store, streamed in and out.
-//! - [`tls`]: certificates; [`ratelimit`]: token buckets.
+//! - [`tls`]: certificates; [`ratelimit`]: token buckets; [`passwords`]:
+//!   argon2 work, bounded.
 
 pub mod config;
 pub mod fanout;
@@ -32,6 +33,7 @@ pub mod hub;
 pub mod keys;
 pub mod liveness;
 pub mod media;
+pub mod passwords;
 pub mod presence;
 pub mod quic;
 pub mod ratelimit;

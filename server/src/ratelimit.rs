@@ -40,6 +40,13 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
     }
 
+    /// Gives back a token taken for an attempt that turned out not to count
+    /// (a login reserves one before the password check and returns it when
+    /// the password was right).
+    pub fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         self.check(now)?;

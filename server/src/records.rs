@@ -34,6 +34,9 @@ pub struct UserRecord {
     /// When the user was last online, ms since the epoch (0: never recorded).
     #[prost(int64, tag = "7")]
     pub last_seen_ms: i64,
+    /// `quip.v1.GroupAdds`: who may add the user to groups (0: everyone).
+    #[prost(int32, tag = "8")]
+    pub group_adds: i32,
 }
 
 /// `sess/{sha256(token)}`.
@@ -122,6 +125,12 @@ pub struct CursorRecord {
     /// starts there (0 for direct chats and channels: all history).
     #[prost(uint64, tag = "3")]
     pub joined: u64,
+    /// Whether the user has sent a message in the chat (since this field
+    /// exists): in a direct chat, it makes the peer one of the user's
+    /// contacts for `GroupAdds::Contacts`. Written with the cursor every
+    /// send rewrites anyway, so it costs the send nothing.
+    #[prost(bool, tag = "4")]
+    pub posted: bool,
 }
 
 /// `ragg/{chat}`: the lowest delivered and read cursors among a group's

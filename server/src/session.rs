@@ -49,6 +49,10 @@ pub struct Shared {
     /// Failed-login budgets per account name and per client IP address.
     login_failures_user: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
     login_failures_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
+    /// Registration budgets per client IP address.
+    registrations_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
+    /// Argon2 runs, bounded.
+    passwords: crate::passwords::PasswordPool,
     /// Chat id → participants of a direct chat, in front of membership
     /// checks. Direct chats never change members, so entries never go
     /// stale; groups do, and are checked in the store.
@@ -72,6 +76,7 @@ impl Shared {
         let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
         let grace = std::time::Duration::from_secs_f64(config.presence_grace_secs.max(0.0));
         let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME);
+        tokio::spawn(close_expired_sessions(Arc::downgrade(&hub)));
         Self {
             store,
             media,
@@ -87,6 +92,11 @@ impl Shared {
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(3600))
                 .build(),
+            registrations_ip: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+            passwords: crate::passwords::PasswordPool::sized(config.password_workers, config.password_queue),
             config,
             sessions: moka::sync::Cache::new(100_000),
             members: moka::sync::Cache::new(100_000),
@@ -103,7 +113,7 @@ impl Shared {
     /// The actor behind an HTTP request's bearer token, charged one request
     /// against its device's budget (the one its connections share).
     pub fn actor_for_bearer(&self, token: &str) -> Result<Actor, ServiceError> {
-        let (actor, _) = self
+        let (actor, _, _) = self
             .authenticate(token)?
             .ok_or_else(|| ServiceError::Unauthenticated("invalid, expired or revoked token".into()))?;
         let now = Instant::now();
@@ -114,20 +124,21 @@ impl Shared {
                 now,
             )))
         });
-        if let Err(wait) = bucket.lock().expect("limiter lock").try_take(now) {
-            return Err(ServiceError::RateLimited {
-                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-            });
-        }
+        bucket
+            .lock()
+            .expect("limiter lock")
+            .try_take(now)
+            .map_err(rate_limited)?;
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
         }
         Ok(actor)
     }
 
-    /// Resolves a token to its actor, through the cache.
-    /// Expired tokens count as unknown.
-    fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32])>, ServiceError> {
+    /// Resolves a token to its actor, its hash and when it expires (ms
+    /// since the Unix epoch), through the cache. Expired tokens count as
+    /// unknown.
+    fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32], i64)>, ServiceError> {
         let hash = accounts::token_hash(token);
         let found = match self.sessions.get(&hash) {
             Some(hit) => Some(hit),
@@ -150,32 +161,55 @@ impl Shared {
                 found
             }
         };
+        let now = now_ms();
+        Ok(found.and_then(|(actor, created)| {
+            let expires = self.expiry(created);
+            (now < expires).then_some((actor, hash, expires))
+        }))
+    }
+
+    /// When a token issued at `created_ms` expires.
+    fn expiry(&self, created_ms: i64) -> i64 {
         let ttl_ms = i64::try_from(self.config.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        Ok(found
-            .filter(|(_, created)| now_ms().saturating_sub(*created) < ttl_ms)
-            .map(|(a, _)| (a, hash)))
+        created_ms.saturating_add(ttl_ms)
     }
 
-    /// Refuses a login attempt while the account or the address has used up
-    /// its failed-login budget.
-    fn login_allowed(&self, user: &str, ip: std::net::IpAddr) -> Result<(), ServiceError> {
+    /// Reserves a failed login's cost before the password is checked: one
+    /// token from the account's budget and one from the address's, taken
+    /// atomically (under each bucket's lock), so parallel attempts cannot all
+    /// pass a check made before any of them is charged. Refused with
+    /// `RATE_LIMITED`, before any hashing, while either is empty. The
+    /// reservation is given back by [`LoginReservation::refund`] when the
+    /// password was right.
+    fn reserve_login(&self, user: &str, ip: std::net::IpAddr) -> Result<LoginReservation, ServiceError> {
         let now = Instant::now();
-        for bucket in self.login_buckets(user, ip) {
-            if let Err(wait) = bucket.lock().expect("limiter lock").check(now) {
-                return Err(ServiceError::RateLimited {
-                    retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-                });
-            }
+        let [account, address] = self.login_buckets(user, ip);
+        account
+            .lock()
+            .expect("limiter lock")
+            .try_take(now)
+            .map_err(rate_limited)?;
+        if let Err(wait) = address.lock().expect("limiter lock").try_take(now) {
+            account.lock().expect("limiter lock").refund();
+            return Err(rate_limited(wait));
         }
-        Ok(())
+        Ok(LoginReservation([account, address]))
     }
 
-    /// Charges a failed login to the account and the address.
-    fn login_failed(&self, user: &str, ip: std::net::IpAddr) {
+    /// Charges a registration to the client address's budget, refusing
+    /// with `RATE_LIMITED` when it is spent.
+    fn charge_registration(&self, ip: std::net::IpAddr) -> Result<(), ServiceError> {
         let now = Instant::now();
-        for bucket in self.login_buckets(user, ip) {
-            let _ = bucket.lock().expect("limiter lock").try_take(now);
-        }
+        let c = &self.config;
+        let bucket = self.registrations_ip.get_with(ip, || {
+            Arc::new(Mutex::new(TokenBucket::new(
+                c.registrations_per_ip_per_hour / 3600.0,
+                f64::from(c.registrations_per_ip_burst),
+                now,
+            )))
+        });
+        let mut bucket = bucket.lock().expect("limiter lock");
+        bucket.try_take(now).map_err(rate_limited)
     }
 
     fn login_buckets(&self, user: &str, ip: std::net::IpAddr) -> [Arc<Mutex<TokenBucket>>; 2] {
@@ -197,6 +231,39 @@ impl Shared {
                 )))
             }),
         ]
+    }
+}
+
+/// A login attempt's reserved cost, charged unless refunded.
+struct LoginReservation([Arc<Mutex<TokenBucket>>; 2]);
+
+impl LoginReservation {
+    /// The password was right: the attempt does not count as a failure.
+    fn refund(self) {
+        for bucket in self.0 {
+            bucket.lock().expect("limiter lock").refund();
+        }
+    }
+}
+
+/// Closes connections whose session token expired, once a second, until
+/// the hub is gone (the server stopped).
+async fn close_expired_sessions(hub: std::sync::Weak<Hub>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let closed = hub.close_expired(now_ms());
+        if closed > 0 {
+            tracing::debug!(closed, "closed connections whose session token expired");
+        }
+    }
+}
+
+fn rate_limited(wait: std::time::Duration) -> ServiceError {
+    ServiceError::RateLimited {
+        retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
     }
 }
 
@@ -224,6 +291,8 @@ pub enum Reply {
 struct Auth {
     actor: Actor,
     token_hash: [u8; 32],
+    /// When the token expires (ms since the Unix epoch).
+    expires_ms: i64,
 }
 
 /// One connection's session.
@@ -374,10 +443,10 @@ impl Session {
         self.background.store(hello.background, Ordering::Relaxed);
         if !hello.token.is_empty() {
             match self.shared.authenticate(&hello.token) {
-                Ok(Some((actor, hash))) => {
+                Ok(Some((actor, hash, expires_ms))) => {
                     welcome.user = actor.username.clone();
                     welcome.device_id = actor.device_id;
-                    if let Err(e) = self.login_connection(actor, hash) {
+                    if let Err(e) = self.login_connection(actor, hash, expires_ms) {
                         return Err(Box::new((err(id, &e), CloseCode::TooManyConnections)));
                     }
                 }
@@ -398,12 +467,13 @@ impl Session {
     /// watching the channels the user subscribes to. Fails when the user
     /// has too many connections; replaces the device's oldest one when the
     /// device has.
-    fn login_connection(&self, actor: Actor, token_hash: [u8; 32]) -> Result<(), ServiceError> {
+    fn login_connection(&self, actor: Actor, token_hash: [u8; 32], expires_ms: i64) -> Result<(), ServiceError> {
         let handle = DeviceHandle {
             conn_id: self.conn_id,
             device_id: actor.device_id,
             tx: self.push_tx.clone(),
             closer: self.closer.clone(),
+            expires_ms,
         };
         let config = &self.shared.config;
         let replaced = self
@@ -441,30 +511,44 @@ impl Session {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
         }
-        *self.auth.lock().expect("auth lock") = Some(Auth { actor, token_hash });
+        *self.auth.lock().expect("auth lock") = Some(Auth {
+            actor,
+            token_hash,
+            expires_ms,
+        });
         Ok(())
     }
 
     /// Charges one request to the device's budget (the connection's while
     /// anonymous).
-    fn take_token(&self) -> Result<(), std::time::Duration> {
+    fn take_token(&self) -> Result<(), ServiceError> {
         let now = Instant::now();
         let device = self
             .auth
             .lock()
             .expect("auth lock")
             .as_ref()
-            .map(|a| (a.actor.user_id, a.actor.device_id));
-        match device {
+            .map(|a| ((a.actor.user_id, a.actor.device_id), a.expires_ms));
+        let taken = match device {
             None => self.limiter.lock().expect("limiter lock").try_take(now),
-            Some(key) => {
+            Some((_, expires_ms)) if now_ms() >= expires_ms => {
+                // The sweep closes it within a second; this request is
+                // refused now, so the bound is exact for requests.
+                self.closer
+                    .close(CloseCode::SessionExpired, "session token expired: log in again");
+                return Err(ServiceError::Unauthenticated(
+                    "session token expired: log in again".into(),
+                ));
+            }
+            Some((key, _)) => {
                 let config = &self.shared.config;
                 let bucket = self.shared.device_limits.get_with(key, || {
                     Arc::new(Mutex::new(TokenBucket::new(config.rate_limit, config.rate_burst, now)))
                 });
                 bucket.lock().expect("limiter lock").try_take(now)
             }
-        }
+        };
+        taken.map_err(rate_limited)
     }
 
     /// Takes the device offline; call when the connection ends, saying how.
@@ -489,9 +573,7 @@ impl Session {
         {
             return Err(ServiceError::TooEarly);
         }
-        self.take_token().map_err(|wait| ServiceError::RateLimited {
-            retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-        })
+        self.take_token()
     }
 
     /// Admits the request that opens a media stream: like any request it
@@ -609,6 +691,15 @@ impl Session {
                         Ok(()) => {
                             this.shared.sessions.invalidate(&hash);
                             this.disconnect(Ended::Closed);
+                            // The token is one device's: its other open
+                            // connections end now, not at their next login.
+                            let a = &auth.actor;
+                            this.shared.hub.close_device(
+                                a.user_id,
+                                a.device_id,
+                                CloseCode::LoggedOut,
+                                "logged out: the session token was revoked",
+                            );
                             *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::LoggedOut);
                             Envelope::new(id, Body::LoggedOut(v1::LogoutResponse {}))
                         }
@@ -706,12 +797,19 @@ impl Session {
             Body::Settings(r) => {
                 let actor = self.actor()?;
                 let v = v1::Visibility::try_from(r.last_seen).unwrap_or_default();
+                let g = v1::GroupAdds::try_from(r.group_adds).unwrap_or_default();
                 let pending =
-                    store::enqueue_write(&*shared.store, move |t| presence::set_visibility(t, actor.user_id, v))
+                    store::enqueue_write(&*shared.store, move |t| presence::set_settings(t, actor.user_id, v, g))
                         .await?;
                 Ok(Reply::Waiting(Box::pin(async move {
                     match pending.wait().await {
-                        Ok(v) => Envelope::new(id, Body::SettingsSaved(v1::SettingsResponse { last_seen: v as i32 })),
+                        Ok((v, g)) => Envelope::new(
+                            id,
+                            Body::SettingsSaved(v1::SettingsResponse {
+                                last_seen: v as i32,
+                                group_adds: g as i32,
+                            }),
+                        ),
                         Err(e) => err(id, &e),
                     }
                 })))
@@ -750,13 +848,12 @@ impl Session {
                 })?;
                 Ok(Reply::Ready(Envelope::new(id, Body::HistoryPage(page))))
             }
-            Body::Chats(_) => {
+            Body::Chats(r) => {
                 let actor = self.actor()?;
-                let chats = store::read(&*shared.store, |t| messages::chats(t, &actor))?;
-                Ok(Reply::Ready(Envelope::new(
-                    id,
-                    Body::ChatList(v1::ChatsResponse { chats }),
-                )))
+                let page = store::read(&*shared.store, |t| {
+                    messages::chats(t, &actor, r.limit, r.after.as_ref(), max_frame - 1024)
+                })?;
+                Ok(Reply::Ready(Envelope::new(id, Body::ChatList(page))))
             }
             Body::Receipt(r) => {
                 let actor = self.actor()?;
@@ -853,11 +950,11 @@ impl Session {
             .get_with((actor.user_id, actor.device_id), || {
                 Arc::new(Mutex::new(TokenBucket::new(config.typing_rate, 3.0, now)))
             });
-        if let Err(wait) = bucket.lock().expect("limiter lock").try_take(now) {
-            return Err(ServiceError::RateLimited {
-                retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
-            });
-        }
+        bucket
+            .lock()
+            .expect("limiter lock")
+            .try_take(now)
+            .map_err(rate_limited)?;
         let (chat, others) = store::read(&*self.shared.store, |t| {
             let chat = messages::member_chat(t, &actor, chat_id)?;
             let mut others = Vec::with_capacity(chat.members.len());
@@ -971,15 +1068,24 @@ impl Session {
         Ok(())
     }
 
+    /// Cheap checks first (fields, whether the name is free, the address's
+    /// registration budget), then the argon2 hash in the bounded pool, then
+    /// the write, which checks the name again.
     async fn register(self: &Arc<Self>, id: u64, r: v1::RegisterRequest) -> Result<Reply, ServiceError> {
         self.ensure_anonymous()?;
         accounts::validate_username(&r.username)?;
         accounts::validate_password(&r.password)?;
         accounts::validate_device_name(&r.device_name)?;
+        if store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?.is_some() {
+            return Err(ServiceError::UsernameTaken(r.username));
+        }
+        self.shared.charge_registration(self.peer)?;
         let pw = r.password;
-        let phc = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let phc = self
+            .shared
+            .passwords
+            .run(move || accounts::hash_password(&pw))
+            .await??;
         let (token, hash) = accounts::new_token();
         let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
         let pending = store::enqueue_write(&*self.shared.store, move |t| {
@@ -992,23 +1098,31 @@ impl Session {
     async fn login(self: &Arc<Self>, id: u64, r: v1::LoginRequest) -> Result<Reply, ServiceError> {
         self.ensure_anonymous()?;
         accounts::validate_device_name(&r.device_name)?;
-        self.shared.login_allowed(&r.username, self.peer)?;
+        let reservation = self.shared.reserve_login(&r.username, self.peer)?;
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
         let user_id = user.as_ref().map(|u| u.id);
         let pw = r.password;
-        let ok = tokio::task::spawn_blocking(move || match user {
-            Some(u) => accounts::verify_password(&pw, &u.password_phc),
-            None => {
-                // Same work as a real check, so timing does not reveal which names exist.
-                let _ = accounts::verify_password(&pw, accounts::dummy_hash());
-                false
+        let ok = self
+            .shared
+            .passwords
+            .run(move || match user {
+                Some(u) => accounts::verify_password(&pw, &u.password_phc),
+                None => {
+                    // Same work as a real check, so timing does not reveal which names exist.
+                    let _ = accounts::verify_password(&pw, accounts::dummy_hash());
+                    false
+                }
+            })
+            .await;
+        match ok {
+            Ok(true) => reservation.refund(),
+            // A wrong password keeps the reserved cost.
+            Ok(false) => return Err(ServiceError::InvalidCredentials),
+            // Not checked (queue full, or the pool failed): not a failure.
+            Err(e) => {
+                reservation.refund();
+                return Err(e);
             }
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        if !ok {
-            self.shared.login_failed(&r.username, self.peer);
-            return Err(ServiceError::InvalidCredentials);
         }
         // Refuse before creating a device that could not connect anyway.
         let per_user = self.shared.config.max_connections_per_user;
@@ -1044,7 +1158,8 @@ impl Session {
                         username: username.clone(),
                         device_id,
                     };
-                    if let Err(e) = this.login_connection(actor, hash) {
+                    let expires_ms = this.shared.expiry(now_ms());
+                    if let Err(e) = this.login_connection(actor, hash, expires_ms) {
                         *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
                         return err(id, &e);
                     }

@@ -200,11 +200,12 @@ class App {
 
   closed(code, reason) {
     this.status(`Disconnected${reason ? ': ' + reason : ''}. Reconnecting…`, true);
-    if (code === 5 /* LoggedOut */) {
+    const relogin = code === 5 /* LoggedOut */ || code === 9 /* SessionExpired */;
+    if (relogin) {
       localStorage.removeItem(TOKEN_KEY);
       this.me = null;
     }
-    setTimeout(() => this.connect(), code === 5 ? 0 : this.backoff);
+    setTimeout(() => this.connect(), relogin ? 0 : this.backoff);
     this.backoff = Math.min(this.backoff * 2, 15000);
   }
 

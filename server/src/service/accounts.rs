@@ -29,7 +29,13 @@ pub fn validate_username(name: &str) -> Result<(), ServiceError> {
         .bytes()
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok_len && ok_chars && ok_first {
+    if name.len() > 32 {
+        // Not echoed: an error message must not carry whatever a client sends.
+        Err(ServiceError::InvalidArgument(format!(
+            "invalid username: {} bytes, at most 32 are allowed",
+            name.len()
+        )))
+    } else if ok_len && ok_chars && ok_first {
         Ok(())
     } else {
         Err(ServiceError::InvalidArgument(format!(
@@ -208,6 +214,11 @@ mod tests {
         for bad in ["", "ab", "Bob", "-bob", "bob!", "é23", &"a".repeat(33)] {
             assert!(validate_username(bad).is_err(), "{bad:?} accepted");
         }
+        // An oversized name is not echoed back.
+        let long = "x".repeat(100_000);
+        let e = validate_username(&long).unwrap_err().to_string();
+        assert!(e.len() < 100, "{e}");
+        assert!(e.contains("100000 bytes"), "{e}");
     }
 
     #[test]

@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 
 use prost::Message as _;
-use quip_protocol::v1::{self, ChatAction, ChatKind, GroupEventKind};
+use quip_protocol::v1::{self, ChatAction, ChatKind, GroupAdds, GroupEventKind};
 
-use super::{Actor, Delivery, ServiceError, accounts, messages, receipts};
+use super::{Actor, Delivery, ServiceError, accounts, blocking, messages, receipts};
 use crate::keys;
 use crate::records::{self, ChatRecord, CursorRecord};
 use crate::store::{ReadTxn, Txn};
@@ -37,11 +37,21 @@ pub struct Changed {
     pub delivery: Delivery,
 }
 
-/// Checks a group or channel name.
+/// Checks a group or channel name: printable text, without control
+/// characters, bidirectional overrides and isolates, or line separators.
+/// A right-to-left override in a name shown beside others' text can make
+/// "gnp.exe" read as "exe.png" or reorder the words around it (the
+/// Trojan Source attack, CVE-2021-42574). Zero-width joiners stay allowed:
+/// emoji sequences need them.
 pub fn validate_name(name: &str) -> Result<(), ServiceError> {
-    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+    let reorders = |c: char| {
+        matches!(c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            | '\u{2028}' | '\u{2029}' | '\u{FEFF}')
+    };
+    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(|c| c.is_control() || reorders(c)) {
         return Err(ServiceError::InvalidArgument(format!(
-            "a name is 1 to {MAX_NAME} bytes of printable text"
+            "a name is 1 to {MAX_NAME} bytes of printable text (no control or bidirectional formatting characters)"
         )));
     }
     Ok(())
@@ -65,6 +75,44 @@ fn resolve_users(
         out.insert(name.clone(), user.id);
     }
     Ok(out)
+}
+
+/// Refuses adding users to a group unless each accepts adds from the actor
+/// (`GroupAdds`): everyone, contacts (users they sent a direct message
+/// to) or nobody. Someone who blocks the actor refuses like NOBODY, with the
+/// same answer, so the actor cannot tell a block from a setting.
+fn check_may_add(txn: &mut dyn ReadTxn, actor: &Actor, users: &BTreeMap<String, u64>) -> Result<(), ServiceError> {
+    for (name, &uid) in users {
+        let Some(user) = accounts::find_user(txn, name)? else {
+            continue;
+        };
+        let allowed = !blocking::blocks(txn, uid, actor.user_id)?
+            && match super::presence::group_adds_of(&user) {
+                GroupAdds::Nobody => false,
+                GroupAdds::Contacts => has_messaged(txn, uid, actor.user_id)?,
+                _ => true,
+            };
+        if !allowed {
+            return Err(ServiceError::Forbidden(format!(
+                "{name} does not accept being added to groups by you"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `from` has sent a direct message to `to`.
+fn has_messaged(txn: &mut dyn ReadTxn, from: u64, to: u64) -> Result<bool, ServiceError> {
+    let Some(b) = txn.get(&keys::direct(from, to))? else {
+        return Ok(false);
+    };
+    let chat_id = b
+        .as_slice()
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| ServiceError::Internal("corrupt direct chat record".into()))?;
+    let cursor: CursorRecord = records::get(txn, &keys::cursor(chat_id, from))?.unwrap_or_default();
+    Ok(cursor.posted)
 }
 
 /// Creates a group (the actor as admin plus `members`) or a channel (the
@@ -121,6 +169,7 @@ pub fn create(
             others.len() + 1
         )));
     }
+    check_may_add(txn, actor, &others)?;
     let ctr = keys::counter("chat");
     let chat_id = records::get_u64(txn, &ctr)? + 1;
     txn.set(&ctr, &chat_id.to_be_bytes());
@@ -151,6 +200,7 @@ pub fn create(
             delivered: if own { seq } else { seq - 1 },
             read: if own { seq } else { seq - 1 },
             joined: if kind == ChatKind::Group { seq } else { 0 },
+            posted: own,
         };
         txn.set(&keys::cursor(chat_id, uid), &cursor.encode_to_vec());
     }
@@ -181,6 +231,7 @@ fn event_message(chat_id: u64, actor: &Actor, event: v1::GroupEvent, now_ms: i64
         sent_at_ms: now_ms,
         content: None,
         group_event: Some(event),
+        content_omitted: false,
     }
 }
 
@@ -250,6 +301,7 @@ pub fn update(
                     new.len()
                 )));
             }
+            check_may_add(txn, actor, &new)?;
             if !new.is_empty() {
                 joined = new.values().copied().collect();
                 event = Some(group_event(GroupEventKind::Added, new.into_keys().collect(), ""));
@@ -350,6 +402,7 @@ pub fn update(
                 delivered: event_seq,
                 read: event_seq,
                 joined: old.joined,
+                posted: true,
             };
             txn.set(&key, &cur.encode_to_vec());
             if kind == ChatKind::Group {
@@ -369,6 +422,7 @@ pub fn update(
             delivered: before_seq,
             read: before_seq,
             joined: event_seq,
+            posted: false,
         };
         txn.set(&keys::cursor(chat_id, uid), &cursor.encode_to_vec());
         delivery.events.extend(receipts::aggregate_change(
@@ -462,6 +516,7 @@ pub fn subscribe(
             delivered: chat.last_seq,
             read: chat.last_seq,
             joined: 0,
+            posted: false,
         };
         txn.set(&keys::cursor(chat_id, actor.user_id), &cursor.encode_to_vec());
         chat.subscribers = chat.subscribers.saturating_add(1);
@@ -516,4 +571,36 @@ fn info_of(
         last_seq: chat.last_seq,
         max_members,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_controls_and_bidirectional_overrides() {
+        for ok in [
+            "family",
+            "Équipe 🇫🇷",
+            "👨\u{200D}👩\u{200D}👧 home",
+            "שלום עולם",
+            "مرحبا",
+        ] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok:?} refused: {e}"));
+        }
+        for bad in [
+            "",
+            "   ",
+            "tab\there",
+            "new\nline",
+            "photo\u{202E}gnp.exe",
+            "\u{2067}isolate\u{2069}",
+            "mark\u{200F}",
+            "line\u{2028}separator",
+            "\u{FEFF}bom",
+            &"x".repeat(MAX_NAME + 1),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -91,7 +91,7 @@ pub fn sync(
     for (key, value) in rows {
         let pos = pos_of(&key);
         let rec: LogRecord = records::decode(&key, &value)?;
-        let event = resolve(txn, pos, rec)?;
+        let event = resolve(txn, pos, rec, max_bytes)?;
         let len = event.encoded_len() + 8;
         if bytes + len > max_bytes && !events.is_empty() {
             more = true;
@@ -111,14 +111,14 @@ pub fn sync(
 }
 
 /// Turns a log record into the event a client sees.
-fn resolve(txn: &mut dyn ReadTxn, pos: u64, rec: LogRecord) -> Result<v1::Event, ServiceError> {
+fn resolve(txn: &mut dyn ReadTxn, pos: u64, rec: LogRecord, max_bytes: usize) -> Result<v1::Event, ServiceError> {
     let kind = match rec.receipt {
         Some(r) => v1::event::Kind::Receipt(r),
         None => {
             let key = keys::message(rec.chat_id, rec.seq);
             let msg: v1::Message = records::get(txn, &key)?
                 .ok_or_else(|| ServiceError::Internal(format!("log {pos} points at missing message")))?;
-            v1::event::Kind::Message(msg)
+            v1::event::Kind::Message(super::messages::fit(msg, max_bytes))
         }
     };
     Ok(v1::Event { pos, kind: Some(kind) })

@@ -46,8 +46,7 @@ pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_bod
     let Some(c) = content else {
         return Err(ServiceError::InvalidArgument("content is required".into()));
     };
-    let media_len = c.media.as_ref().map_or(0, |m| m.media_id.len() + m.file_name.len());
-    let len = c.text.len() + c.payload.len() + media_len;
+    let len = body_len(c);
     if c.text.is_empty() && c.payload.is_empty() && c.media.is_none() {
         return Err(ServiceError::InvalidArgument(
             "message has neither text, payload nor media".into(),
@@ -57,6 +56,30 @@ pub fn validate_send(client_msg_id: &str, content: Option<&v1::Content>, max_bod
         return Err(ServiceError::BodyTooLarge { len, max: max_body });
     }
     Ok(())
+}
+
+/// The bytes of a message's content that count toward `max_body`: every
+/// field the client chooses (text, payload, content_type, and the media
+/// reference's id and file name). The server fills the rest of a media
+/// reference from its own record, whose fields are bounded at upload. A
+/// field left out here would let one stored message outgrow a frame and
+/// break every page that holds it.
+pub fn body_len(c: &v1::Content) -> usize {
+    let media_len = c.media.as_ref().map_or(0, |m| m.media_id.len() + m.file_name.len());
+    c.text.len() + c.payload.len() + c.content_type.len() + media_len
+}
+
+/// Makes a stored message fit in `max_bytes` of a reply: when it does not,
+/// its content is left out and `content_omitted` says so. Only messages
+/// stored before every client field counted toward the body limit can be
+/// this large; without it one such message would fail every page that
+/// holds it, for the sender and the recipients alike.
+pub fn fit(mut msg: v1::Message, max_bytes: usize) -> v1::Message {
+    if msg.encoded_len() > max_bytes {
+        msg.content = None;
+        msg.content_omitted = true;
+    }
+    msg
 }
 
 /// What a send produced.
@@ -128,6 +151,7 @@ pub fn send(
         sent_at_ms: now_ms,
         content: Some(content.clone()),
         group_event: None,
+        content_omitted: false,
     };
     let msg = store_message(txn, &mut chat, msg)?;
     let seq = msg.seq;
@@ -141,6 +165,7 @@ pub fn send(
         delivered: seq,
         read: seq,
         joined: old.joined,
+        posted: true,
     };
     txn.set(&ckey, &cur.encode_to_vec());
 
@@ -434,6 +459,7 @@ pub fn history(
         if hidden.contains(&m.seq) {
             continue;
         }
+        let m = fit(m, max_bytes);
         let len = m.encoded_len() + 8;
         if bytes + len > max_bytes && !messages.is_empty() {
             break;
@@ -455,18 +481,68 @@ pub fn history(
     })
 }
 
-/// Every chat of the actor, most recently active first.
-pub fn chats(txn: &mut dyn ReadTxn, actor: &Actor) -> Result<Vec<v1::ChatSummary>, ServiceError> {
+/// Largest chat-list page.
+pub const MAX_CHATS: u32 = 200;
+/// Chat-list page size when the request says 0.
+pub const DEFAULT_CHATS: u32 = 100;
+
+/// One page of the actor's chats, most recently active first: those after
+/// `after` in that order, at most `limit` (0: the default) and at most
+/// `max_bytes` encoded. A page always holds at least one chat when any
+/// follows, so paging makes progress whatever the chats hold.
+///
+/// Ordering reads every chat record of the user (one point read each) and
+/// sorts; only the page's summaries are built. An index by activity would
+/// make this proportional to the page, at the cost of rewriting one index
+/// key per member on every send.
+pub fn chats(
+    txn: &mut dyn ReadTxn,
+    actor: &Actor,
+    limit: u32,
+    after: Option<&v1::ChatsCursor>,
+    max_bytes: usize,
+) -> Result<v1::ChatsResponse, ServiceError> {
+    let limit = if limit == 0 {
+        DEFAULT_CHATS
+    } else {
+        limit.min(MAX_CHATS)
+    } as usize;
     let (from, to) = keys::user_chats(actor.user_id);
     let rows = txn.range(&from, &to, usize::MAX, false)?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut order = Vec::with_capacity(rows.len());
     for (k, _) in rows {
         let chat_id = keys::chat_of_user_chat(&k).ok_or_else(|| ServiceError::Internal("bad chat index key".into()))?;
         let chat = load_chat(txn, chat_id)?;
-        out.push((chat.last_activity_ms, summary(txn, actor, chat_id, &chat)?));
+        let place = (chat.last_activity_ms, chat_id);
+        // Descending order: a chat comes after the cursor when it sorts below it.
+        if after.is_none_or(|c| place < (c.last_activity_ms, c.chat_id)) {
+            order.push((place, chat));
+        }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.chat_id.cmp(&a.1.chat_id)));
-    Ok(out.into_iter().map(|(_, s)| s).collect())
+    order.sort_unstable_by_key(|(place, _)| std::cmp::Reverse(*place));
+    let mut chats = Vec::with_capacity(order.len().min(limit));
+    let mut bytes = 0;
+    let mut last = None;
+    let total = order.len();
+    for ((activity, chat_id), chat) in order.into_iter().take(limit) {
+        let mut s = summary(txn, actor, chat_id, &chat)?;
+        s.last_message = s.last_message.map(|m| fit(m, max_bytes / 2));
+        let len = s.encoded_len() + 8;
+        if bytes + len > max_bytes && !chats.is_empty() {
+            break;
+        }
+        bytes += len;
+        chats.push(s);
+        last = Some((activity, chat_id));
+    }
+    let next = match last {
+        Some((last_activity_ms, chat_id)) if chats.len() < total => Some(v1::ChatsCursor {
+            last_activity_ms,
+            chat_id,
+        }),
+        _ => None,
+    };
+    Ok(v1::ChatsResponse { chats, next })
 }
 
 /// One chat's line in the chat list.
@@ -526,4 +602,81 @@ fn summary(
         member_count,
         admin: chat.admins.contains(&actor.user_id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, EngineKind};
+
+    fn actor(uid: u64, name: &str) -> Actor {
+        Actor {
+            user_id: uid,
+            username: name.into(),
+            device_id: 1,
+        }
+    }
+
+    /// A message stored before every client field counted toward the body
+    /// limit can be larger than a frame. History, sync and the chat list
+    /// still answer, with that message's content left out and said so, for
+    /// the recipient and the sender alike.
+    #[tokio::test]
+    async fn an_oversized_stored_message_is_sent_without_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::open_in(dir.path(), Some(EngineKind::Lsm), 16).unwrap();
+        let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
+        let a = alice.clone();
+        let sent = store::write(&*store, move |t| {
+            accounts::register(t, "alice", "phc", "d", &[1; 32], 0)?;
+            accounts::register(t, "bob", "phc", "d", &[2; 32], 0)?;
+            let small = v1::Content {
+                text: "small".into(),
+                ..Default::default()
+            };
+            send(t, &a, &Target::User("bob".into()), "m1", &small, 1)?;
+            let poison = v1::Content {
+                text: "hi".into(),
+                content_type: "x".repeat(2 << 20),
+                ..Default::default()
+            };
+            // Stored as an older server would have, past today's check.
+            send(t, &a, &Target::User("bob".into()), "m2", &poison, 2)
+        })
+        .await
+        .unwrap();
+        let chat = sent.response.chat_id;
+        let max = quip_protocol::MAX_FRAME - 1024;
+        store::read(&*store, |t| {
+            for who in [&alice, &bob] {
+                let page = history(
+                    t,
+                    who,
+                    &Target::Chat(chat),
+                    Page {
+                        before: 0,
+                        after: None,
+                        limit: 10,
+                    },
+                    max,
+                )?;
+                assert_eq!(page.messages.len(), 2);
+                assert!(page.messages[0].content_omitted && page.messages[0].content.is_none());
+                assert!(!page.messages[1].content_omitted);
+                assert_eq!(page.messages[1].content.as_ref().unwrap().text, "small");
+                let list = chats(t, who, 0, None, max)?;
+                let last = list.chats[0].last_message.as_ref().unwrap();
+                assert_eq!((last.seq, last.content_omitted), (2, true));
+            }
+            let synced = log::sync(t, bob.user_id, 1, 0, max)?;
+            assert_eq!(synced.events.len(), 2);
+            let Some(v1::event::Kind::Message(m)) = &synced.events[1].kind else {
+                panic!("{:?}", synced.events[1])
+            };
+            assert!(m.content_omitted && m.seq == 2);
+            assert!(synced.events.iter().map(prost::Message::encoded_len).sum::<usize>() < max);
+            Ok::<_, ServiceError>(())
+        })
+        .unwrap();
+    }
 }

@@ -12,7 +12,7 @@
 //! so one user connecting never costs a push to thousands of devices.
 
 use prost::Message as _;
-use quip_protocol::v1::{self, ChatKind, Visibility};
+use quip_protocol::v1::{self, ChatKind, GroupAdds, Visibility};
 
 use super::{Actor, ServiceError, accounts, blocking, messages};
 use crate::keys;
@@ -135,15 +135,36 @@ pub fn set_last_seen(txn: &mut dyn Txn, uid: u64, last_seen_ms: i64) -> Result<(
     update_user(txn, uid, |u| u.last_seen_ms = u.last_seen_ms.max(last_seen_ms))
 }
 
-/// Stores the user's visibility setting (UNSPECIFIED: unchanged) and returns it.
-pub fn set_visibility(txn: &mut dyn Txn, uid: u64, v: Visibility) -> Result<Visibility, ServiceError> {
-    if v != Visibility::Unspecified {
-        update_user(txn, uid, |u| u.last_seen_visibility = v as i32)?;
+/// Stores the user's settings (each UNSPECIFIED: unchanged) and returns
+/// them as stored.
+pub fn set_settings(
+    txn: &mut dyn Txn,
+    uid: u64,
+    last_seen: Visibility,
+    group_adds: GroupAdds,
+) -> Result<(Visibility, GroupAdds), ServiceError> {
+    if last_seen != Visibility::Unspecified || group_adds != GroupAdds::Unspecified {
+        update_user(txn, uid, |u| {
+            if last_seen != Visibility::Unspecified {
+                u.last_seen_visibility = last_seen as i32;
+            }
+            if group_adds != GroupAdds::Unspecified {
+                u.group_adds = group_adds as i32;
+            }
+        })?;
     }
     let name = accounts::username(txn, uid)?.unwrap_or_default();
     let user = accounts::find_user(txn, &name)?
         .ok_or_else(|| ServiceError::Unauthenticated("account no longer exists".into()))?;
-    Ok(visibility(&user))
+    Ok((visibility(&user), group_adds_of(&user)))
+}
+
+/// Who may add the user to groups, as stored (the default: everyone).
+pub fn group_adds_of(user: &UserRecord) -> GroupAdds {
+    match GroupAdds::try_from(user.group_adds) {
+        Ok(GroupAdds::Unspecified) | Err(_) => GroupAdds::Everyone,
+        Ok(g) => g,
+    }
 }
 
 fn update_user(txn: &mut dyn Txn, uid: u64, f: impl FnOnce(&mut UserRecord)) -> Result<(), ServiceError> {
