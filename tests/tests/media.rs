@@ -400,6 +400,117 @@ async fn only_participants_download_and_others_cannot_tell_it_exists() {
     server.stop().await;
 }
 
+/// Sends `media` into chat `chat_id`.
+async fn send_media_to_chat(c: &Client, chat_id: u64, media: &v1::Media) -> v1::SendResponse {
+    c.send(v1::SendRequest {
+        chat_id,
+        client_msg_id: quip_client::new_client_msg_id(),
+        content: Some(v1::Content {
+            media: Some(v1::Media {
+                media_id: media.media_id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_member_added_later_cannot_download_media_sent_before_they_joined() {
+    use common::https::request;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let (carol, carol_token) = server.user("carol").await;
+    let g = alice.create_group("g", &["bob"]).await.unwrap().info.unwrap().chat_id;
+    let before = upload(&alice, &random_bytes(1000), "before")
+        .await
+        .unwrap()
+        .media
+        .unwrap();
+    send_media_to_chat(&alice, g, &before).await;
+    alice
+        .update_chat(g, v1::ChatAction::AddMembers, &["carol"], "")
+        .await
+        .unwrap();
+    let after = random_bytes(1200);
+    let later = upload(&bob, &after, "after").await.unwrap().media.unwrap();
+    send_media_to_chat(&bob, g, &later).await;
+
+    // Carol's history starts at her ADDED event: the earlier media is as
+    // hidden as its message, with exactly the answer a made-up id gets,
+    // over QUIC and over HTTPS alike.
+    let history = carol.history_of_chat(g, 0, 0).await.unwrap();
+    assert!(
+        history.messages.iter().all(|m| m
+            .content
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .map(|m| m.media_id.as_str())
+            != Some(before.media_id.as_str())),
+        "the earlier message is not in carol's history"
+    );
+    let fake_id = "0123456789abcdef0123456789abcdef";
+    let real = download(&carol, &before.media_id, 0, 0).await.unwrap_err();
+    let fake = download(&carol, fake_id, 0, 0).await.unwrap_err();
+    assert_eq!(real.code(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        real.to_string().replace(&before.media_id, "ID"),
+        fake.to_string().replace(fake_id, "ID")
+    );
+    let auth = format!("Bearer {carol_token}");
+    let real = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{}", before.media_id),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    let fake = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{fake_id}"),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!((real.status, fake.status), (404, 404));
+    assert_eq!(
+        String::from_utf8_lossy(&real.body).replace(&before.media_id, "ID"),
+        String::from_utf8_lossy(&fake.body).replace(fake_id, "ID")
+    );
+    // Nor can she pass it on.
+    assert_eq!(
+        code(send_media(&carol, "alice", &before, "").await),
+        Some(ErrorCode::NotFound)
+    );
+
+    // What was sent since she joined she may download, both ways; members
+    // from before still download both.
+    assert_eq!(download(&carol, &later.media_id, 0, 0).await.unwrap(), after);
+    let r = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{}", later.media_id),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == after);
+    assert!(download(&bob, &before.media_id, 0, 0).await.is_ok());
+
+    // Sent again after she joined, the earlier media becomes hers to see too.
+    send_media_to_chat(&alice, g, &before).await;
+    assert!(download(&carol, &before.media_id, 0, 0).await.is_ok());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn byte_ranges_and_identical_uploads_stored_once() {
     let dir = tempfile::tempdir().unwrap();
