@@ -40,6 +40,11 @@ pub const WS_PATH: &str = "/v1/ws";
 /// Time a client gets to send a request's headers (slow-loris bound).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest `POST /v1/uploads` body: a JSON declaration of a few hundred
+/// bytes (labels are at most 255 bytes each). Larger ones are refused
+/// before they are read.
+pub const MAX_START_BODY: u64 = 4 << 10;
+
 /// The web client's Content-Security-Policy: its own scripts, styles and
 /// connections only, never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -147,11 +152,10 @@ async fn asset(uri: Uri) -> Response {
 // begin/receive/download functions as the QUIC streams, with JSON around
 // them and a bearer token instead of a session.
 
-/// An error as JSON, with the HTTP status that fits its code.
-fn error_response(e: &ServiceError) -> Response {
+/// The HTTP status that fits an error code.
+fn status_of(code: v1::ErrorCode) -> StatusCode {
     use quip_protocol::v1::ErrorCode as C;
-    let code = e.code();
-    let status = match code {
+    match code {
         C::InvalidArgument => StatusCode::BAD_REQUEST,
         C::Unauthenticated => StatusCode::UNAUTHORIZED,
         C::NotFound => StatusCode::NOT_FOUND,
@@ -161,8 +165,97 @@ fn error_response(e: &ServiceError) -> Response {
         C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    json_response(status, json!({"code": code.as_str_name(), "message": e.to_string()}))
+    }
+}
+
+/// An error as JSON, with the HTTP status that fits its code.
+fn error_response(e: &ServiceError) -> Response {
+    error_json(status_of(e.code()), e.code(), &e.to_string())
+}
+
+fn error_json(status: StatusCode, code: v1::ErrorCode, message: &str) -> Response {
+    json_response(status, json!({"code": code.as_str_name(), "message": message}))
+}
+
+/// Ends the connection after `resp`, an upload's error: its body may be
+/// partly unread (refused before reading, over a limit, stalled), and the
+/// connection is not worth keeping for whatever of it is still coming.
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// It is longer than the endpoint takes.
+    #[error("the request body exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: u64,
+    },
+    /// No bytes arrived for the body timeout.
+    #[error("no request body bytes arrived for {0} s")]
+    Stalled(u64),
+    /// The connection failed mid-body.
+    #[error("the request body was cut off: {0}")]
+    Broken(String),
+}
+
+impl BodyError {
+    /// The response (413, 408 or 400), after which the connection closes.
+    fn response(&self) -> Response {
+        let (status, code) = match self {
+            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, v1::ErrorCode::LimitExceeded),
+            Self::Stalled(_) => (StatusCode::REQUEST_TIMEOUT, v1::ErrorCode::InvalidArgument),
+            Self::Broken(_) => (StatusCode::BAD_REQUEST, v1::ErrorCode::InvalidArgument),
+        };
+        closing(error_json(status, code, &self.to_string()))
+    }
+}
+
+/// The declared `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The body timeout for this server.
+fn body_timeout(shared: &Shared) -> Duration {
+    Duration::from_secs(shared.config.http_body_timeout_secs.max(1))
+}
+
+/// A request body as a stream of the byte chunks hyper reads, which fails
+/// with [`BodyError::Stalled`] once no bytes arrived for `timeout` (hyper
+/// bounds the time to send headers, not bodies).
+fn body_stream(body: Body, timeout: Duration) -> impl futures::Stream<Item = Result<axum::body::Bytes, BodyError>> {
+    futures::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+        let mut data = state?;
+        match tokio::time::timeout(timeout, data.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(data))),
+            Ok(Some(Err(e))) => Some((Err(BodyError::Broken(e.to_string())), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyError::Stalled(timeout.as_secs())), None)),
+        }
+    })
+}
+
+/// Reads a whole small body, at most `max` bytes, each piece within the
+/// body timeout.
+async fn read_capped(body: Body, max: u64, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    let mut pieces = std::pin::pin!(body_stream(body, timeout));
+    while let Some(piece) = pieces.next().await {
+        let piece = piece?;
+        if (out.len() + piece.len()) as u64 > max {
+            return Err(BodyError::TooLarge { max });
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
@@ -193,10 +286,22 @@ fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Actor, ServiceError> {
     shared.actor_for_bearer(token.trim())
 }
 
-/// `POST /v1/uploads`: starts (or finds, to resume) an upload.
-async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// `POST /v1/uploads`: starts (or finds, to resume) an upload. The caller
+/// is authenticated before any of the body is read, and the body is a few
+/// KiB at most ([`MAX_START_BODY`]), read within the body timeout.
+async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let actor = match bearer(&shared, &headers) {
+        Ok(a) => a,
+        Err(e) => return closing(error_response(&e)),
+    };
+    if content_length(&headers).is_some_and(|n| n > MAX_START_BODY) {
+        return BodyError::TooLarge { max: MAX_START_BODY }.response();
+    }
+    let body = match read_capped(body, MAX_START_BODY, body_timeout(&shared)).await {
+        Ok(b) => b,
+        Err(e) => return e.response(),
+    };
     let r = async {
-        let actor = bearer(&shared, &headers)?;
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| ServiceError::InvalidArgument(format!("body must be JSON: {e}")))?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -225,13 +330,19 @@ async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     }
 }
 
-/// `PUT /v1/uploads/{id}`: the bytes from the server's offset to the end.
+/// `PUT /v1/uploads/{id}`: the bytes from the server's offset to the end,
+/// streamed to the media store a chunk at a time (never buffered whole).
+/// Authentication and the declared length are checked before any of the
+/// body is read; a body that stalls for the body timeout is answered 408
+/// (what was stored stays, for a resume).
 async fn put_upload(
     State(shared): State<Arc<Shared>>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let timeout = body_timeout(&shared);
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let r = async {
         let actor = bearer(&shared, &headers)?;
         let (media_id, rec) = crate::store::read(&*shared.store, |t| records::own(t, &actor, &id))?;
@@ -251,13 +362,34 @@ async fn put_upload(
                 rec.received
             )));
         }
-        let bytes = body.into_data_stream().map_err(std::io::Error::other).boxed();
+        let left = rec.size - rec.received;
+        if let Some(n) = content_length(&headers).filter(|&n| n > left) {
+            return Err(ServiceError::LimitExceeded(format!(
+                "a body of {n} bytes exceeds the {left} bytes left of this upload"
+            )));
+        }
+        let flag = stalled.clone();
+        let bytes = body_stream(body, timeout)
+            .map_err(move |e| {
+                if matches!(e, BodyError::Stalled(_)) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                std::io::Error::other(e)
+            })
+            .boxed();
         media::receive_upload(&shared.store, &shared.media, media_id, rec.received, bytes).await
     }
     .await;
     match r {
         Ok(done) => json_response(StatusCode::OK, complete_json(&done)),
-        Err(e) => error_response(&e),
+        // A stalled body ended the upload early: 408, with the service's
+        // code (UPLOAD_INCOMPLETE: resume) and both reasons.
+        Err(e) if stalled.load(Ordering::Relaxed) => closing(error_json(
+            StatusCode::REQUEST_TIMEOUT,
+            e.code(),
+            &format!("{}; {e}", BodyError::Stalled(timeout.as_secs())),
+        )),
+        Err(e) => closing(error_response(&e)),
     }
 }
 

@@ -905,3 +905,210 @@ async fn media_transfers_per_connection_are_bounded() {
     }
     server.stop().await;
 }
+
+/// Starts an upload over HTTPS for `bytes`; returns its id.
+async fn start_https_upload(server: &TestServer, auth: &str, bytes: &[u8], content_type: &str) -> String {
+    let sha: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let decl = serde_json::json!({"size": bytes.len(), "sha256": sha, "content_type": content_type, "file_name": "f"});
+    let r = common::https::request(
+        server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", auth)],
+        decl.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["upload_id"].as_str().unwrap().to_owned()
+}
+
+/// Sends a request head declaring `declared` body bytes and only `sent` of
+/// them, then waits (at most `within`) for the server to answer and close.
+async fn partial_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    declared: usize,
+    sent: usize,
+    within: Duration,
+) -> Option<common::https::Response> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = common::https::connect(server.https, &server.ca).await;
+    s.write_all(common::https::head(method, path, headers, declared).as_bytes())
+        .await
+        .unwrap();
+    let _ = s.write_all(&vec![b'x'; sent]).await;
+    let _ = s.flush().await;
+    common::https::read_until_closed(&mut s, within).await
+}
+
+#[tokio::test]
+async fn upload_bodies_are_not_read_before_authentication_and_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let soon = Duration::from_secs(5);
+
+    // 2 MiB declared, 64 KiB sent, no token (or a bad one): 401 at once and
+    // the connection closed, the rest of the body never waited for.
+    for headers in [vec![], vec![("Authorization", "Bearer nope")]] {
+        for (method, path) in [
+            ("POST", "/v1/uploads"),
+            ("PUT", "/v1/uploads/0123456789abcdef0123456789abcdef"),
+        ] {
+            let r = partial_request(&server, method, path, &headers, 2 << 20, 64 << 10, soon)
+                .await
+                .unwrap_or_else(|| panic!("{method} {path} without a valid token: answered and closed at once"));
+            assert_eq!(
+                (r.status, r.json()["code"].as_str()),
+                (401, Some("UNAUTHENTICATED")),
+                "{method} {path}"
+            );
+        }
+    }
+
+    // The start request is a few hundred bytes of JSON: a declared 1 MiB is
+    // refused before it is read, as is a chunked body that grows past the cap.
+    let r = partial_request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &auth)],
+        1 << 20,
+        0,
+        soon,
+    )
+    .await
+    .expect("an oversized start request is answered and closed at once");
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+    let r = {
+        use tokio::io::AsyncWriteExt;
+        let mut s = common::https::connect(server.https, &server.ca).await;
+        let head = format!(
+            "POST /v1/uploads HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "{".repeat(64 << 10));
+        let _ = s.write_all(chunk.as_bytes()).await;
+        common::https::read_until_closed(&mut s, soon)
+            .await
+            .expect("a chunked start request over the cap is answered and closed")
+    };
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+
+    // A PUT declaring more than the upload has left is refused unread.
+    let id = start_https_upload(&server, &auth, &[7u8; 1000], "application/octet-stream").await;
+    let r = partial_request(
+        &server,
+        "PUT",
+        &format!("/v1/uploads/{id}"),
+        &[("Authorization", &auth), ("Upload-Offset", "0")],
+        2 << 20,
+        0,
+        soon,
+    )
+    .await
+    .expect("a PUT over the declared size is answered and closed at once");
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_body_times_out_and_its_connection_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.http_body_timeout_secs = 1;
+    let server = TestServer::start_with(config).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let bytes = random_bytes(3 * MIB);
+    let id = start_https_upload(&server, &auth, &bytes, "application/octet-stream").await;
+
+    // Half the bytes, then nothing: after the 1 s body timeout the server
+    // answers 408 and closes; what was stored is kept for a resume.
+    let r = partial_request(
+        &server,
+        "PUT",
+        &format!("/v1/uploads/{id}"),
+        &[("Authorization", &auth), ("Upload-Offset", "0")],
+        bytes.len(),
+        bytes.len() / 2,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a stalled PUT is answered and closed after the body timeout");
+    assert_eq!((r.status, r.json()["code"].as_str()), (408, Some("UPLOAD_INCOMPLETE")));
+
+    // The same for a start request whose JSON stops halfway.
+    let r = partial_request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &auth)],
+        100,
+        10,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a stalled POST is answered and closed after the body timeout");
+    assert_eq!(r.status, 408);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_unauthenticated_uploads_hold_no_server_memory() {
+    use tokio::io::AsyncWriteExt;
+    const CONNECTIONS: usize = 200;
+    const BODY: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (daemon, https) = Daemon::start_with_https(&data, free_port(), &[]);
+    let ca = Daemon::ready(&data).await;
+    let mut tries = 0;
+    while tokio::net::TcpStream::connect(https).await.is_err() {
+        tries += 1;
+        assert!(tries < 200, "quipd's HTTPS listener did not come up");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = daemon.rss_kib();
+
+    // Each connection declares one byte more than it sends, so its upload
+    // never completes, and then stops: a slow-body attack.
+    let head = common::https::head("POST", "/v1/uploads", &[], BODY + 1);
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (ca, head) = (ca.clone(), head.clone());
+            tokio::spawn(async move {
+                let mut s = common::https::connect(https, &ca).await;
+                s.write_all(head.as_bytes()).await.unwrap();
+                let _ = s.write_all(&vec![b'{'; BODY]).await;
+                let _ = s.flush().await;
+                let r = common::https::read_until_closed(&mut s, Duration::from_secs(5)).await;
+                (r.map(|r| r.status), s)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    let mut held = Vec::new();
+    for t in tasks {
+        let (status, s) = t.await.unwrap();
+        answered += usize::from(status == Some(401));
+        held.push(s);
+    }
+    let after = daemon.rss_kib();
+    let grew_mib = after.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "quipd RSS before {before} KiB, after {CONNECTIONS} stalled {BODY}-byte uploads {after} KiB: grew {grew_mib:.1} MiB"
+    );
+    assert_eq!(
+        answered, CONNECTIONS,
+        "every unauthenticated upload gets 401 and a close"
+    );
+    assert!(
+        grew_mib < 100.0,
+        "bodies must not be buffered: RSS grew {grew_mib:.1} MiB"
+    );
+    drop(held);
+}
