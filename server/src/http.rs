@@ -45,6 +45,36 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// before they are read.
 pub const MAX_START_BODY: u64 = 4 << 10;
 
+/// The Content-Security-Policy of user media: no scripts, styles or
+/// connections, in a sandbox (a unique origin), in case a browser renders
+/// it as a page after all.
+const MEDIA_CSP: &str = "default-src 'none'; sandbox";
+
+/// Media types served under their own name: formats browsers display and
+/// play without running anything. Any other declared type (HTML, SVG, XML,
+/// scripts, PDF, …) is served as `application/octet-stream`, so an upload
+/// can never become a page of this origin, which also serves the web
+/// client. The declared type stays in the media's metadata.
+const INERT_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/aac",
+    "audio/ogg",
+    "audio/opus",
+    "audio/webm",
+    "audio/wav",
+    "audio/flac",
+];
+
 /// The web client's Content-Security-Policy: its own scripts, styles and
 /// connections only, never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -393,27 +423,41 @@ async fn put_upload(
     }
 }
 
-/// A `Range: bytes=A-B` / `bytes=A-` header as (offset, length; 0 = to the end).
-fn parse_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE) else {
-        return Ok(None);
-    };
-    let spec = v.to_str().map_err(|_| ())?.strip_prefix("bytes=").ok_or(())?;
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let start: u64 = a.trim().parse().map_err(|_| ())?;
+/// A `Range` header's value, `bytes=A-B` or `bytes=A-`, as (offset,
+/// length) for [`media::open_download`], where length 0 means to the end.
+/// An end past the file is clamped there (RFC 9110 §14.1.2): `bytes=0-`
+/// with any end up to `u64::MAX` is the whole file, never an overflow.
+/// `None`: malformed, or a form not supported (suffix or several ranges).
+fn parse_range(value: &str) -> Option<(u64, u64)> {
+    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
     match b.trim() {
-        "" => Ok(Some((start, 0))),
+        "" => Some((start, 0)),
         end => {
-            let end: u64 = end.parse().map_err(|_| ())?;
-            if end < start {
-                return Err(());
-            }
-            Ok(Some((start, end - start + 1)))
+            let end: u64 = end.parse().ok()?;
+            // Inclusive: end - start + 1 bytes; past u64::MAX is past any
+            // file, so to the end.
+            let length = end.checked_sub(start)?.checked_add(1).unwrap_or(0);
+            Some((start, length))
         }
     }
 }
 
-/// `GET /v1/media/{id}`: the bytes, whole or a range.
+/// The `Content-Type` to serve media under: the uploader's type if it is
+/// one of the [`INERT_TYPES`] (parameters dropped, lowercased), else
+/// `application/octet-stream`.
+fn served_content_type(declared: &str) -> &'static str {
+    let essence = declared.split(';').next().unwrap_or_default().trim();
+    INERT_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(essence))
+        .copied()
+        .unwrap_or("application/octet-stream")
+}
+
+/// `GET /v1/media/{id}`: the bytes, whole or a range, served as an inert
+/// download whatever the uploader declared: a page or script uploaded as
+/// media must never run in this origin, which also serves the web client.
 async fn get_media(
     State(shared): State<Arc<Shared>>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -423,24 +467,27 @@ async fn get_media(
         Ok(a) => a,
         Err(e) => return error_response(&e),
     };
-    let Ok(range) = parse_range(&headers) else {
-        return (StatusCode::RANGE_NOT_SATISFIABLE, "unsupported Range header\n").into_response();
-    };
-    let (offset, length) = range.unwrap_or((0, 0));
+    // Some(None): a Range header that cannot be served.
+    let range = headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().ok().and_then(parse_range));
+    let (offset, length) = range.flatten().unwrap_or((0, 0));
     let req = v1::DownloadRequest {
         media_id: id,
         offset,
         length,
     };
+    // Access first: whoever may not see the media gets 404 whatever the range.
     let (ready, chunks) = match media::open_download(&*shared.store, &shared.media, &actor, &req) {
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
     let m = ready.media.clone().unwrap_or_default();
-    if range.is_some() && offset >= m.size {
+    if range.is_some_and(|r| r.is_none_or(|(offset, _)| offset >= m.size)) {
         return (
             StatusCode::RANGE_NOT_SATISFIABLE,
             [(header::CONTENT_RANGE, format!("bytes */{}", m.size))],
+            "the Range is outside the media or not of the form bytes=A-B or bytes=A-\n",
         )
             .into_response();
     }
@@ -451,11 +498,15 @@ async fn get_media(
         StatusCode::OK
     };
     let h = resp.headers_mut();
-    let ct = HeaderValue::from_str(&m.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_TYPE, ct);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(served_content_type(&m.content_type)),
+    );
+    h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(MEDIA_CSP));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(ready.length));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
@@ -470,4 +521,49 @@ async fn get_media(
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_without_overflow() {
+        assert_eq!(parse_range("bytes=0-9"), Some((0, 10)));
+        assert_eq!(parse_range("bytes=5-"), Some((5, 0)));
+        assert_eq!(parse_range("bytes=0-18446744073709551615"), Some((0, 0)));
+        assert_eq!(parse_range("bytes=1-18446744073709551615"), Some((1, u64::MAX)));
+        assert_eq!(
+            parse_range("bytes=18446744073709551615-18446744073709551615"),
+            Some((u64::MAX, 1))
+        );
+        for bad in [
+            "bytes=9-3",
+            "bytes=-5",
+            "bytes=0-1,3-4",
+            "bytes=0-18446744073709551616",
+            "items=0-1",
+            "bytes=x-",
+        ] {
+            assert_eq!(parse_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_inert_types_are_served_as_declared() {
+        assert_eq!(served_content_type("image/png"), "image/png");
+        assert_eq!(served_content_type("Video/MP4; codecs=avc1"), "video/mp4");
+        for active in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "text/javascript",
+            "application/pdf",
+            "",
+            "image/png/../html",
+        ] {
+            assert_eq!(served_content_type(active), "application/octet-stream", "{active}");
+        }
+    }
 }
