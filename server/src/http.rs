@@ -140,8 +140,8 @@ async fn websocket(
             .into_response();
     }
     // Messages above a frame are refused by decoding with a typed error;
-    // twice that is cut off by the WebSocket layer, bounding what one
-    // connection can make the server buffer.
+    // twice that is cut off by the WebSocket layer (close 1009), bounding
+    // what one connection can make the server buffer.
     ws.protocols([ws::SUBPROTOCOL])
         .max_message_size(2 * MAX_FRAME)
         .max_frame_size(2 * MAX_FRAME)
