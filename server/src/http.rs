@@ -141,10 +141,13 @@ async fn websocket(
     }
     // Messages above a frame are refused by decoding with a typed error;
     // twice that is cut off by the WebSocket layer (close 1009), bounding
-    // what one connection can make the server buffer.
+    // what one connection can make the server buffer. Writes are bounded
+    // too: the pongs the layer answers pings with wait there when the
+    // client does not read.
     ws.protocols([ws::SUBPROTOCOL])
         .max_message_size(2 * MAX_FRAME)
         .max_frame_size(2 * MAX_FRAME)
+        .max_write_buffer_size(ws::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| ws::serve_websocket(socket, shared, peer.ip()))
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
 use crate::quic::HANDSHAKE_TIMEOUT;
+use crate::ratelimit::TokenBucket;
 use crate::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 use crate::session::{Session, Shared};
 
@@ -36,6 +37,27 @@ pub const CLOSE_CODE_BASE: u16 = 4000;
 /// How long queued frames (a final error, the close) get to reach the
 /// browser before the connection is dropped.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Pings a client may send per second, sustained. The WebSocket layer
+/// answers each with a pong that waits in the write buffer until the client
+/// reads it, so a client pinging faster than it reads could grow that
+/// buffer without end; liveness needs a ping every few seconds at most
+/// (browsers send none), so one faster than this is flooding and is closed
+/// with [`CLOSE_POLICY_VIOLATION`].
+pub const PING_RATE: f64 = 1.0;
+
+/// Pings a client may send in a burst above [`PING_RATE`].
+pub const PING_BURST: f64 = 10.0;
+
+/// Bytes the WebSocket layer may hold for writing (replies, pushes and the
+/// pongs it answers pings with) beyond what the socket took: one largest
+/// message plus the usual batching. A client that lets more pile up is not
+/// reading; its connection fails and is dropped.
+pub const MAX_WRITE_BUFFER: usize = 2 * MAX_FRAME;
+
+/// RFC 6455 close code 1008: a message broke the server's policy (here: a
+/// ping flood).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 
 /// RFC 6455 close code 1009: a message too big to process (over the
 /// WebSocket layer's limit, see `spec/protocol.md` §19.3).
@@ -64,6 +86,7 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
         idle,
         last_heard: Instant::now(),
         ended: ended.clone(),
+        pings: TokenBucket::new(PING_RATE, PING_BURST, Instant::now()),
         out: out_tx.clone(),
     };
     let mut replies = WsReplies { out: out_tx.clone() };
@@ -134,6 +157,8 @@ struct WsRequests {
     last_heard: Instant,
     /// How the connection ended, for presence.
     ended: Arc<Mutex<Ended>>,
+    /// The client's ping budget ([`PING_RATE`], [`PING_BURST`]).
+    pings: TokenBucket,
     /// To the writer, for closes the reading side decides on.
     out: mpsc::Sender<Out>,
 }
@@ -196,7 +221,15 @@ impl RequestSource for WsRequests {
                     self.end(if normal { Ended::Closed } else { Ended::Lost });
                     return Ok(None);
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) => {
+                    if self.pings.try_take(Instant::now()).is_err() {
+                        return self.refuse(
+                            CLOSE_POLICY_VIOLATION,
+                            format!("more than {PING_RATE} pings per second"),
+                        );
+                    }
+                }
+                Message::Pong(_) => {}
             }
         }
     }
