@@ -180,6 +180,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_WRITE_QUEUE", default_value_t = 8192)]
     pub write_queue: usize,
 
+    /// Seconds an HTTPS request body (a media upload) may go without a byte
+    /// arriving; then the request is answered 408 and its connection
+    /// closed, so a stalled upload cannot hold its connection and buffered
+    /// bytes for ever.
+    #[arg(long, env = "QUIP_HTTP_BODY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_body_timeout_secs: u64,
+
     /// Largest media upload in bytes (default 100 MiB).
     #[arg(long, env = "QUIP_MEDIA_MAX_SIZE", default_value_t = 100 << 20)]
     pub media_max_size: u64,

@@ -151,8 +151,9 @@ pub fn media_blob(sha256: &[u8]) -> Vec<u8> {
     cat(b"mblob/", &[sha256])
 }
 
-/// `mref/{media_id}{chat_id}` → empty: the media was sent in that chat,
-/// whose participants may download it.
+/// `mref/{media_id}{chat_id}` → u64 BE, the newest seq it was sent at: the
+/// media was sent in that chat, whose participants who see that message
+/// may download it (empty in data written before the seq was kept).
 pub fn media_ref(id: &[u8; 16], chat: u64) -> Vec<u8> {
     cat(b"mref/", &[id, &chat.to_be_bytes()])
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
 use crate::quic::HANDSHAKE_TIMEOUT;
+use crate::ratelimit::TokenBucket;
 use crate::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 use crate::session::{Session, Shared};
 
@@ -37,10 +38,36 @@ pub const CLOSE_CODE_BASE: u16 = 4000;
 /// browser before the connection is dropped.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Pings a client may send per second, sustained. The WebSocket layer
+/// answers each with a pong that waits in the write buffer until the client
+/// reads it, so a client pinging faster than it reads could grow that
+/// buffer without end; liveness needs a ping every few seconds at most
+/// (browsers send none), so one faster than this is flooding and is closed
+/// with [`CLOSE_POLICY_VIOLATION`].
+pub const PING_RATE: f64 = 1.0;
+
+/// Pings a client may send in a burst above [`PING_RATE`].
+pub const PING_BURST: f64 = 10.0;
+
+/// Bytes the WebSocket layer may hold for writing (replies, pushes and the
+/// pongs it answers pings with) beyond what the socket took: one largest
+/// message plus the usual batching. A client that lets more pile up is not
+/// reading; its connection fails and is dropped.
+pub const MAX_WRITE_BUFFER: usize = 2 * MAX_FRAME;
+
+/// RFC 6455 close code 1008: a message broke the server's policy (here: a
+/// ping flood).
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+/// RFC 6455 close code 1009: a message too big to process (over the
+/// WebSocket layer's limit, see `spec/protocol.md` §19.3).
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
 /// What the writer task sends, besides pushed events.
 enum Out {
     Frame(Bytes),
-    Close(CloseCode, String),
+    /// A close frame with this WebSocket close code and reason.
+    Close(u16, String),
 }
 
 /// Drives one upgraded WebSocket to its end.
@@ -59,6 +86,8 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
         idle,
         last_heard: Instant::now(),
         ended: ended.clone(),
+        pings: TokenBucket::new(PING_RATE, PING_BURST, Instant::now()),
+        out: out_tx.clone(),
     };
     let mut replies = WsReplies { out: out_tx.clone() };
 
@@ -82,7 +111,7 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
             tracing::debug!(%peer, ?code, %reason, "closing WebSocket");
             // Dropped if the writer is stuck behind a browser that stopped
             // reading: then the linger below ends the connection.
-            let _ = out_tx.try_send(Out::Close(code, reason));
+            let _ = out_tx.try_send(Out::Close(CLOSE_CODE_BASE + code.code() as u16, reason));
         }
     }
     drop(out_tx);
@@ -106,7 +135,7 @@ async fn write_loop(
             o = out.recv() => match o {
                 Some(Out::Frame(b)) => Message::Binary(b),
                 Some(Out::Close(code, reason)) => {
-                    let frame = CloseFrame { code: CLOSE_CODE_BASE + code.code() as u16, reason: reason.into() };
+                    let frame = CloseFrame { code, reason: reason.into() };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     return;
                 }
@@ -128,12 +157,34 @@ struct WsRequests {
     last_heard: Instant,
     /// How the connection ended, for presence.
     ended: Arc<Mutex<Ended>>,
+    /// The client's ping budget ([`PING_RATE`], [`PING_BURST`]).
+    pings: TokenBucket,
+    /// To the writer, for closes the reading side decides on.
+    out: mpsc::Sender<Out>,
 }
 
 impl WsRequests {
     fn end(&self, how: Ended) {
         *self.ended.lock().expect("ended lock") = how;
     }
+
+    /// Ends the connection with a WebSocket close code of its own (not a
+    /// Quip one): the writer sends it unless it is stuck behind a client
+    /// that does not read, and then the linger ends the connection anyway.
+    fn refuse(&self, code: u16, reason: String) -> Result<Option<Envelope>, ReadError> {
+        tracing::debug!(code, %reason, "closing WebSocket");
+        let _ = self.out.try_send(Out::Close(code, reason));
+        self.end(Ended::Lost);
+        Ok(None)
+    }
+}
+
+/// Whether a read failed because a message or frame was over the limits
+/// set on the upgrade (`max_message_size`, `max_frame_size`).
+fn too_big(e: &axum::Error) -> bool {
+    let inner: &(dyn std::error::Error + 'static) = e;
+    std::iter::successors(Some(inner), |e| e.source())
+        .any(|e| matches!(e.downcast_ref(), Some(tungstenite::Error::Capacity(_))))
 }
 
 impl RequestSource for WsRequests {
@@ -147,6 +198,12 @@ impl RequestSource for WsRequests {
                         last_heard: self.last_heard,
                     });
                     return Ok(None);
+                }
+                Ok(Some(Err(e))) if too_big(&e) => {
+                    return self.refuse(
+                        CLOSE_MESSAGE_TOO_BIG,
+                        format!("messages are limited to {} bytes", 2 * MAX_FRAME),
+                    );
                 }
                 Ok(None) | Ok(Some(Err(_))) => return Ok(None),
                 Ok(Some(Ok(m))) => m,
@@ -164,7 +221,15 @@ impl RequestSource for WsRequests {
                     self.end(if normal { Ended::Closed } else { Ended::Lost });
                     return Ok(None);
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) => {
+                    if self.pings.try_take(Instant::now()).is_err() {
+                        return self.refuse(
+                            CLOSE_POLICY_VIOLATION,
+                            format!("more than {PING_RATE} pings per second"),
+                        );
+                    }
+                }
+                Message::Pong(_) => {}
             }
         }
     }
@@ -182,6 +247,7 @@ impl ReplySink for WsReplies {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
+        let code = CLOSE_CODE_BASE + code.code() as u16;
         let _ = self.out.send(Out::Close(code, reason.to_string())).await;
     }
 

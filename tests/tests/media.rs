@@ -400,6 +400,117 @@ async fn only_participants_download_and_others_cannot_tell_it_exists() {
     server.stop().await;
 }
 
+/// Sends `media` into chat `chat_id`.
+async fn send_media_to_chat(c: &Client, chat_id: u64, media: &v1::Media) -> v1::SendResponse {
+    c.send(v1::SendRequest {
+        chat_id,
+        client_msg_id: quip_client::new_client_msg_id(),
+        content: Some(v1::Content {
+            media: Some(v1::Media {
+                media_id: media.media_id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_member_added_later_cannot_download_media_sent_before_they_joined() {
+    use common::https::request;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let (carol, carol_token) = server.user("carol").await;
+    let g = alice.create_group("g", &["bob"]).await.unwrap().info.unwrap().chat_id;
+    let before = upload(&alice, &random_bytes(1000), "before")
+        .await
+        .unwrap()
+        .media
+        .unwrap();
+    send_media_to_chat(&alice, g, &before).await;
+    alice
+        .update_chat(g, v1::ChatAction::AddMembers, &["carol"], "")
+        .await
+        .unwrap();
+    let after = random_bytes(1200);
+    let later = upload(&bob, &after, "after").await.unwrap().media.unwrap();
+    send_media_to_chat(&bob, g, &later).await;
+
+    // Carol's history starts at her ADDED event: the earlier media is as
+    // hidden as its message, with exactly the answer a made-up id gets,
+    // over QUIC and over HTTPS alike.
+    let history = carol.history_of_chat(g, 0, 0).await.unwrap();
+    assert!(
+        history.messages.iter().all(|m| m
+            .content
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .map(|m| m.media_id.as_str())
+            != Some(before.media_id.as_str())),
+        "the earlier message is not in carol's history"
+    );
+    let fake_id = "0123456789abcdef0123456789abcdef";
+    let real = download(&carol, &before.media_id, 0, 0).await.unwrap_err();
+    let fake = download(&carol, fake_id, 0, 0).await.unwrap_err();
+    assert_eq!(real.code(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        real.to_string().replace(&before.media_id, "ID"),
+        fake.to_string().replace(fake_id, "ID")
+    );
+    let auth = format!("Bearer {carol_token}");
+    let real = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{}", before.media_id),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    let fake = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{fake_id}"),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!((real.status, fake.status), (404, 404));
+    assert_eq!(
+        String::from_utf8_lossy(&real.body).replace(&before.media_id, "ID"),
+        String::from_utf8_lossy(&fake.body).replace(fake_id, "ID")
+    );
+    // Nor can she pass it on.
+    assert_eq!(
+        code(send_media(&carol, "alice", &before, "").await),
+        Some(ErrorCode::NotFound)
+    );
+
+    // What was sent since she joined she may download, both ways; members
+    // from before still download both.
+    assert_eq!(download(&carol, &later.media_id, 0, 0).await.unwrap(), after);
+    let r = request(
+        &server,
+        "GET",
+        &format!("/v1/media/{}", later.media_id),
+        &[("Authorization", &auth)],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == after);
+    assert!(download(&bob, &before.media_id, 0, 0).await.is_ok());
+
+    // Sent again after she joined, the earlier media becomes hers to see too.
+    send_media_to_chat(&alice, g, &before).await;
+    assert!(download(&carol, &before.media_id, 0, 0).await.is_ok());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn byte_ranges_and_identical_uploads_stored_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -792,5 +903,317 @@ async fn media_transfers_per_connection_are_bounded() {
             Err(e) => panic!("{e}"),
         }
     }
+    server.stop().await;
+}
+
+/// Starts an upload over HTTPS for `bytes`; returns its id.
+async fn start_https_upload(server: &TestServer, auth: &str, bytes: &[u8], content_type: &str) -> String {
+    let sha: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let decl = serde_json::json!({"size": bytes.len(), "sha256": sha, "content_type": content_type, "file_name": "f"});
+    let r = common::https::request(
+        server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", auth)],
+        decl.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["upload_id"].as_str().unwrap().to_owned()
+}
+
+/// Sends a request head declaring `declared` body bytes and only `sent` of
+/// them, then waits (at most `within`) for the server to answer and close.
+async fn partial_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    declared: usize,
+    sent: usize,
+    within: Duration,
+) -> Option<common::https::Response> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = common::https::connect(server.https, &server.ca).await;
+    s.write_all(common::https::head(method, path, headers, declared).as_bytes())
+        .await
+        .unwrap();
+    let _ = s.write_all(&vec![b'x'; sent]).await;
+    let _ = s.flush().await;
+    common::https::read_until_closed(&mut s, within).await
+}
+
+#[tokio::test]
+async fn upload_bodies_are_not_read_before_authentication_and_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let soon = Duration::from_secs(5);
+
+    // 2 MiB declared, 64 KiB sent, no token (or a bad one): 401 at once and
+    // the connection closed, the rest of the body never waited for.
+    for headers in [vec![], vec![("Authorization", "Bearer nope")]] {
+        for (method, path) in [
+            ("POST", "/v1/uploads"),
+            ("PUT", "/v1/uploads/0123456789abcdef0123456789abcdef"),
+        ] {
+            let r = partial_request(&server, method, path, &headers, 2 << 20, 64 << 10, soon)
+                .await
+                .unwrap_or_else(|| panic!("{method} {path} without a valid token: answered and closed at once"));
+            assert_eq!(
+                (r.status, r.json()["code"].as_str()),
+                (401, Some("UNAUTHENTICATED")),
+                "{method} {path}"
+            );
+        }
+    }
+
+    // The start request is a few hundred bytes of JSON: a declared 1 MiB is
+    // refused before it is read, as is a chunked body that grows past the cap.
+    let r = partial_request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &auth)],
+        1 << 20,
+        0,
+        soon,
+    )
+    .await
+    .expect("an oversized start request is answered and closed at once");
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+    let r = {
+        use tokio::io::AsyncWriteExt;
+        let mut s = common::https::connect(server.https, &server.ca).await;
+        let head = format!(
+            "POST /v1/uploads HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "{".repeat(64 << 10));
+        let _ = s.write_all(chunk.as_bytes()).await;
+        common::https::read_until_closed(&mut s, soon)
+            .await
+            .expect("a chunked start request over the cap is answered and closed")
+    };
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+
+    // A PUT declaring more than the upload has left is refused unread.
+    let id = start_https_upload(&server, &auth, &[7u8; 1000], "application/octet-stream").await;
+    let r = partial_request(
+        &server,
+        "PUT",
+        &format!("/v1/uploads/{id}"),
+        &[("Authorization", &auth), ("Upload-Offset", "0")],
+        2 << 20,
+        0,
+        soon,
+    )
+    .await
+    .expect("a PUT over the declared size is answered and closed at once");
+    assert_eq!((r.status, r.json()["code"].as_str()), (413, Some("LIMIT_EXCEEDED")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_body_times_out_and_its_connection_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.http_body_timeout_secs = 1;
+    let server = TestServer::start_with(config).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let bytes = random_bytes(3 * MIB);
+    let id = start_https_upload(&server, &auth, &bytes, "application/octet-stream").await;
+
+    // Half the bytes, then nothing: after the 1 s body timeout the server
+    // answers 408 and closes; what was stored is kept for a resume.
+    let r = partial_request(
+        &server,
+        "PUT",
+        &format!("/v1/uploads/{id}"),
+        &[("Authorization", &auth), ("Upload-Offset", "0")],
+        bytes.len(),
+        bytes.len() / 2,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a stalled PUT is answered and closed after the body timeout");
+    assert_eq!((r.status, r.json()["code"].as_str()), (408, Some("UPLOAD_INCOMPLETE")));
+
+    // The same for a start request whose JSON stops halfway.
+    let r = partial_request(
+        &server,
+        "POST",
+        "/v1/uploads",
+        &[("Authorization", &auth)],
+        100,
+        10,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a stalled POST is answered and closed after the body timeout");
+    assert_eq!(r.status, 408);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_unauthenticated_uploads_hold_no_server_memory() {
+    use tokio::io::AsyncWriteExt;
+    const CONNECTIONS: usize = 200;
+    const BODY: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (daemon, https) = Daemon::start_with_https(&data, free_port(), &[]);
+    let ca = Daemon::ready(&data).await;
+    let mut tries = 0;
+    while tokio::net::TcpStream::connect(https).await.is_err() {
+        tries += 1;
+        assert!(tries < 200, "quipd's HTTPS listener did not come up");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = daemon.rss_kib();
+
+    // Each connection declares one byte more than it sends, so its upload
+    // never completes, and then stops: a slow-body attack.
+    let head = common::https::head("POST", "/v1/uploads", &[], BODY + 1);
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (ca, head) = (ca.clone(), head.clone());
+            tokio::spawn(async move {
+                let mut s = common::https::connect(https, &ca).await;
+                s.write_all(head.as_bytes()).await.unwrap();
+                let _ = s.write_all(&vec![b'{'; BODY]).await;
+                let _ = s.flush().await;
+                let r = common::https::read_until_closed(&mut s, Duration::from_secs(5)).await;
+                (r.map(|r| r.status), s)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    let mut held = Vec::new();
+    for t in tasks {
+        let (status, s) = t.await.unwrap();
+        answered += usize::from(status == Some(401));
+        held.push(s);
+    }
+    let after = daemon.rss_kib();
+    let grew_mib = after.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "quipd RSS before {before} KiB, after {CONNECTIONS} stalled {BODY}-byte uploads {after} KiB: grew {grew_mib:.1} MiB"
+    );
+    assert_eq!(
+        answered, CONNECTIONS,
+        "every unauthenticated upload gets 401 and a close"
+    );
+    assert!(
+        grew_mib < 100.0,
+        "bodies must not be buffered: RSS grew {grew_mib:.1} MiB"
+    );
+    drop(held);
+}
+
+/// Uploads `bytes` over HTTPS as `content_type`; returns the media id.
+async fn https_upload(server: &TestServer, auth: &str, bytes: &[u8], content_type: &str) -> serde_json::Value {
+    let id = start_https_upload(server, auth, bytes, content_type).await;
+    let r = common::https::request(
+        server,
+        "PUT",
+        &format!("/v1/uploads/{id}"),
+        &[("Authorization", auth), ("Upload-Offset", "0")],
+        bytes,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["media"].clone()
+}
+
+/// GET /v1/media/{id}, with a Range header if given.
+async fn https_get_media(server: &TestServer, auth: &str, id: &str, range: Option<&str>) -> common::https::Response {
+    let mut h = vec![("Authorization", auth)];
+    if let Some(r) = range {
+        h.push(("Range", r));
+    }
+    common::https::request(server, "GET", &format!("/v1/media/{id}"), &h, &[]).await
+}
+
+#[tokio::test]
+async fn uploaded_media_is_served_as_an_inert_download_never_as_a_page_of_this_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let page = b"<html><script>alert(localStorage.token)</script></html>";
+    let svg = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>";
+    let png = b"\x89PNG\r\n\x1a\n not really";
+    for (bytes, declared, served) in [
+        (&page[..], "text/html", "application/octet-stream"),
+        (&svg[..], "image/svg+xml", "application/octet-stream"),
+        (&page[..], "application/xhtml+xml", "application/octet-stream"),
+        (&svg[..], "text/javascript", "application/octet-stream"),
+        (&png[..], "IMAGE/PNG; charset=x", "image/png"),
+        (&png[..], "video/mp4", "video/mp4"),
+    ] {
+        let media = https_upload(&server, &auth, bytes, declared).await;
+        // The declared type stays in the metadata for clients...
+        assert_eq!(media["content_type"].as_str(), Some(declared));
+        // ...but what is served cannot run script in the server's origin.
+        let r = https_get_media(&server, &auth, media["media_id"].as_str().unwrap(), None).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body == bytes);
+        assert_eq!(r.header("content-type"), Some(served), "{declared}");
+        assert_eq!(r.header("content-disposition"), Some("attachment"), "{declared}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("content-security-policy"), Some("default-src 'none'; sandbox"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn media_ranges_past_the_end_are_clamped_without_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (_alice, token) = server.user("alice").await;
+    let auth = format!("Bearer {token}");
+    let bytes = random_bytes(1000);
+    let media = https_upload(&server, &auth, &bytes, "application/octet-stream").await;
+    let id = media["media_id"].as_str().unwrap();
+    let size = bytes.len();
+
+    // An end past the file (u64::MAX included) means "to the end" (RFC 9110).
+    for (range, first) in [
+        ("bytes=0-18446744073709551615", 0),
+        ("bytes=5-18446744073709551614", 5),
+        ("bytes=3-99999", 3),
+        ("bytes=999-", 999),
+    ] {
+        let r = https_get_media(&server, &auth, id, Some(range)).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {first}-{}/{size}", size - 1).as_str()),
+            "{range}"
+        );
+        assert!(r.body == bytes[first..], "{range}");
+    }
+    // Unsatisfiable or malformed: 416, and nothing overflows.
+    for range in [
+        "bytes=18446744073709551615-18446744073709551615",
+        "bytes=18446744073709551615-",
+        "bytes=1000-",
+        "bytes=9-3",
+        "bytes=0-18446744073709551616",
+        "bytes=x-1",
+    ] {
+        let r = https_get_media(&server, &auth, id, Some(range)).await;
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{size}").as_str()),
+            "{range}"
+        );
+    }
+    // Still serving.
+    assert!(https_get_media(&server, &auth, id, None).await.body == bytes);
     server.stop().await;
 }

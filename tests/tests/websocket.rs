@@ -524,3 +524,103 @@ async fn a_silent_browser_is_timed_out_and_goes_offline_after_the_grace_period()
     assert!(ended.is_ok(), "the server ended the silent connection");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_websocket_message_is_closed_with_1009() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let raw = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = raw.split();
+    let hello = v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    };
+    tx.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
+    let Some(Ok(Message::Binary(_welcome))) = rx.next().await else {
+        panic!()
+    };
+    // Over the 2 MiB the WebSocket layer takes: the server stops reading at
+    // the frame's header, so the sending runs on while the answer is read.
+    let big = Message::Binary(vec![0u8; (2 << 20) + 1].into());
+    let sending = tokio::spawn(async move {
+        let _ = tx.send(big).await;
+        tx
+    });
+    let close = tokio::time::timeout(T, async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time")
+    .expect("with a code");
+    assert_eq!(u16::from(close.code), 1009, "Message Too Big: {close:?}");
+    let _ = sending.await;
+    // Everyone else is still served.
+    assert_eq!(alice.whoami().await.unwrap().user, "alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_the_pongs_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, bob_token) = ws_user(&server, "bob").await;
+    drop(bob);
+    let mut raw = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
+        .await
+        .unwrap();
+    let hello = v1::Hello {
+        versions: vec![1],
+        token: bob_token.clone(),
+        ..Default::default()
+    };
+    raw.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
+    let Some(Ok(Message::Binary(_welcome))) = raw.next().await else {
+        panic!()
+    };
+    // Pings with the largest payload a control frame may carry, never
+    // reading the pongs: each would queue in the server's write buffer.
+    const PINGS: usize = 2000;
+    let mut sent = 0;
+    for _ in 0..PINGS {
+        if raw.send(Message::Ping(vec![7u8; 125].into())).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    // Reading now: a few pongs, then the server's close, long before the
+    // last ping was answered.
+    let mut pongs = 0;
+    let close = tokio::time::timeout(T, async {
+        loop {
+            match raw.next().await {
+                Some(Ok(Message::Pong(_))) => pongs += 1,
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server closed the flooding connection");
+    let close = close.expect("with a close frame");
+    assert_eq!(u16::from(close.code), 1008, "policy violation: {close:?}");
+    assert!(
+        pongs < PINGS,
+        "closed before answering every ping: {pongs} pongs for {sent} pings"
+    );
+    // Everyone else is still served, bob's browser included.
+    assert_eq!(alice.whoami().await.unwrap().user, "alice");
+    let bob = WsClient::connect(server.https, &server.ca, &bob_token).await.unwrap();
+    assert!(bob.request(Body::Ping(v1::PingRequest {})).await.is_ok());
+    server.stop().await;
+}

@@ -3,7 +3,9 @@
 //! in [`crate::media`].
 //!
 //! Access follows messages: media may be downloaded by its uploader and by
-//! every participant of a chat it was sent in, and by nobody else. Everyone
+//! every participant of a chat it was sent in who may see a message that
+//! carries it (group members: one sent since they joined), and by nobody
+//! else. Everyone
 //! else gets the error a nonexistent id gets, so ids cannot be probed.
 
 use prost::Message as _;
@@ -11,7 +13,7 @@ use quip_protocol::v1;
 
 use super::{Actor, ServiceError, messages};
 use crate::keys;
-use crate::records::{self, BlobRecord, MediaRecord};
+use crate::records::{self, BlobRecord, CursorRecord, MediaRecord};
 use crate::store::{ReadTxn, Txn};
 
 /// Longest content type or file name accepted.
@@ -186,8 +188,11 @@ pub fn chunks_of(txn: &mut dyn ReadTxn, rec: &MediaRecord) -> Result<Vec<u8>, Se
 }
 
 /// Whether `actor` may see media `id`: the uploader, or a participant of a
-/// chat it was sent in. Otherwise (or if it does not exist, or is not yet
-/// complete) NOT_FOUND, the same answer either way.
+/// chat it was sent in who may see a message that carries it (a group
+/// member sees messages from the one that added them on, so media sent
+/// before they joined stays as hidden as those messages). Otherwise (or if
+/// it does not exist, or is not yet complete) NOT_FOUND, the same answer
+/// either way.
 pub fn visible(txn: &mut dyn ReadTxn, actor: &Actor, wire_id: &str) -> Result<(MediaId, MediaRecord), ServiceError> {
     let id = parse_id(wire_id)?;
     let rec: MediaRecord = records::get(txn, &keys::media(&id))?.ok_or_else(|| not_found(wire_id))?;
@@ -198,24 +203,40 @@ pub fn visible(txn: &mut dyn ReadTxn, actor: &Actor, wire_id: &str) -> Result<(M
         return Ok((id, rec));
     }
     let (begin, end) = keys::media_refs(&id);
-    for kv in txn.range(&begin, &end, usize::MAX, false)? {
-        let chat_id =
-            kv.0.get(kv.0.len() - 8..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-        if messages::member_chat(txn, actor, chat_id).is_ok() {
+    for (key, value) in txn.range(&begin, &end, usize::MAX, false)? {
+        let chat_id = key
+            .get(key.len() - 8..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let Ok(chat) = messages::member_chat(txn, actor, chat_id) else {
+            continue;
+        };
+        if chat.kind() != v1::ChatKind::Group {
+            return Ok((id, rec));
+        }
+        let joined = records::get::<CursorRecord>(txn, &keys::cursor(chat_id, actor.user_id))?
+            .unwrap_or_default()
+            .joined;
+        if last_sent_seq(&value) >= joined {
             return Ok((id, rec));
         }
     }
     Err(not_found(wire_id))
 }
 
+/// The newest seq a media was sent at in one chat, from its `mref/` value.
+/// References written before the seq was recorded are empty: they count as
+/// visible to every participant, as all references were then.
+fn last_sent_seq(value: &[u8]) -> u64 {
+    value.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
+}
+
 /// Checks the media a message refers to and fills in what the server knows
-/// (size, type, hash), then records that it was sent in `chat_id`. Called
-/// inside the send's transaction, before its idempotency check, so a retry
-/// compares equal content.
-pub fn attach(txn: &mut dyn Txn, actor: &Actor, chat_id: u64, media: &mut v1::Media) -> Result<(), ServiceError> {
+/// (size, type, hash). Called inside the send's transaction, before its
+/// idempotency check, so a retry compares equal content; once the message
+/// has its seq, [`sent_in`] records where it went.
+pub fn attach(txn: &mut dyn Txn, actor: &Actor, media: &mut v1::Media) -> Result<MediaId, ServiceError> {
     let (id, mut rec) = visible(txn, actor, &media.media_id)?;
     media.size = rec.size;
     media.content_type.clone_from(&rec.content_type);
@@ -228,7 +249,20 @@ pub fn attach(txn: &mut dyn Txn, actor: &Actor, chat_id: u64, media: &mut v1::Me
         rec.sent = true;
         txn.set(&keys::media(&id), &rec.encode_to_vec());
     }
-    txn.set(&keys::media_ref(&id, chat_id), &[]);
+    Ok(id)
+}
+
+/// Records that media `id` was sent in `chat_id` as message `seq`: the
+/// chat's participants who can see that message may now download it. Keeps
+/// the newest seq, since whoever sees an older message carrying it also
+/// sees the newer one.
+pub fn sent_in(txn: &mut dyn Txn, id: &MediaId, chat_id: u64, seq: u64) -> Result<(), ServiceError> {
+    let key = keys::media_ref(id, chat_id);
+    let newest = match txn.get(&key)? {
+        Some(old) => last_sent_seq(&old).max(seq),
+        None => seq,
+    };
+    txn.set(&key, &newest.to_be_bytes());
     Ok(())
 }
 

@@ -102,10 +102,11 @@ pub fn send(
 ) -> Result<Sent, ServiceError> {
     let (chat_id, mut chat, peer_name) = resolve_for_send(txn, actor, target)?;
     let attached;
+    let mut media_id = None;
     let content = match &content.media {
         Some(m) => {
             let mut media = m.clone();
-            super::media::attach(txn, actor, chat_id, &mut media)?;
+            media_id = Some(super::media::attach(txn, actor, &mut media)?);
             attached = v1::Content {
                 media: Some(media),
                 ..content.clone()
@@ -155,6 +156,9 @@ pub fn send(
     };
     let msg = store_message(txn, &mut chat, msg)?;
     let seq = msg.seq;
+    if let Some(id) = &media_id {
+        super::media::sent_in(txn, id, chat_id, seq)?;
+    }
 
     // Replying implies having seen the chat: the sender's cursors move to
     // the new message, so their unread count stays "others' messages after

@@ -56,6 +56,31 @@ impl Daemon {
         Self { child }
     }
 
+    /// Starts quipd like [`Daemon::start`] but with its HTTPS listener on
+    /// loopback too; returns it with that listener's address.
+    pub fn start_with_https(data: &Path, port: u16, args: &[&str]) -> (Self, std::net::SocketAddr) {
+        let https = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--https-listen",
+                &https.to_string(),
+            ])
+            .args(["--log", "error"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        (Self { child }, https)
+    }
+
     /// Waits until the dev certificate exists (written at startup); returns its path.
     pub async fn ready(data: &Path) -> PathBuf {
         let ca = data.join("dev-cert.pem");
