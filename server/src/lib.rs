@@ -18,7 +18,8 @@
 //! - [`http`], [`ws`], [`web`]: HTTPS for browsers: the WebSocket transport
 //!   shell, the embedded web client, health.
 //! - [`requests`]: the request loop both transports share.
-//! - [`session`]: per-connection protocol logic, transport-independent.
+//! - [`session`]: per-connection protocol logic, transport-independent;
+//!   [`kinds`]: what each request kind is (replay-safe, writes, reads).
 //! - [`hub`]: online devices and live push with bounded queues.
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
@@ -31,6 +32,7 @@ pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod keys;
+pub mod kinds;
 pub mod liveness;
 pub mod media;
 pub mod passwords;

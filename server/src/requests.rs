@@ -193,7 +193,7 @@ async fn step(session: &Arc<Session>, sink: &mut impl ReplySink, inflight: &mut 
     };
     match frame {
         Ok(Some(env)) => {
-            if Session::is_read(&env) {
+            if env.body.as_ref().is_some_and(|b| crate::kinds::of(b).reads) {
                 while let Some(reply) = inflight.next().await {
                     if !send_reply(session, sink, &reply).await {
                         return Next::Stop;

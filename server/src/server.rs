@@ -106,7 +106,7 @@ impl Server {
         // it). Resumption is stateful: a ticket is taken from this cache on
         // use, so one ticket's early data is accepted once; what may run
         // from early data at all is limited to replay-safe requests
-        // (Session::allowed_early). The cache bounds memory: beyond it old
+        // (kinds::of). The cache bounds memory: beyond it old
         // tickets are forgotten and those clients do a full handshake.
         tls.max_early_data_size = u32::MAX;
         tls.session_storage = tls::SessionCache::new(TLS_SESSION_CACHE);

@@ -343,6 +343,21 @@ fn err(id: u64, e: &ServiceError) -> Envelope {
     Envelope::new(id, Body::Error(e.to_wire()))
 }
 
+/// The answer to a queued write, once it is durable: `body` of its result,
+/// or its error. Polled by the transport's request loop (no task of its own).
+fn answer_when_durable<R: Send + 'static>(
+    id: u64,
+    pending: store::PendingWrite<Result<R, ServiceError>>,
+    body: impl FnOnce(R) -> Body + Send + 'static,
+) -> Reply {
+    Reply::Waiting(Box::pin(async move {
+        match pending.wait().await {
+            Ok(r) => Envelope::new(id, body(r)),
+            Err(e) => err(id, &e),
+        }
+    }))
+}
+
 impl Session {
     /// A session for a new connection; pushed frames go to `push_tx`.
     pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: PushSender, peer: std::net::IpAddr) -> Arc<Self> {
@@ -384,29 +399,6 @@ impl Session {
             }
             notified.await;
         }
-    }
-
-    /// Requests that are harmless when replayed, so they may run from 0-RTT
-    /// early data: reads, and writes that are idempotent by design (a send
-    /// with its client_msg_id, receipts and acks that only move forward,
-    /// typing). Everything that creates or revokes state (register, login,
-    /// logout, creating or changing chats, subscribing, settings) is not.
-    pub fn allowed_early(body: &Body) -> bool {
-        matches!(
-            body,
-            Body::Ping(_)
-                | Body::Whoami(_)
-                | Body::History(_)
-                | Body::Chats(_)
-                | Body::Sync(_)
-                | Body::ChatInfo(_)
-                | Body::ReceiptDetail(_)
-                | Body::Presence(_)
-                | Body::Send(_)
-                | Body::Receipt(_)
-                | Body::Ack(_)
-                | Body::Typing(_)
-        )
     }
 
     /// The Welcome for the first frame, or the error to send before closing.
@@ -611,22 +603,6 @@ impl Session {
             .ok_or_else(|| ServiceError::Unauthenticated("log in first (register or login)".into()))
     }
 
-    /// Whether a request must observe earlier writes on its stream: reads
-    /// wait for the stream's pending writes before they run.
-    pub fn is_read(env: &Envelope) -> bool {
-        matches!(
-            env.body,
-            Some(
-                Body::Whoami(_)
-                    | Body::History(_)
-                    | Body::Chats(_)
-                    | Body::Sync(_)
-                    | Body::ChatInfo(_)
-                    | Body::ReceiptDetail(_)
-            )
-        )
-    }
-
     /// Handles one request. Writes are queued before this returns, so calling
     /// it in stream order applies writes in stream order.
     pub async fn handle(self: &Arc<Self>, env: Envelope) -> Reply {
@@ -653,20 +629,9 @@ impl Session {
                 "Hello is only valid as the first frame of the connection",
             )));
         }
-        self.admit(Self::allowed_early(&body)).await?;
-        let writes = !matches!(
-            body,
-            Body::Whoami(_)
-                | Body::History(_)
-                | Body::Chats(_)
-                | Body::Sync(_)
-                | Body::Ping(_)
-                | Body::ChatInfo(_)
-                | Body::ReceiptDetail(_)
-                | Body::Presence(_)
-                | Body::Typing(_)
-        );
-        if writes && self.shared.shutting_down.load(Ordering::Relaxed) {
+        let kind = crate::kinds::of(&body);
+        self.admit(kind.replay_safe).await?;
+        if kind.writes && self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(ServiceError::Unavailable);
         }
         let shared = &self.shared;
@@ -729,12 +694,7 @@ impl Session {
                         |sent| &mut sent.delivery,
                     )
                     .await?;
-                Ok(Reply::Waiting(Box::pin(async move {
-                    match pending.wait().await {
-                        Ok(sent) => Envelope::new(id, Body::Sent(sent.response)),
-                        Err(e) => err(id, &e),
-                    }
-                })))
+                Ok(answer_when_durable(id, pending, |sent| Body::Sent(sent.response)))
             }
             Body::CreateChat(r) => {
                 let actor = self.actor()?;
@@ -801,29 +761,18 @@ impl Session {
                 let pending =
                     store::enqueue_write(&*shared.store, move |t| presence::set_settings(t, actor.user_id, v, g))
                         .await?;
-                Ok(Reply::Waiting(Box::pin(async move {
-                    match pending.wait().await {
-                        Ok((v, g)) => Envelope::new(
-                            id,
-                            Body::SettingsSaved(v1::SettingsResponse {
-                                last_seen: v as i32,
-                                group_adds: g as i32,
-                            }),
-                        ),
-                        Err(e) => err(id, &e),
-                    }
-                })))
+                Ok(answer_when_durable(id, pending, |(v, g)| {
+                    Body::SettingsSaved(v1::SettingsResponse {
+                        last_seen: v as i32,
+                        group_adds: g as i32,
+                    })
+                }))
             }
             Body::Block(r) => {
                 let actor = self.actor()?;
                 let pending =
                     store::enqueue_write(&*shared.store, move |t| blocking::set(t, &actor, &r.user, r.unblock)).await?;
-                Ok(Reply::Waiting(Box::pin(async move {
-                    match pending.wait().await {
-                        Ok(blocked) => Envelope::new(id, Body::Blocked(v1::BlockResponse { blocked })),
-                        Err(e) => err(id, &e),
-                    }
-                })))
+                Ok(answer_when_durable(id, pending, |blocked| Body::Blocked(v1::BlockResponse { blocked })))
             }
             Body::Typing(r) => {
                 self.typing(r.chat_id)?;
@@ -868,12 +817,7 @@ impl Session {
                         |r: &mut (u64, crate::service::Delivery)| &mut r.1,
                     )
                     .await?;
-                Ok(Reply::Waiting(Box::pin(async move {
-                    match pending.wait().await {
-                        Ok((seq, _)) => Envelope::new(id, Body::ReceiptStored(v1::ReceiptResponse { seq })),
-                        Err(e) => err(id, &e),
-                    }
-                })))
+                Ok(answer_when_durable(id, pending, |(seq, _)| Body::ReceiptStored(v1::ReceiptResponse { seq })))
             }
             Body::Sync(r) => {
                 let actor = self.actor()?;
@@ -896,12 +840,7 @@ impl Session {
                     log::ack(t, actor.user_id, actor.device_id, r.pos)
                 })
                 .await?;
-                Ok(Reply::Waiting(Box::pin(async move {
-                    match pending.wait().await {
-                        Ok(pos) => Envelope::new(id, Body::Acked(v1::AckResponse { pos })),
-                        Err(e) => err(id, &e),
-                    }
-                })))
+                Ok(answer_when_durable(id, pending, |pos| Body::Acked(v1::AckResponse { pos })))
             }
             Body::Upload(_) | Body::Download(_) => Err(ServiceError::InvalidArgument(
                 "media travels on a stream of its own: open a new stream whose first frame is the upload or download request"
@@ -1015,18 +954,12 @@ impl Session {
     }
 
     fn chat_reply(id: u64, pending: store::PendingWrite<Result<groups::Changed, ServiceError>>) -> Reply {
-        Reply::Waiting(Box::pin(async move {
-            match pending.wait().await {
-                Ok(c) => Envelope::new(
-                    id,
-                    Body::Chat(v1::ChatInfoResponse {
-                        info: Some(c.info),
-                        event_seq: c.event_seq,
-                    }),
-                ),
-                Err(e) => err(id, &e),
-            }
-        }))
+        answer_when_durable(id, pending, |c| {
+            Body::Chat(v1::ChatInfoResponse {
+                info: Some(c.info),
+                event_seq: c.event_seq,
+            })
+        })
     }
 
     /// Refuses a request for a direct chat early from the membership cache;
