@@ -1,0 +1,96 @@
+//! Messages: send, history, the chat list, receipts, sync and ack.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn send(self: &Arc<Self>, id: u64, r: v1::SendRequest) -> Result<Reply, ServiceError> {
+        let shared = &self.shared;
+        let actor = self.actor()?;
+        messages::validate_send(&r.client_msg_id, r.content.as_ref(), shared.config.max_body)?;
+        let target = Target::from_fields(&r.to_user, r.chat_id)?;
+        let content = r.content.unwrap_or_default();
+        let now = now_ms();
+        let pending = self
+            .write_then_deliver(
+                move |t| messages::send(t, &actor, &target, &r.client_msg_id, &content, now),
+                |sent| &mut sent.delivery,
+            )
+            .await?;
+        Ok(answer_when_durable(id, pending, |sent| Body::Sent(sent.response)))
+    }
+
+    pub(super) fn history(self: &Arc<Self>, id: u64, r: v1::HistoryRequest) -> Result<Reply, ServiceError> {
+        let shared = &self.shared;
+        let max_frame = self.shared.max_frame();
+        let actor = self.actor()?;
+        let target = Target::from_fields(&r.with_user, r.chat_id)?;
+        self.check_member_cached(&actor, &target)?;
+        let page = Page {
+            before: r.before_seq,
+            after: r.after_seq,
+            limit: r.limit,
+        };
+        let page = store::read(&*shared.store, |t| {
+            messages::history(t, &actor, &target, page, max_frame - 1024)
+        })?;
+        Ok(Reply::Ready(Envelope::new(id, Body::HistoryPage(page))))
+    }
+
+    pub(super) fn chats(self: &Arc<Self>, id: u64, r: v1::ChatsRequest) -> Result<Reply, ServiceError> {
+        let shared = &self.shared;
+        let max_frame = self.shared.max_frame();
+        let actor = self.actor()?;
+        let page = store::read(&*shared.store, |t| {
+            messages::chats(t, &actor, r.limit, r.after.as_ref(), max_frame - 1024)
+        })?;
+        Ok(Reply::Ready(Envelope::new(id, Body::ChatList(page))))
+    }
+
+    pub(super) async fn receipt(self: &Arc<Self>, id: u64, r: v1::ReceiptRequest) -> Result<Reply, ServiceError> {
+        let actor = self.actor()?;
+        let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+        if r.chat_id == 0 {
+            return Err(ServiceError::InvalidArgument("chat_id is required".into()));
+        }
+        self.check_member_cached(&actor, &Target::Chat(r.chat_id))?;
+        let pending = self
+            .write_then_deliver(
+                move |t| receipts::mark(t, &actor, r.chat_id, kind, r.seq).map(|(seq, n)| (seq, n.into())),
+                |r: &mut (u64, crate::service::Delivery)| &mut r.1,
+            )
+            .await?;
+        Ok(answer_when_durable(id, pending, |(seq, _)| {
+            Body::ReceiptStored(v1::ReceiptResponse { seq })
+        }))
+    }
+
+    pub(super) fn sync(self: &Arc<Self>, id: u64, r: v1::SyncRequest) -> Result<Reply, ServiceError> {
+        let shared = &self.shared;
+        let max_frame = self.shared.max_frame();
+        let actor = self.actor()?;
+        let page = store::read(&*shared.store, |t| {
+            log::sync(t, actor.user_id, actor.device_id, r.limit, max_frame - 1024)
+        })?;
+        Ok(Reply::Ready(Envelope::new(
+            id,
+            Body::SyncPage(v1::SyncResponse {
+                events: page.events,
+                more: page.more,
+                head: page.head,
+                acked: page.acked,
+            }),
+        )))
+    }
+
+    pub(super) async fn ack(self: &Arc<Self>, id: u64, r: v1::AckRequest) -> Result<Reply, ServiceError> {
+        let shared = &self.shared;
+        let actor = self.actor()?;
+        let pending = store::enqueue_write(&*shared.store, move |t| {
+            log::ack(t, actor.user_id, actor.device_id, r.pos)
+        })
+        .await?;
+        Ok(answer_when_durable(id, pending, |pos| {
+            Body::Acked(v1::AckResponse { pos })
+        }))
+    }
+}

@@ -1,0 +1,256 @@
+//! State every connection of a server shares: the store, the hub, caches
+//! in front of the store, and the budgets (throttles, rate limits) that must
+//! hold across a user's or an address's connections.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::hub::Hub;
+use crate::liveness::Liveness;
+use crate::media::MediaStore;
+use crate::ratelimit::TokenBucket;
+use crate::service::{Actor, ServiceError, accounts};
+use crate::store::{self, Store};
+
+use super::now_ms;
+
+/// State shared by every connection of a server.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Media bytes.
+    pub media: Arc<MediaStore>,
+    /// Online devices.
+    pub hub: Arc<Hub>,
+    /// Pushes committed writes' events in commit order.
+    pub(super) fanout: Fanout,
+    /// Who is online, and presence announcements.
+    pub liveness: Arc<Liveness>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Token hash → actor and login time, in front of `sess/` reads on
+    /// every connect.
+    pub(super) sessions: moka::sync::Cache<[u8; 32], (Actor, i64)>,
+    /// Failed-login budgets per account name and per client IP address.
+    pub(super) login_failures_user: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
+    pub(super) login_failures_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
+    /// Registration budgets per client IP address.
+    pub(super) registrations_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
+    /// Argon2 runs, bounded.
+    pub(super) passwords: crate::passwords::PasswordPool,
+    /// Chat id → participants of a direct chat, in front of membership
+    /// checks. Direct chats never change members, so entries never go
+    /// stale; groups do, and are checked in the store.
+    pub(super) members: moka::sync::Cache<u64, Arc<[u64]>>,
+    /// (user, device) → request budget, shared by all of a device's
+    /// connections so opening more connections does not multiply it.
+    pub(super) device_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
+    /// (user, device) → typing-indicator budget.
+    pub(super) typing_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
+    pub(super) next_conn: AtomicU64,
+    /// Set when shutdown starts: writes are refused from then on.
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// State around a store. Starts the fan-out tasks, so call it inside a
+    /// tokio runtime.
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>) -> Self {
+        let hub = Arc::new(Hub::default());
+        let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+        let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
+        let grace = std::time::Duration::from_secs_f64(config.presence_grace_secs.max(0.0));
+        let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME);
+        tokio::spawn(close_expired_sessions(Arc::downgrade(&hub)));
+        Self {
+            store,
+            media,
+            hub,
+            fanout,
+            liveness,
+            typing_limits: moka::sync::Cache::new(1_000_000),
+            login_failures_user: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+            login_failures_ip: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+            registrations_ip: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+            passwords: crate::passwords::PasswordPool::sized(config.password_workers, config.password_queue),
+            config,
+            sessions: moka::sync::Cache::new(100_000),
+            members: moka::sync::Cache::new(100_000),
+            device_limits: moka::sync::Cache::new(1_000_000),
+            next_conn: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn max_frame(&self) -> usize {
+        quip_protocol::MAX_FRAME
+    }
+
+    /// The actor behind an HTTP request's bearer token, charged one request
+    /// against its device's budget (the one its connections share).
+    pub fn actor_for_bearer(&self, token: &str) -> Result<Actor, ServiceError> {
+        let (actor, _, _) = self
+            .authenticate(token)?
+            .ok_or_else(|| ServiceError::Unauthenticated("invalid, expired or revoked token".into()))?;
+        let now = Instant::now();
+        let bucket = self.device_limits.get_with((actor.user_id, actor.device_id), || {
+            Arc::new(Mutex::new(TokenBucket::new(
+                self.config.rate_limit,
+                self.config.rate_burst,
+                now,
+            )))
+        });
+        bucket
+            .lock()
+            .expect("limiter lock")
+            .try_take(now)
+            .map_err(rate_limited)?;
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ServiceError::Unavailable);
+        }
+        Ok(actor)
+    }
+
+    /// Resolves a token to its actor, its hash and when it expires (ms
+    /// since the Unix epoch), through the cache. Expired tokens count as
+    /// unknown.
+    pub(super) fn authenticate(&self, token: &str) -> Result<Option<(Actor, [u8; 32], i64)>, ServiceError> {
+        let hash = accounts::token_hash(token);
+        let found = match self.sessions.get(&hash) {
+            Some(hit) => Some(hit),
+            None => {
+                let found = store::read(&*self.store, |t| {
+                    let Some(s) = accounts::session(t, &hash)? else {
+                        return Ok(None);
+                    };
+                    let name = accounts::username(t, s.user_id)?.unwrap_or_default();
+                    let actor = Actor {
+                        user_id: s.user_id,
+                        username: name,
+                        device_id: s.device_id,
+                    };
+                    Ok::<_, ServiceError>(Some((actor, s.created_ms)))
+                })?;
+                if let Some(f) = &found {
+                    self.sessions.insert(hash, f.clone());
+                }
+                found
+            }
+        };
+        let now = now_ms();
+        Ok(found.and_then(|(actor, created)| {
+            let expires = self.expiry(created);
+            (now < expires).then_some((actor, hash, expires))
+        }))
+    }
+
+    /// When a token issued at `created_ms` expires.
+    pub(super) fn expiry(&self, created_ms: i64) -> i64 {
+        let ttl_ms = i64::try_from(self.config.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        created_ms.saturating_add(ttl_ms)
+    }
+
+    /// Reserves a failed login's cost before the password is checked: one
+    /// token from the account's budget and one from the address's, taken
+    /// atomically (under each bucket's lock), so parallel attempts cannot all
+    /// pass a check made before any of them is charged. Refused with
+    /// `RATE_LIMITED`, before any hashing, while either is empty. The
+    /// reservation is given back by [`LoginReservation::refund`] when the
+    /// password was right.
+    pub(super) fn reserve_login(&self, user: &str, ip: std::net::IpAddr) -> Result<LoginReservation, ServiceError> {
+        let now = Instant::now();
+        let [account, address] = self.login_buckets(user, ip);
+        account
+            .lock()
+            .expect("limiter lock")
+            .try_take(now)
+            .map_err(rate_limited)?;
+        if let Err(wait) = address.lock().expect("limiter lock").try_take(now) {
+            account.lock().expect("limiter lock").refund();
+            return Err(rate_limited(wait));
+        }
+        Ok(LoginReservation([account, address]))
+    }
+
+    /// Charges a registration to the client address's budget, refusing
+    /// with `RATE_LIMITED` when it is spent.
+    pub(super) fn charge_registration(&self, ip: std::net::IpAddr) -> Result<(), ServiceError> {
+        let now = Instant::now();
+        let c = &self.config;
+        let bucket = self.registrations_ip.get_with(ip, || {
+            Arc::new(Mutex::new(TokenBucket::new(
+                c.registrations_per_ip_per_hour / 3600.0,
+                f64::from(c.registrations_per_ip_burst),
+                now,
+            )))
+        });
+        let mut bucket = bucket.lock().expect("limiter lock");
+        bucket.try_take(now).map_err(rate_limited)
+    }
+
+    pub(super) fn login_buckets(&self, user: &str, ip: std::net::IpAddr) -> [Arc<Mutex<TokenBucket>>; 2] {
+        let now = Instant::now();
+        let c = &self.config;
+        [
+            self.login_failures_user.get_with(user.to_owned(), || {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    1.0 / 60.0,
+                    f64::from(c.login_failures_per_account),
+                    now,
+                )))
+            }),
+            self.login_failures_ip.get_with(ip, || {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    1.0 / 10.0,
+                    f64::from(c.login_failures_per_ip),
+                    now,
+                )))
+            }),
+        ]
+    }
+}
+
+/// A login attempt's reserved cost, charged unless refunded.
+pub(super) struct LoginReservation([Arc<Mutex<TokenBucket>>; 2]);
+
+impl LoginReservation {
+    /// The password was right: the attempt does not count as a failure.
+    pub(super) fn refund(self) {
+        for bucket in self.0 {
+            bucket.lock().expect("limiter lock").refund();
+        }
+    }
+}
+
+/// Closes connections whose session token expired, once a second, until
+/// the hub is gone (the server stopped).
+async fn close_expired_sessions(hub: std::sync::Weak<Hub>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let closed = hub.close_expired(now_ms());
+        if closed > 0 {
+            tracing::debug!(closed, "closed connections whose session token expired");
+        }
+    }
+}
+
+pub(super) fn rate_limited(wait: std::time::Duration) -> ServiceError {
+    ServiceError::RateLimited {
+        retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+    }
+}
