@@ -31,8 +31,9 @@ pub struct Config {
     #[arg(long, env = "QUIP_NO_HTTPS")]
     pub no_https: bool,
 
-    /// Directory holding the database (db/), media (media/) and the dev
-    /// certificate.
+    /// Directory holding the database (db/), media (media/), the dev
+    /// certificate and the node secret. Created owner-only (0700); quipd
+    /// warns at start if an existing one is open to other users.
     #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
     pub data_dir: PathBuf,
 
@@ -41,6 +42,14 @@ pub struct Config {
     /// quipd.
     #[arg(long, env = "QUIP_STORE_ENGINE", value_enum)]
     pub store_engine: Option<crate::store::EngineKind>,
+
+    /// The node secret that QUIC's stateless-reset and Retry-token keys
+    /// derive from (32 bytes or more; created 0600 with random content if
+    /// missing). Default: <data-dir>/secret. Keeping it across restarts lets
+    /// clients of a restarted server notice at their next packet instead of
+    /// at their idle timeout; nodes behind one address share one file.
+    #[arg(long, env = "QUIP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 
     /// TLS certificate chain (PEM). Without --cert/--key a self-signed dev
     /// certificate for localhost is generated in the data directory.

@@ -23,7 +23,8 @@
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //! - [`media`]: media bytes in an object store, streamed in and out.
-//! - [`tls`]: certificates; [`ratelimit`]: token buckets.
+//! - [`tls`]: certificates; [`secret`]: private files and the node secret
+//!   QUIC's reset and Retry keys derive from; [`ratelimit`]: token buckets.
 
 pub mod config;
 pub mod fanout;
@@ -37,6 +38,7 @@ pub mod quic;
 pub mod ratelimit;
 pub mod records;
 pub mod requests;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::media::{self, MediaStore};
 use crate::session::Shared;
 use crate::store::Store;
-use crate::{http, quic, tls};
+use crate::{http, quic, secret, tls};
 
 /// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
 /// allows; the effective size is logged).
@@ -95,8 +95,11 @@ pub struct Server {
 impl Server {
     /// Opens the store in the data directory and binds the QUIC endpoint.
     pub fn bind(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
+        // Owner-only: it holds the database, media and private keys.
+        crate::secret::private_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let secret_path = (config.secret_file.clone()).unwrap_or_else(|| config.data_dir.join(secret::DEFAULT_FILE));
+        let secret = secret::NodeSecret::load_or_create(&secret_path)?;
         let store = crate::store::open_in(&config.data_dir, config.store_engine, config.write_queue)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
@@ -111,7 +114,9 @@ impl Server {
         tls.max_early_data_size = u32::MAX;
         tls.session_storage = tls::SessionCache::new(TLS_SESSION_CACHE);
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        // Retry tokens sealed with a key from the node secret stay valid
+        // across a restart and between nodes sharing the secret.
+        let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(secret.token_key()));
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(config.max_streams.into())
@@ -135,8 +140,14 @@ impl Server {
         server_config.transport_config(Arc::new(transport));
         let socket = udp_socket(config.listen, config.socket_buffer)
             .with_context(|| format!("binding UDP {}", config.listen))?;
+        // Stateless-reset tokens from the node secret: after a restart the
+        // server still resets the connections it lost, so their clients
+        // reconnect at their next packet rather than at their idle timeout.
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(secret.reset_key()));
+        let cid_key = secret.cid_key();
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
