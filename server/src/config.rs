@@ -137,6 +137,9 @@ pub struct Config {
     /// Connections accepted at once from one IP address (counting those
     /// still in the handshake); more are refused, so one host cannot use up
     /// --max-connections. Raise it for clients behind a shared NAT.
+    /// Handshakes from an address QUIC has not validated hold at most 16 of
+    /// these (a quarter, if less); past that the server sends a Retry, so
+    /// Initials spoofed from an address cannot lock it out.
     #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
     pub max_connections_per_ip: usize,
 
@@ -149,10 +152,10 @@ pub struct Config {
     #[arg(long, env = "QUIP_IDLE_TIMEOUT", default_value_t = 30)]
     pub idle_timeout_secs: u64,
 
-    /// Seconds a QUIC client has to send Hello once its TLS handshake is
-    /// complete (or from its 0-RTT data on). A handshake itself may take up
-    /// to three times this, so an overloaded server still greets clients
-    /// whose handshake merely waited in its queue; then close code 6.
+    /// Seconds a QUIC client has to complete its TLS handshake (from its
+    /// first packet), and then again to send Hello (counted from the
+    /// handshake's completion, so an overloaded server still greets clients
+    /// whose handshake merely waited in its queue); then close code 6.
     #[arg(long, env = "QUIP_HELLO_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
 

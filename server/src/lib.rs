@@ -13,7 +13,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment.
-//! - [`server`]: the listener and graceful shutdown.
+//! - [`server`]: the listener and graceful shutdown; [`admission`]:
+//!   per-address limits and when to ask for a QUIC Retry.
 //! - [`quic`]: the QUIC transport shell (streams, lanes, pipelining).
 //! - [`http`], [`ws`], [`web`]: HTTPS for browsers: the WebSocket transport
 //!   shell, the embedded web client, health.
@@ -26,6 +27,7 @@
 //! - [`tls`]: certificates; [`secret`]: private files and the node secret
 //!   QUIC's reset and Retry keys derive from; [`ratelimit`]: token buckets.
 
+pub mod admission;
 pub mod config;
 pub mod fanout;
 pub mod http;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use quip_protocol::{ALPN, CloseCode};
 
+use crate::admission::{Admission, Decision};
 use crate::config::Config;
 use crate::media::{self, MediaStore};
 use crate::session::Shared;
@@ -43,40 +44,6 @@ async fn accept_tcp(
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Open connections per client address, against a limit.
-struct PerIp {
-    max: usize,
-    open: dashmap::DashMap<std::net::IpAddr, usize>,
-}
-
-impl PerIp {
-    fn new(max: usize) -> Self {
-        Self {
-            max: max.max(1),
-            open: dashmap::DashMap::new(),
-        }
-    }
-
-    /// Counts a new connection from `ip`, unless it has reached the limit.
-    fn enter(&self, ip: std::net::IpAddr) -> bool {
-        let mut n = self.open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, ip: std::net::IpAddr) {
-        if let dashmap::Entry::Occupied(mut e) = self.open.entry(ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
     }
 }
 
@@ -215,35 +182,43 @@ impl Server {
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
         let max_conn = shared.config.max_connections;
-        let per_ip = Arc::new(PerIp::new(shared.config.max_connections_per_ip));
+        let admission = Admission::new(shared.config.max_connections_per_ip);
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let ip = incoming.remote_address().ip();
-                    if conns.len() >= max_conn || !per_ip.enter(ip) {
+                    if conns.len() >= max_conn {
                         incoming.refuse();
                         continue;
                     }
-                    let (shared, per_ip) = (shared.clone(), per_ip.clone());
-                    conns.spawn(async move {
-                        quic::serve_connection(incoming, shared).await;
-                        per_ip.leave(ip);
-                    });
+                    let ip = incoming.remote_address().ip();
+                    match admission.quic(ip, incoming.remote_address_validated()) {
+                        Decision::Accept(slot) => {
+                            conns.spawn(quic::serve_connection(incoming, shared.clone(), slot));
+                        }
+                        // Stateless: a spoofed Initial's Retry goes to its
+                        // victim, who ignores it, and nothing is held.
+                        Decision::Retry => {
+                            if let Err(e) = incoming.retry() {
+                                e.into_incoming().refuse();
+                            }
+                        }
+                        Decision::Refuse => incoming.refuse(),
+                    }
                 }
                 accepted = accept_tcp(tcp.as_ref()) => {
                     let Ok((stream, peer)) = accepted else { continue };
-                    let ip = peer.ip();
-                    if conns.len() >= max_conn || !per_ip.enter(ip) {
+                    if conns.len() >= max_conn {
                         continue; // dropping the stream refuses it
                     }
-                    let (per_ip, router) = (per_ip.clone(), router.clone());
+                    let Some(slot) = admission.tcp(peer.ip()) else { continue };
+                    let router = router.clone();
                     let acceptor = acceptor.clone().expect("listener implies acceptor");
                     conns.spawn(async move {
                         http::serve_connection(stream, peer, acceptor, router).await;
-                        per_ip.leave(ip);
+                        drop(slot);
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
