@@ -137,9 +137,9 @@ pub struct Config {
     /// Connections accepted at once from one IP address (counting those
     /// still in the handshake); more are refused, so one host cannot use up
     /// --max-connections. Raise it for clients behind a shared NAT.
-    /// Handshakes from an address QUIC has not validated hold at most 16 of
-    /// these (a quarter, if less); past that the server sends a Retry, so
-    /// Initials spoofed from an address cannot lock it out.
+    /// Handshakes from an address QUIC has not validated hold at most a
+    /// quarter of these; past that the server sends a Retry, so Initials
+    /// spoofed from an address cannot lock it out.
     #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
     pub max_connections_per_ip: usize,
 

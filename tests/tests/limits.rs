@@ -154,7 +154,7 @@ async fn until(within: Duration, what: &str, cond: impl Fn() -> bool) {
 /// spoofed with the victim's address), against a per-address limit of 100.
 /// Before Retry they filled the address's slots and the victim's real
 /// client, from the same address, was refused; now handshakes from an
-/// unvalidated address hold at most 16 slots, the rest are answered with a
+/// unvalidated address hold at most 25 slots, the rest are answered with a
 /// stateless Retry, and the real client, which returns the Retry's token,
 /// gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
