@@ -31,8 +31,9 @@ pub struct Config {
     #[arg(long, env = "QUIP_NO_HTTPS")]
     pub no_https: bool,
 
-    /// Directory holding the database (db/), media (media/) and the dev
-    /// certificate.
+    /// Directory holding the database (db/), media (media/), the dev
+    /// certificate and the node secret. Created owner-only (0700); quipd
+    /// warns at start if an existing one is open to other users.
     #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
     pub data_dir: PathBuf,
 
@@ -41,6 +42,14 @@ pub struct Config {
     /// quipd.
     #[arg(long, env = "QUIP_STORE_ENGINE", value_enum)]
     pub store_engine: Option<crate::store::EngineKind>,
+
+    /// The node secret that QUIC's stateless-reset and Retry-token keys
+    /// derive from (32 bytes or more; created 0600 with random content if
+    /// missing). Default: <data-dir>/secret. Keeping it across restarts lets
+    /// clients of a restarted server notice at their next packet instead of
+    /// at their idle timeout; nodes behind one address share one file.
+    #[arg(long, env = "QUIP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 
     /// TLS certificate chain (PEM). Without --cert/--key a self-signed dev
     /// certificate for localhost is generated in the data directory.
@@ -150,6 +159,9 @@ pub struct Config {
     /// Connections accepted at once from one IP address (counting those
     /// still in the handshake); more are refused, so one host cannot use up
     /// --max-connections. Raise it for clients behind a shared NAT.
+    /// Handshakes from an address QUIC has not validated hold at most a
+    /// quarter of these; past that the server sends a Retry, so Initials
+    /// spoofed from an address cannot lock it out.
     #[arg(long, env = "QUIP_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
     pub max_connections_per_ip: usize,
 
@@ -162,10 +174,10 @@ pub struct Config {
     #[arg(long, env = "QUIP_IDLE_TIMEOUT", default_value_t = 30)]
     pub idle_timeout_secs: u64,
 
-    /// Seconds a QUIC client has to send Hello once its TLS handshake is
-    /// complete (or from its 0-RTT data on). A handshake itself may take up
-    /// to three times this, so an overloaded server still greets clients
-    /// whose handshake merely waited in its queue; then close code 6.
+    /// Seconds a QUIC client has to complete its TLS handshake (from its
+    /// first packet), and then again to send Hello (counted from the
+    /// handshake's completion, so an overloaded server still greets clients
+    /// whose handshake merely waited in its queue); then close code 6.
     #[arg(long, env = "QUIP_HELLO_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
 

@@ -13,7 +13,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment.
-//! - [`server`]: the listener and graceful shutdown.
+//! - [`server`]: the listener and graceful shutdown; [`admission`]:
+//!   per-address limits and when to ask for a QUIC Retry.
 //! - [`quic`]: the QUIC transport shell (streams, lanes, pipelining).
 //! - [`http`], [`ws`], [`web`]: HTTPS for browsers: the WebSocket transport
 //!   shell, the embedded web client, health.
@@ -24,9 +25,11 @@
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //! - [`media`]: media bytes in an object store, streamed in and out.
-//! - [`tls`]: certificates; [`ratelimit`]: token buckets; [`passwords`]:
-//!   argon2 work, bounded.
+//! - [`tls`]: certificates; [`secret`]: private files and the node secret
+//!   QUIC's reset and Retry keys derive from; [`ratelimit`]: token buckets;
+//!   [`passwords`]: argon2 work, bounded.
 
+pub mod admission;
 pub mod config;
 pub mod fanout;
 pub mod http;
@@ -41,6 +44,7 @@ pub mod quic;
 pub mod ratelimit;
 pub mod records;
 pub mod requests;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod session;

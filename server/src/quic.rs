@@ -15,6 +15,7 @@ use quip_protocol::v1;
 use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
 
+use crate::admission::Slot;
 use crate::hub::{Closer, PushReceiver};
 use crate::media;
 use crate::presence::Ended;
@@ -37,12 +38,19 @@ fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
     conn.close(quinn::VarInt::from_u32(code.code()), reason.as_bytes());
 }
 
-/// Drives one connection to its end.
+/// Drives one connection to its end, holding its admission `slot`.
 ///
 /// Connections are accepted with 0-RTT: a returning client's first requests
 /// arrive with its first packet. Until the handshake completes, the session
 /// is marked early and refuses requests that are unsafe to replay.
-pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+///
+/// The TLS handshake must complete within the hello timeout of accepting
+/// it, else the connection is closed and its slot freed (see
+/// [`hello_deadline`]): quinn itself gives up on a handshake only at the
+/// idle timeout.
+pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, slot: Slot) {
+    let hello_timeout = Duration::from_secs(shared.config.hello_timeout_secs);
+    let slot = Arc::new(slot);
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -52,10 +60,20 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let (conn, accepted) = match connecting.into_0rtt() {
         Ok((conn, accepted)) => (conn, Some(accepted)),
-        Err(connecting) => match connecting.await {
-            Ok(c) => (c, None),
-            Err(e) => {
+        // quinn always gives a server 0.5-RTT, so this is a fallback; it
+        // bounds the handshake the same way (dropping an unfinished
+        // `Connecting` abandons it).
+        Err(connecting) => match tokio::time::timeout(hello_timeout, connecting).await {
+            Ok(Ok(c)) => {
+                slot.validated();
+                (c, None)
+            }
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("handshake not complete within the hello timeout");
                 return;
             }
         },
@@ -66,12 +84,15 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let (handshake_done, handshake_done_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(accepted) = accepted {
         session.set_early(true);
-        let s = session.clone();
+        let (s, c, slot) = (session.clone(), conn.clone(), slot.clone());
         tokio::spawn(async move {
             // Resolves when the handshake completes (whether or not the
             // client sent early data); if it never does, the connection
             // fails and nothing unsafe ran from its early data.
             let _ = accepted.await;
+            if c.close_reason().is_none() {
+                slot.validated();
+            }
             s.set_early(false);
             let _ = handshake_done.send(());
         });
@@ -81,7 +102,6 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = conn.remote_address();
 
     let budget = Arc::new(Budget::default());
-    let hello_timeout = Duration::from_secs(shared.config.hello_timeout_secs);
     // Boxed: the handshake's state (its envelopes, reads and writes) would
     // otherwise be part of this task's future, which is allocated at its
     // largest state for the connection's whole life.
@@ -154,18 +174,19 @@ async fn accept_hello(
 }
 
 /// Resolves when a connection has had its time to say Hello: `timeout`
-/// after the TLS handshake completes, and at most three times that from
-/// accepting it. The clock starts at completion rather than at accept
-/// because on a loaded server handshakes queue: counting the queue against
-/// the client closed connections whose handshake the server had just paid
-/// for (93 of 100,000 in `quip-bench connections` on a 2-core machine).
-/// The overall bound keeps a peer that drags its handshake out from holding
-/// a connection for longer.
+/// after the TLS handshake completes, which must itself complete within
+/// `timeout` of accepting the connection (at once if it does not). The
+/// Hello clock starts at completion rather than at accept because on a
+/// loaded server handshakes queue: counting the queue against the client
+/// closed connections whose handshake the server had just paid for (93 of
+/// 100,000 in `quip-bench connections` on a 2-core machine). The bound on
+/// the handshake keeps a peer that drags it out (0-RTT data, then nothing)
+/// from holding its slot for longer than the handshake timeout.
 async fn hello_deadline(handshake_done: tokio::sync::oneshot::Receiver<()>, timeout: Duration) {
-    let limit = tokio::time::Instant::now() + timeout * 3;
-    // An error: the handshake failed, and the connection with it.
-    let _ = tokio::time::timeout_at(limit, handshake_done).await;
-    tokio::time::sleep_until((tokio::time::Instant::now() + timeout).min(limit)).await;
+    // Otherwise it timed out, or failed (and the connection with it).
+    if let Ok(Ok(())) = tokio::time::timeout(timeout, handshake_done).await {
+        tokio::time::sleep(timeout).await;
+    }
 }
 
 /// How a connection ended, for presence: a client's own close is a
@@ -445,10 +466,6 @@ async fn push_loop(conn: quinn::Connection, rx: PushReceiver, lanes: u32) {
 mod tests {
     use super::*;
 
-    fn future_size_2<A, B, F>(_: fn(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     fn future_size_3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -461,9 +478,9 @@ mod tests {
     /// them out.
     #[test]
     fn an_idle_connections_tasks_stay_small() {
-        let connection: fn(quinn::Incoming, Arc<Shared>) -> _ = serve_connection;
+        let connection: fn(quinn::Incoming, Arc<Shared>, Slot) -> _ = serve_connection;
         let control_stream: fn(Arc<Session>, StreamReader, QuicReplies) -> _ = requests::serve_requests;
-        let (connection, control_stream) = (future_size_2(connection), future_size_3(control_stream));
+        let (connection, control_stream) = (future_size_3(connection), future_size_3(control_stream));
         assert!(connection <= 2048, "serve_connection's future is {connection} bytes");
         assert!(
             control_stream <= 1024,

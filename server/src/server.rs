@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use quip_protocol::{ALPN, CloseCode};
 
+use crate::admission::{Admission, Decision};
 use crate::config::Config;
 use crate::media::{self, MediaStore};
 use crate::session::Shared;
 use crate::store::Store;
-use crate::{http, quic, tls};
+use crate::{http, quic, secret, tls};
 
 /// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
 /// allows; the effective size is logged).
@@ -46,40 +47,6 @@ async fn accept_tcp(
     }
 }
 
-/// Open connections per client address, against a limit.
-struct PerIp {
-    max: usize,
-    open: dashmap::DashMap<std::net::IpAddr, usize>,
-}
-
-impl PerIp {
-    fn new(max: usize) -> Self {
-        Self {
-            max: max.max(1),
-            open: dashmap::DashMap::new(),
-        }
-    }
-
-    /// Counts a new connection from `ip`, unless it has reached the limit.
-    fn enter(&self, ip: std::net::IpAddr) -> bool {
-        let mut n = self.open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, ip: std::net::IpAddr) {
-        if let dashmap::Entry::Occupied(mut e) = self.open.entry(ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-    }
-}
-
 /// Resumable TLS sessions kept (a few hundred bytes each).
 const TLS_SESSION_CACHE: usize = 65_536;
 
@@ -95,8 +62,11 @@ pub struct Server {
 impl Server {
     /// Opens the store in the data directory and binds the QUIC endpoint.
     pub fn bind(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
+        // Owner-only: it holds the database, media and private keys.
+        crate::secret::private_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let secret_path = (config.secret_file.clone()).unwrap_or_else(|| config.data_dir.join(secret::DEFAULT_FILE));
+        let secret = secret::NodeSecret::load_or_create(&secret_path)?;
         let store = crate::store::open_in(&config.data_dir, config.store_engine, config.write_queue)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
@@ -111,7 +81,9 @@ impl Server {
         tls.max_early_data_size = u32::MAX;
         tls.session_storage = tls::SessionCache::new(TLS_SESSION_CACHE);
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        // Retry tokens sealed with a key from the node secret stay valid
+        // across a restart and between nodes sharing the secret.
+        let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(secret.token_key()));
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(config.max_streams.into())
@@ -135,8 +107,14 @@ impl Server {
         server_config.transport_config(Arc::new(transport));
         let socket = udp_socket(config.listen, config.socket_buffer)
             .with_context(|| format!("binding UDP {}", config.listen))?;
+        // Stateless-reset tokens from the node secret: after a restart the
+        // server still resets the connections it lost, so their clients
+        // reconnect at their next packet rather than at their idle timeout.
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(secret.reset_key()));
+        let cid_key = secret.cid_key();
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -204,35 +182,43 @@ impl Server {
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
         let max_conn = shared.config.max_connections;
-        let per_ip = Arc::new(PerIp::new(shared.config.max_connections_per_ip));
+        let admission = Admission::new(shared.config.max_connections_per_ip);
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let ip = incoming.remote_address().ip();
-                    if conns.len() >= max_conn || !per_ip.enter(ip) {
+                    if conns.len() >= max_conn {
                         incoming.refuse();
                         continue;
                     }
-                    let (shared, per_ip) = (shared.clone(), per_ip.clone());
-                    conns.spawn(async move {
-                        quic::serve_connection(incoming, shared).await;
-                        per_ip.leave(ip);
-                    });
+                    let ip = incoming.remote_address().ip();
+                    match admission.quic(ip, incoming.remote_address_validated()) {
+                        Decision::Accept(slot) => {
+                            conns.spawn(quic::serve_connection(incoming, shared.clone(), slot));
+                        }
+                        // Stateless: a spoofed Initial's Retry goes to its
+                        // victim, who ignores it, and nothing is held.
+                        Decision::Retry => {
+                            if let Err(e) = incoming.retry() {
+                                e.into_incoming().refuse();
+                            }
+                        }
+                        Decision::Refuse => incoming.refuse(),
+                    }
                 }
                 accepted = accept_tcp(tcp.as_ref()) => {
                     let Ok((stream, peer)) = accepted else { continue };
-                    let ip = peer.ip();
-                    if conns.len() >= max_conn || !per_ip.enter(ip) {
+                    if conns.len() >= max_conn {
                         continue; // dropping the stream refuses it
                     }
-                    let (per_ip, router) = (per_ip.clone(), router.clone());
+                    let Some(slot) = admission.tcp(peer.ip()) else { continue };
+                    let router = router.clone();
                     let acceptor = acceptor.clone().expect("listener implies acceptor");
                     conns.spawn(async move {
                         http::serve_connection(stream, peer, acceptor, router).await;
-                        per_ip.leave(ip);
+                        drop(slot);
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -20,11 +20,16 @@ pub struct Identity {
 /// `data_dir` (generating it on first run).
 pub fn load(cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> anyhow::Result<Identity> {
     match (cert, key) {
-        (Some(c), Some(k)) => Ok(Identity {
-            certs: read_certs(c)?,
-            key: read_key(k)?,
-            dev_cert_path: None,
-        }),
+        (Some(c), Some(k)) => {
+            if let Ok(meta) = std::fs::metadata(k) {
+                crate::secret::warn_if_loose(k, &meta, "TLS private key (--key)");
+            }
+            Ok(Identity {
+                certs: read_certs(c)?,
+                key: read_key(k)?,
+                dev_cert_path: None,
+            })
+        }
         _ => dev_identity(data_dir),
     }
 }
@@ -46,14 +51,18 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// The dev certificate: self-signed for localhost, 127.0.0.1 and ::1, kept in
-/// the data directory so clients can trust it once.
+/// the data directory so clients can trust it once. Its key is written
+/// owner-only (`0600`): anyone who reads it can impersonate this server.
 fn dev_identity(data_dir: &Path) -> anyhow::Result<Identity> {
     let cert_path = data_dir.join("dev-cert.pem");
     let key_path = data_dir.join("dev-key.pem");
     if !cert_path.exists() || !key_path.exists() {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let ck = rcgen::generate_simple_self_signed(names).context("generating dev certificate")?;
-        std::fs::write(&key_path, ck.signing_key.serialize_pem())
+        // A key without its certificate (a start interrupted in between) is
+        // replaced: a secret file is never overwritten in place.
+        let _ = std::fs::remove_file(&key_path);
+        crate::secret::write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())
             .with_context(|| format!("writing {}", key_path.display()))?;
         std::fs::write(&cert_path, ck.cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
         let der = ck.signing_key.serialize_der();
@@ -63,6 +72,8 @@ fn dev_identity(data_dir: &Path) -> anyhow::Result<Identity> {
             dev_cert_path: Some(cert_path),
         });
     }
+    // Earlier versions wrote it with the umask's mode (often 0644).
+    crate::secret::tighten(&key_path).with_context(|| format!("restricting {}", key_path.display()))?;
     Ok(Identity {
         certs: read_certs(&cert_path)?,
         key: read_key(&key_path)?,

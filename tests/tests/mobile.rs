@@ -414,3 +414,25 @@ async fn a_rejected_zero_rtt_hello_is_said_again_in_one_rtt() {
     assert!(!again.used_0rtt(), "the new server cannot have accepted the early data");
     assert_eq!(again.whoami().await.unwrap().user, "alice");
 }
+
+/// A server under a flood of unvalidated handshakes answers with a Retry
+/// (always, here: a per-address limit of 3 leaves unvalidated handshakes no
+/// slot). The Retry costs a round trip but not 0-RTT: quinn sends the early
+/// data again after it, and the server accepts it.
+#[tokio::test]
+async fn zero_rtt_survives_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.max_connections_per_ip = 3;
+    let server = TestServer::start_with(config).await;
+    let (alice, token) = server.user("alice").await;
+    drop(alice);
+    let opts = server.options().token(token);
+    let first = Client::connect(&opts).await.unwrap();
+    first.whoami().await.unwrap(); // the session ticket has arrived by now
+    first.close();
+    let again = Client::connect(&opts).await.unwrap();
+    assert!(again.used_0rtt(), "resumed with early data after a Retry");
+    assert_eq!(again.whoami().await.unwrap().user, "alice");
+    server.stop().await;
+}

@@ -536,3 +536,57 @@ async fn pipelined_requests_on_one_stream_apply_in_order_and_reads_see_earlier_w
     );
     server.stop().await;
 }
+
+/// The data directory holds the database, media and private keys: quipd
+/// creates it owner-only, and its key files too, whatever the umask (000
+/// here, where the defaults would make everything world-writable).
+#[tokio::test]
+async fn the_data_dir_and_its_key_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let port = common::daemon::free_port();
+    let _daemon = common::daemon::Daemon::start_with_umask(&data, port, &[], "000");
+    let ca = common::daemon::Daemon::ready(&data).await;
+    let opts = quip_client::ConnectOptions::new(format!("127.0.0.1:{port}"), Some(&ca)).unwrap();
+    let alice = Client::connect(&opts).await.unwrap();
+    alice.register("alice", PASSWORD, "phone").await.unwrap();
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&data.join("dev-key.pem")), 0o600, "dev certificate's key");
+    assert_eq!(mode(&data.join("secret")), 0o600, "node secret");
+}
+
+/// A client of a server that was killed and restarted learns of it at its
+/// next packet: the new process derives the same stateless-reset tokens
+/// from the node secret in the data directory and resets the connection it
+/// has no state for. With a fresh key per start the client ignored the
+/// reset and waited out its idle timeout (30 s; ~40 s to notice, measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_restarted_server_are_reset_at_their_next_packet() {
+    use common::daemon::{Daemon, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(dir.path(), port, &[]);
+    let ca = Daemon::ready(dir.path()).await;
+    let opts = quip_client::ConnectOptions::new(format!("127.0.0.1:{port}"), Some(&ca))
+        .unwrap()
+        .keep_alive(Duration::from_millis(500))
+        .unwrap();
+    let alice = Client::connect(&opts).await.unwrap();
+    alice.register("alice", PASSWORD, "phone").await.unwrap();
+
+    daemon.kill();
+    let restarted = std::time::Instant::now();
+    let _daemon = Daemon::start(dir.path(), port, &[]);
+    // Well under the 30 s idle timeout, with room for a slow start.
+    let reason = tokio::time::timeout(Duration::from_secs(10), alice.connection().closed())
+        .await
+        .expect("the connection to the restarted server ends before its idle timeout");
+    assert!(
+        matches!(reason, quinn::ConnectionError::Reset),
+        "ended by a stateless reset, not {reason:?}"
+    );
+    println!("restart noticed after {:?}", restarted.elapsed());
+}

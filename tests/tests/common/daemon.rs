@@ -39,7 +39,21 @@ pub struct Daemon {
 impl Daemon {
     /// Starts quipd on `127.0.0.1:port` with its data in `data`, plus `args`.
     pub fn start(data: &Path, port: u16, args: &[&str]) -> Self {
-        let child = Command::new(quipd())
+        Self::spawn(Command::new(quipd()), data, port, args)
+    }
+
+    /// Like [`Daemon::start`], with the process umask set to `umask`
+    /// (octal, as sh's `umask` takes it) before quipd runs.
+    pub fn start_with_umask(data: &Path, port: u16, args: &[&str], umask: &str) -> Self {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(quipd());
+        Self::spawn(sh, data, port, args)
+    }
+
+    fn spawn(mut command: Command, data: &Path, port: u16, args: &[&str]) -> Self {
+        let child = command
             .args([
                 "--data-dir",
                 data.to_str().unwrap(),

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,14 @@ pub struct Control {
     /// When set: once the server has sent a flow anything, that client's
     /// later datagrams are delayed by this much.
     pub hold_after_reply: Mutex<Option<Duration>>,
+    /// Drop client datagrams that carry a QUIC Handshake packet (its TLS
+    /// Finished): the server's handshake stays half-open.
+    pub drop_client_handshakes: AtomicBool,
+    /// Datagrams sent on to the server.
+    pub sent_up: AtomicUsize,
+    /// Server datagrams seen that carry a Handshake packet (whether or not
+    /// they were passed on): the server has accepted a connection.
+    pub server_handshakes: AtomicUsize,
 }
 
 /// A running relay.
@@ -97,6 +105,9 @@ impl Relay {
                     }
                 };
                 let data = buf[..n].to_vec();
+                if c.drop_client_handshakes.load(Ordering::SeqCst) && carries_handshake_packet(&data) {
+                    continue;
+                }
                 let mut faults = *c.up.lock().unwrap();
                 if flow.replied.load(Ordering::SeqCst)
                     && let Some(hold) = *c.hold_after_reply.lock().unwrap()
@@ -138,7 +149,7 @@ impl Target {
 }
 
 /// Applies faults to one datagram and sends what survives.
-fn forward(ctl: &Control, f: &Faults, held: &Mutex<Option<Vec<u8>>>, target: Target, data: Vec<u8>) {
+fn forward(ctl: &Arc<Control>, f: &Faults, held: &Mutex<Option<Vec<u8>>>, target: Target, data: Vec<u8>) {
     if ctl.blackhole.load(Ordering::SeqCst) {
         return;
     }
@@ -165,12 +176,16 @@ fn forward(ctl: &Control, f: &Faults, held: &Mutex<Option<Vec<u8>>>, target: Tar
         return;
     }
     let delay = f.delay;
+    let ctl = ctl.clone();
     tokio::spawn(async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         for d in out {
             target.send(&d).await;
+            if matches!(target, Target::Upstream(_)) {
+                ctl.sent_up.fetch_add(1, Ordering::SeqCst);
+            }
         }
     });
 }
@@ -186,6 +201,9 @@ async fn downstream(
     let mut buf = vec![0u8; 65_536];
     while let Ok(n) = up.recv(&mut buf).await {
         replied.store(true, Ordering::SeqCst);
+        if carries_handshake_packet(&buf[..n]) {
+            ctl.server_handshakes.fetch_add(1, Ordering::SeqCst);
+        }
         let faults = *ctl.down.lock().unwrap();
         forward(
             &ctl,
@@ -194,5 +212,48 @@ async fn downstream(
             Target::Client(listen.clone(), client),
             buf[..n].to_vec(),
         );
+    }
+}
+
+/// Whether a datagram carries a QUIC v1 Handshake packet (long header,
+/// type 2), walking its coalesced packets (RFC 9000 §12.2, §17.2).
+pub fn carries_handshake_packet(mut d: &[u8]) -> bool {
+    fn varint(d: &[u8]) -> Option<(usize, usize)> {
+        let first = *d.first()?;
+        let len = 1usize << (first >> 6);
+        let rest = d.get(1..len)?;
+        let v = rest
+            .iter()
+            .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b));
+        Some((usize::try_from(v).ok()?, len))
+    }
+    loop {
+        let Some(&first) = d.first() else { return false };
+        // A short header is always the last packet in a datagram.
+        if first & 0x80 == 0 {
+            return false;
+        }
+        match (first >> 4) & 0x03 {
+            2 => return true,
+            3 => return false, // Retry: no length, nothing after it
+            _ => {}
+        }
+        let mut pos = 5; // first byte, version
+        let Some(&dcid_len) = d.get(pos) else { return false };
+        pos += 1 + usize::from(dcid_len);
+        let Some(&scid_len) = d.get(pos) else { return false };
+        pos += 1 + usize::from(scid_len);
+        if (first >> 4) & 0x03 == 0 {
+            let Some((token, n)) = d.get(pos..).and_then(varint) else {
+                return false;
+            };
+            pos += n + token;
+        }
+        let Some((len, n)) = d.get(pos..).and_then(varint) else {
+            return false;
+        };
+        pos += n + len;
+        let Some(rest) = d.get(pos..) else { return false };
+        d = rest;
     }
 }
