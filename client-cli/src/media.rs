@@ -10,7 +10,8 @@ use quip_protocol::{Body, Envelope, FrameDecoder};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{Client, ClientError, closed, read, server_error, write};
+use crate::connection::{closed, read, server_error, write};
+use crate::{Client, ClientError};
 
 /// How much of a file is read per write to the stream.
 const STEP: usize = 64 * 1024;
