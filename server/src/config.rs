@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// quipd: the Quip messaging server.
 ///
@@ -248,15 +248,88 @@ fn parse_max_body(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The flags' defaults, whatever the environment holds: what `quipd` runs
+/// with given no flags and no `QUIP_*` variables. The defaults stay where
+/// `--help` shows them (the `#[arg]` attributes); only the environment
+/// lookups are dropped before parsing an empty command line.
+impl Default for Config {
+    fn default() -> Self {
+        let command = Self::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command
+            .try_get_matches_from(["quipd"])
+            .expect("the flags' defaults parse");
+        Self::from_arg_matches(&matches).expect("the flags' defaults are a valid Config")
+    }
+}
+
 impl Config {
     /// The defaults, with the given data directory and an ephemeral port on
-    /// loopback: what tests use.
+    /// loopback: what tests use. The environment is not read, so a `QUIP_*`
+    /// variable set where tests run cannot change what they test.
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
-        let mut c = Self::parse_from(["quipd"]);
-        c.data_dir = data_dir.into();
-        c.listen = "127.0.0.1:0".parse().expect("valid address");
-        // Tests register many users from one address.
-        c.registrations_per_ip_burst = 1_000_000;
-        c
+        Self {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            // Tests register many users from one address.
+            registrations_per_ip_burst: 1_000_000,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child process [`for_tests_ignores_the_environment`] starts.
+    const CHILD: &str = "QUIP_CONFIG_TEST_CHILD";
+
+    /// `for_tests` (and `Default`) keep the defaults when `QUIP_*` variables
+    /// say otherwise. The workspace forbids the `unsafe` that setting a
+    /// variable in this process takes, so the test runs itself again in a
+    /// child process with the variables set, and the child checks.
+    #[test]
+    fn for_tests_ignores_the_environment() {
+        if std::env::var_os(CHILD).is_some() {
+            let c = Config::for_tests("d");
+            assert_eq!(c.max_body, quip_protocol::DEFAULT_MAX_BODY);
+            assert_eq!(c.max_group_members, 256);
+            assert_eq!(c.log, "info");
+            assert_eq!(c.store_engine, None);
+            assert_eq!(c.media_s3_bucket, None);
+            assert!(!c.no_https);
+            return;
+        }
+        let name = "config::tests::for_tests_ignores_the_environment";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("QUIP_MAX_BODY", "1234")
+            .env("QUIP_MAX_GROUP_MEMBERS", "3")
+            .env("QUIP_LOG", "trace")
+            .env("QUIP_STORE_ENGINE", "redb")
+            .env("QUIP_MEDIA_S3_BUCKET", "bucket")
+            .env("QUIP_NO_HTTPS", "true")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the child saw the environment:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // libtest succeeds when no test matches the filter: make sure one ran.
+        assert!(stdout.contains(&format!("test {name} ... ok")), "{stdout}");
+    }
+
+    /// Flags still override the defaults (the path `quipd` takes).
+    #[test]
+    fn flags_override_the_defaults() {
+        let c = Config::parse_from(["quipd", "--max-body", "1000", "--max-group-members", "10"]);
+        assert_eq!((c.max_body, c.max_group_members), (1000, 10));
+        let d = Config::default();
+        assert_eq!(d.max_body, quip_protocol::DEFAULT_MAX_BODY);
+        assert_eq!(d.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(d.token_ttl_secs, 90 * 24 * 3600);
     }
 }

@@ -27,6 +27,9 @@ pub mod messages;
 pub mod presence;
 pub mod receipts;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::ServiceError;
 use quip_protocol::v1;
 

@@ -22,6 +22,7 @@ pub mod btree;
 pub mod conformance;
 pub mod group;
 pub mod lsm;
+pub mod memory;
 mod overlay;
 
 use std::future::Future;
