@@ -12,7 +12,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::group::{Engine, GroupCommit, Job};
+use super::commit::{Engine, GroupCommit, Job};
 use super::overlay::{Base, Reader, Scan, run_job};
 use super::{ReadTxn, StoreError};
 

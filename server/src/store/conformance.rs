@@ -281,7 +281,7 @@ pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
 
 /// Writes queued back to back read exactly what every earlier write left,
 /// through point and range reads, whether it is in their own batch, in the
-/// batch before it (which may still be syncing: store/group.rs tests that
+/// batch before it (which may still be syncing: store/commit.rs tests that
 /// case step by step) or durable; deletions and rollbacks included.
 pub async fn queued_writes_read_every_earlier_write(store: &dyn Store) {
     use std::collections::BTreeSet;

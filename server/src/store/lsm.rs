@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
-use super::group::{Engine, GroupCommit, Job};
+use super::commit::{Engine, GroupCommit, Job};
 use super::overlay::{Base, Layered, Reader, Scan, Writes, run_job_in};
 use super::{KeyValue, ReadTxn, StoreError};
 

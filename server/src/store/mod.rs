@@ -19,8 +19,8 @@
 //! shares a commit with others (group commit).
 
 pub mod btree;
+pub mod commit;
 pub mod conformance;
-pub mod group;
 pub mod lsm;
 pub mod memory;
 mod overlay;

@@ -339,7 +339,7 @@ impl Txn for InBatch<'_> {
 }
 
 /// A batch's writes laid over what lies under them: how the batch being
-/// prepared sees the batch still being made durable (group.rs).
+/// prepared sees the batch still being made durable (commit.rs).
 pub(super) struct Layered<'a> {
     pub(super) writes: &'a Writes,
     pub(super) under: &'a dyn Base,
