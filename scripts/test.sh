@@ -18,6 +18,8 @@ done
 
 echo "== format"
 cargo fmt --all -- --check
+# fuzz/ is a workspace of its own (nightly-only flags): checked separately.
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 echo "== web client (web/dist must be what web/src builds to)"
 ./web/build.sh --check
 echo "== clippy"

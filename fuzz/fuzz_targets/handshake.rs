@@ -33,20 +33,30 @@ struct World {
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (shared, token) = rt.block_on(async {
             let store: Arc<dyn Store> = quip_server::store::open_in(dir.path(), None, 64).unwrap();
             let (token, hash) = accounts::new_token();
             let phc = accounts::hash_password("fuzz password 1").unwrap();
-            quip_server::store::write(&*store, move |t| accounts::register(t, "ann", &phc, "fuzz", &hash, i64::MAX / 2).map(|_| ()))
-                .await
-                .unwrap();
+            quip_server::store::write(&*store, move |t| {
+                accounts::register(t, "ann", &phc, "fuzz", &hash, i64::MAX / 2).map(|_| ())
+            })
+            .await
+            .unwrap();
             let config = Config::for_tests(dir.path());
             let media = Arc::new(quip_server::media::MediaStore::open(&config).unwrap());
             (Arc::new(Shared::new(store, Arc::new(config), media)), token)
         });
-        World { rt, shared, token, _dir: dir }
+        World {
+            rt,
+            shared,
+            token,
+            _dir: dir,
+        }
     })
 }
 
@@ -55,7 +65,13 @@ enum Input {
     /// A first frame's bytes, as they arrive on the control stream.
     Bytes(Vec<u8>),
     /// A Hello: versions offered, and the real token, a mangled one or junk.
-    Hello { id: u64, versions: Vec<u32>, token: TokenChoice, client: String, background: bool },
+    Hello {
+        id: u64,
+        versions: Vec<u32>,
+        token: TokenChoice,
+        client: String,
+        background: bool,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -82,7 +98,13 @@ fuzz_target!(|input: Input| {
                     _ => return,
                 }
             }
-            Input::Hello { id, versions, token, client, background } => {
+            Input::Hello {
+                id,
+                versions,
+                token,
+                client,
+                background,
+            } => {
                 let (token, valid) = match token {
                     TokenChoice::None => (String::new(), false),
                     TokenChoice::Valid => (w.token.clone(), true),
@@ -97,7 +119,12 @@ fuzz_target!(|input: Input| {
                         (s, valid)
                     }
                 };
-                let hello = v1::Hello { versions, token, client, background };
+                let hello = v1::Hello {
+                    versions,
+                    token,
+                    client,
+                    background,
+                };
                 (Envelope::new(id, Body::Hello(hello)), valid)
             }
         };
@@ -110,7 +137,9 @@ fuzz_target!(|input: Input| {
         match session.hello(env) {
             Ok(welcome) => {
                 assert_eq!(welcome.id, id);
-                let Some(Body::Welcome(wel)) = welcome.body else { panic!("{welcome:?}") };
+                let Some(Body::Welcome(wel)) = welcome.body else {
+                    panic!("{welcome:?}")
+                };
                 assert!(offered_v1, "welcomed without offering version 1");
                 assert_eq!(wel.version, 1);
                 if had_token {
@@ -123,7 +152,9 @@ fuzz_target!(|input: Input| {
             Err(refused) => {
                 let (e, code) = *refused;
                 assert_eq!(e.id, id);
-                let Some(Body::Error(err)) = e.body else { panic!("{e:?}") };
+                let Some(Body::Error(err)) = e.body else {
+                    panic!("{e:?}")
+                };
                 let expected = if !matches!(code, CloseCode::ProtocolError) && !offered_v1 {
                     ErrorCode::UnsupportedVersion
                 } else if code == CloseCode::LoggedOut {

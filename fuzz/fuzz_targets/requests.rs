@@ -28,21 +28,65 @@ const USERS: [&str; 3] = ["ann", "ben", "cat"];
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Send { to: u8, chat: u8, cmid: u8, text: String },
-    History { chat: u8, before: u8, after: Option<u8>, limit: u8 },
-    Receipt { chat: u8, read: bool, seq: u8 },
+    Send {
+        to: u8,
+        chat: u8,
+        cmid: u8,
+        text: String,
+    },
+    History {
+        chat: u8,
+        before: u8,
+        after: Option<u8>,
+        limit: u8,
+    },
+    Receipt {
+        chat: u8,
+        read: bool,
+        seq: u8,
+    },
     Chats,
-    Sync { limit: u16 },
-    Ack { pos: u16 },
-    CreateChat { channel: bool, name: String, members: Vec<u8>, request: Option<u8> },
-    Update { chat: u8, action: u8, users: Vec<u8>, name: String },
-    Info { chat: u8 },
-    Detail { chat: u8 },
-    Subscribe { chat: u8, unsubscribe: bool },
-    Presence { users: Vec<u8> },
-    Settings { visibility: u8 },
-    Block { user: u8, unblock: bool },
-    Typing { chat: u8 },
+    Sync {
+        limit: u16,
+    },
+    Ack {
+        pos: u16,
+    },
+    CreateChat {
+        channel: bool,
+        name: String,
+        members: Vec<u8>,
+        request: Option<u8>,
+    },
+    Update {
+        chat: u8,
+        action: u8,
+        users: Vec<u8>,
+        name: String,
+    },
+    Info {
+        chat: u8,
+    },
+    Detail {
+        chat: u8,
+    },
+    Subscribe {
+        chat: u8,
+        unsubscribe: bool,
+    },
+    Presence {
+        users: Vec<u8>,
+    },
+    Settings {
+        visibility: u8,
+    },
+    Block {
+        user: u8,
+        unblock: bool,
+    },
+    Typing {
+        chat: u8,
+    },
     Raw(Vec<u8>),
 }
 
@@ -53,7 +97,12 @@ struct Input {
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 fn phc() -> &'static str {
@@ -62,13 +111,20 @@ fn phc() -> &'static str {
 }
 
 fn name(i: u8) -> String {
-    USERS.get(usize::from(i) % 4).map_or("nobody".into(), |s| (*s).to_owned())
+    USERS
+        .get(usize::from(i) % 4)
+        .map_or("nobody".into(), |s| (*s).to_owned())
 }
 
 fn body(op: Op) -> Option<Body> {
     let chat = |c: u8| u64::from(c % 8);
     Some(match op {
-        Op::Send { to, chat: c, cmid, text } => Body::Send(v1::SendRequest {
+        Op::Send {
+            to,
+            chat: c,
+            cmid,
+            text,
+        } => Body::Send(v1::SendRequest {
             to_user: if c == 0 { name(to) } else { String::new() },
             chat_id: chat(c),
             client_msg_id: format!("m{cmid}"),
@@ -77,7 +133,12 @@ fn body(op: Op) -> Option<Body> {
                 ..Default::default()
             }),
         }),
-        Op::History { chat: c, before, after, limit } => Body::History(v1::HistoryRequest {
+        Op::History {
+            chat: c,
+            before,
+            after,
+            limit,
+        } => Body::History(v1::HistoryRequest {
             chat_id: chat(c),
             with_user: if c == 0 { name(before) } else { String::new() },
             before_seq: u64::from(before % 16),
@@ -86,19 +147,35 @@ fn body(op: Op) -> Option<Body> {
         }),
         Op::Receipt { chat: c, read, seq } => Body::Receipt(v1::ReceiptRequest {
             chat_id: chat(c),
-            kind: if read { ReceiptKind::Read } else { ReceiptKind::Delivered } as i32,
+            kind: if read {
+                ReceiptKind::Read
+            } else {
+                ReceiptKind::Delivered
+            } as i32,
             seq: u64::from(seq % 32),
         }),
         Op::Chats => Body::Chats(v1::ChatsRequest::default()),
-        Op::Sync { limit } => Body::Sync(v1::SyncRequest { limit: u32::from(limit) }),
+        Op::Sync { limit } => Body::Sync(v1::SyncRequest {
+            limit: u32::from(limit),
+        }),
         Op::Ack { pos } => Body::Ack(v1::AckRequest { pos: u64::from(pos) }),
-        Op::CreateChat { channel, name: n, members, request } => Body::CreateChat(v1::CreateChatRequest {
+        Op::CreateChat {
+            channel,
+            name: n,
+            members,
+            request,
+        } => Body::CreateChat(v1::CreateChatRequest {
             kind: if channel { ChatKind::Channel } else { ChatKind::Group } as i32,
             name: n.chars().take(70).collect(),
             members: members.into_iter().take(4).map(name).collect(),
             client_request_id: request.map(|r| format!("r{r}")).unwrap_or_default(),
         }),
-        Op::Update { chat: c, action, users, name: n } => Body::UpdateChat(v1::UpdateChatRequest {
+        Op::Update {
+            chat: c,
+            action,
+            users,
+            name: n,
+        } => Body::UpdateChat(v1::UpdateChatRequest {
             chat_id: chat(c),
             action: ChatAction::try_from(i32::from(action % 8)).map_or(99, |a| a as i32),
             users: users.into_iter().take(4).map(name).collect(),
@@ -117,7 +194,10 @@ fn body(op: Op) -> Option<Body> {
             last_seen: Visibility::try_from(i32::from(visibility % 5)).map_or(7, |v| v as i32),
             group_adds: i32::from(visibility / 5 % 5),
         }),
-        Op::Block { user, unblock } => Body::Block(v1::BlockRequest { user: name(user), unblock }),
+        Op::Block { user, unblock } => Body::Block(v1::BlockRequest {
+            user: name(user),
+            unblock,
+        }),
         Op::Typing { chat: c } => Body::Typing(v1::TypingRequest { chat_id: chat(c) }),
         Op::Raw(bytes) => return decode_envelope(&bytes, MAX_FRAME).ok().and_then(|e| e.body),
     })
@@ -134,7 +214,9 @@ async fn reply(session: &Arc<Session>, env: Envelope) -> Envelope {
 async fn run(input: Input) {
     // tmpfs where there is one: fsync is free there, and the fuzzer is
     // after logic bugs, not durability (tests/tests/crash.rs covers that).
-    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let mut config = Config::for_tests(dir.path());
     config.rate_limit = 1e9;
     config.rate_burst = 1e9;
@@ -149,9 +231,11 @@ async fn run(input: Input) {
         .as_millis() as i64;
     for u in USERS {
         let (token, hash) = accounts::new_token();
-        quip_server::store::write(&*store, move |t| accounts::register(t, u, phc(), "fuzz", &hash, now).map(|_| ()))
-            .await
-            .unwrap();
+        quip_server::store::write(&*store, move |t| {
+            accounts::register(t, u, phc(), "fuzz", &hash, now).map(|_| ())
+        })
+        .await
+        .unwrap();
         tokens.push(token);
     }
     let mut sessions = Vec::new();
@@ -186,7 +270,9 @@ async fn run(input: Input) {
     }
     // Invariants over the final state, as each user sees it.
     for s in &sessions {
-        let Some(Body::ChatList(list)) = reply(s, Envelope::new(1000, Body::Chats(v1::ChatsRequest::default()))).await.body
+        let Some(Body::ChatList(list)) = reply(s, Envelope::new(1000, Body::Chats(v1::ChatsRequest::default())))
+            .await
+            .body
         else {
             panic!("chat list failed")
         };
@@ -205,7 +291,9 @@ async fn run(input: Input) {
                 assert!(seqs.windows(2).all(|w| w[0] == w[1] + 1), "gap in {seqs:?}");
             }
         }
-        let Some(Body::SyncPage(page)) = reply(s, Envelope::new(1002, Body::Sync(v1::SyncRequest { limit: 0 }))).await.body
+        let Some(Body::SyncPage(page)) = reply(s, Envelope::new(1002, Body::Sync(v1::SyncRequest { limit: 0 })))
+            .await
+            .body
         else {
             panic!("sync failed")
         };

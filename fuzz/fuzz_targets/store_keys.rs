@@ -55,7 +55,10 @@ fuzz_target!(|input: (Kind, Kind, [u64; 4], String, String)| {
     let y = key(k1, c, d);
     assert_eq!(x.cmp(&y), (a, b).cmp(&(c, d)), "order of {k1:?} keys");
     let z = key(k2, c, d);
-    assert_eq!(tag_of(&x) == tag_of(&z), std::mem::discriminant(&k1) == std::mem::discriminant(&k2));
+    assert_eq!(
+        tag_of(&x) == tag_of(&z),
+        std::mem::discriminant(&k1) == std::mem::discriminant(&k2)
+    );
     match k1 {
         Kind::UserChat | Kind::UserChannel | Kind::Message | Kind::Log | Kind::Block => {
             assert_eq!(keys::chat_of_user_chat(&x), Some(b))
