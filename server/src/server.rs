@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use quip_protocol::{ALPN, CloseCode};
 
-use crate::admission::{Admission, Decision};
 use crate::config::Config;
 use crate::media::{self, MediaStore};
+use crate::secret;
 use crate::session::Shared;
 use crate::store::Store;
-use crate::{http, quic, secret, tls};
+use crate::transport::admission::{Admission, Decision};
+use crate::transport::{http, quic, tls};
 
 /// A UDP socket with `buffer`-byte kernel buffers (as far as the kernel
 /// allows; the effective size is logged).

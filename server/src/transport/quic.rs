@@ -15,13 +15,13 @@ use quip_protocol::v1;
 use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
 
-use crate::admission::Slot;
 use crate::hub::{Closer, PushReceiver};
 use crate::media;
 use crate::presence::Ended;
-use crate::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
 use crate::service::{self, ServiceError};
 use crate::session::{Session, Shared};
+use crate::transport::admission::Slot;
+use crate::transport::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
 
 /// How long an HTTPS or WebSocket client has for its TLS handshake and
 /// first frame. (QUIC clients: `Config::hello_timeout_secs`.)

@@ -27,12 +27,12 @@ use serde_json::{Value, json};
 use tokio_rustls::TlsAcceptor;
 
 use crate::media;
-use crate::quic::HANDSHAKE_TIMEOUT;
 use crate::service::media as records;
 use crate::service::{Actor, ServiceError};
 use crate::session::Shared;
-use crate::tls::Identity;
-use crate::{web, ws};
+use crate::transport::quic::HANDSHAKE_TIMEOUT;
+use crate::transport::tls::Identity;
+use crate::transport::{web, ws};
 
 /// The WebSocket endpoint's path.
 pub const WS_PATH: &str = "/v1/ws";
@@ -82,7 +82,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 /// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN).
 pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(Arc::new(crate::tls::server_config(id, b"http/1.1")?)))
+    Ok(TlsAcceptor::from(Arc::new(crate::transport::tls::server_config(
+        id,
+        b"http/1.1",
+    )?)))
 }
 
 /// The routes.

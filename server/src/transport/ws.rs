@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
-use crate::quic::HANDSHAKE_TIMEOUT;
 use crate::ratelimit::TokenBucket;
-use crate::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 use crate::session::{Session, Shared};
+use crate::transport::quic::HANDSHAKE_TIMEOUT;
+use crate::transport::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 
 /// The WebSocket subprotocol a client must offer (`Sec-WebSocket-Protocol`).
 /// A token cannot contain `/`, so it is not the ALPN string `quip/1`.
