@@ -23,7 +23,8 @@
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //! - [`media`]: media bytes in an object store, streamed in and out.
-//! - [`presence`], [`liveness`]: who is online, grace periods, last seen.
+//! - [`presence`]: who is online (a sans-IO tracker and its async shell),
+//!   grace periods, last seen.
 //! - [`secret`]: private files and the node secret QUIC's reset and Retry
 //!   keys derive from; [`ratelimit`]: token buckets; [`passwords`]: argon2
 //!   work, bounded.
@@ -33,7 +34,6 @@ pub mod fanout;
 pub mod hub;
 pub mod keys;
 pub mod kinds;
-pub mod liveness;
 pub mod media;
 pub mod passwords;
 pub mod presence;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use quip_protocol::v1;
 use tokio::sync::mpsc;
 
+use super::tracker::{Change, Ended, Tracker};
 use crate::hub::Hub;
-use crate::presence::{Change, Ended, Tracker};
 use crate::service::{ServiceError, accounts, presence};
 use crate::store::{self, Store};
 
