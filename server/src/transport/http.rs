@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio_rustls::TlsAcceptor;
 
 use crate::media;
-use crate::service::media as records;
+use crate::service::media as media_access;
 use crate::service::{Actor, ServiceError};
 use crate::session::Shared;
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
@@ -301,7 +301,7 @@ fn json_response(status: StatusCode, v: Value) -> Response {
 fn media_json(m: &v1::Media) -> Value {
     json!({
         "media_id": m.media_id, "size": m.size, "content_type": m.content_type,
-        "sha256": records::hex(&m.sha256), "file_name": m.file_name,
+        "sha256": media_access::hex(&m.sha256), "file_name": m.file_name,
     })
 }
 
@@ -356,7 +356,7 @@ async fn start_upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
         let begun = media::begin_upload(&*shared.store, &shared.media, &actor, &req).await?;
         Ok::<_, ServiceError>(match begun.done {
             Some(done) => complete_json(&done),
-            None => json!({"upload_id": records::id_to_string(&begun.id), "offset": begun.offset}),
+            None => json!({"upload_id": media_access::id_to_string(&begun.id), "offset": begun.offset}),
         })
     }
     .await;
@@ -381,10 +381,10 @@ async fn put_upload(
     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let r = async {
         let actor = bearer(&shared, &headers)?;
-        let (media_id, rec) = crate::store::read(&*shared.store, |t| records::own(t, &actor, &id))?;
+        let (media_id, rec) = crate::store::read(&*shared.store, |t| media_access::own(t, &actor, &id))?;
         if rec.complete {
             return Ok(v1::UploadComplete {
-                media: Some(records::wire(&media_id, &rec)),
+                media: Some(media_access::wire(&media_id, &rec)),
                 deduplicated: false,
             });
         }
@@ -517,7 +517,7 @@ async fn get_media(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", records::hex(&m.sha256))) {
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", media_access::hex(&m.sha256))) {
         h.insert(header::ETAG, etag);
     }
     if range.is_some() && ready.length > 0 {
