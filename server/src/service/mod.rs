@@ -19,6 +19,7 @@
 
 pub mod accounts;
 pub mod blocking;
+pub mod chat_list;
 pub mod error;
 pub mod groups;
 pub mod log;

@@ -41,7 +41,7 @@ impl Session {
         let max_frame = self.shared.max_frame();
         let actor = self.actor()?;
         let page = store::read(&*shared.store, |t| {
-            messages::chats(t, &actor, r.limit, r.after.as_ref(), max_frame - 1024)
+            crate::service::chat_list::chats(t, &actor, r.limit, r.after.as_ref(), max_frame - 1024)
         })?;
         Ok(Reply::Ready(Envelope::new(id, Body::ChatList(page))))
     }

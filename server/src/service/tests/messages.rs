@@ -174,3 +174,75 @@ async fn blocking_hides_direct_messages_from_the_blocker() {
         "unblocking revealed a hidden message"
     );
 }
+
+/// An actor for a user a test registers straight through the account service.
+fn plain_actor(uid: u64, name: &str) -> Actor {
+    Actor {
+        user_id: uid,
+        username: name.into(),
+        device_id: 1,
+    }
+}
+
+/// A message stored before every client field counted toward the body
+/// limit can be larger than a frame. History, sync and the chat list
+/// still answer, with that message's content left out and said so, for
+/// the recipient and the sender alike.
+#[tokio::test]
+async fn an_oversized_stored_message_is_sent_without_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open_in(dir.path(), Some(store::EngineKind::Lsm), 16).unwrap();
+    let (alice, bob) = (plain_actor(1, "alice"), plain_actor(2, "bob"));
+    let a = alice.clone();
+    let sent = store::write(&*store, move |t| {
+        accounts::register(t, "alice", "phc", "d", &[1; 32], 0)?;
+        accounts::register(t, "bob", "phc", "d", &[2; 32], 0)?;
+        let small = v1::Content {
+            text: "small".into(),
+            ..Default::default()
+        };
+        msg_svc::send(t, &a, &Target::User("bob".into()), "m1", &small, 1)?;
+        let poison = v1::Content {
+            text: "hi".into(),
+            content_type: "x".repeat(2 << 20),
+            ..Default::default()
+        };
+        // Stored as an older server would have, past today's check.
+        msg_svc::send(t, &a, &Target::User("bob".into()), "m2", &poison, 2)
+    })
+    .await
+    .unwrap();
+    let chat = sent.response.chat_id;
+    let max = quip_protocol::MAX_FRAME - 1024;
+    store::read(&*store, |t| {
+        for who in [&alice, &bob] {
+            let page = msg_svc::history(
+                t,
+                who,
+                &Target::Chat(chat),
+                Page {
+                    before: 0,
+                    after: None,
+                    limit: 10,
+                },
+                max,
+            )?;
+            assert_eq!(page.messages.len(), 2);
+            assert!(page.messages[0].content_omitted && page.messages[0].content.is_none());
+            assert!(!page.messages[1].content_omitted);
+            assert_eq!(page.messages[1].content.as_ref().unwrap().text, "small");
+            let list = super::super::chat_list::chats(t, who, 0, None, max)?;
+            let last = list.chats[0].last_message.as_ref().unwrap();
+            assert_eq!((last.seq, last.content_omitted), (2, true));
+        }
+        let synced = super::super::log::sync(t, bob.user_id, 1, 0, max)?;
+        assert_eq!(synced.events.len(), 2);
+        let Some(v1::event::Kind::Message(m)) = &synced.events[1].kind else {
+            panic!("{:?}", synced.events[1])
+        };
+        assert!(m.content_omitted && m.seq == 2);
+        assert!(synced.events.iter().map(prost::Message::encoded_len).sum::<usize>() < max);
+        Ok::<_, ServiceError>(())
+    })
+    .unwrap();
+}
