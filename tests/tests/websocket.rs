@@ -74,6 +74,24 @@ async fn websocket_without_the_subprotocol_is_refused() {
     server.stop().await;
 }
 
+/// A raw WebSocket session of `token`'s device: Hello sent and the Welcome
+/// read, so a test can then misbehave at the frame level.
+async fn raw_session(server: &TestServer, token: &str) -> ws::WsStream {
+    let mut raw = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
+        .await
+        .unwrap();
+    let hello = v1::Hello {
+        versions: vec![1],
+        token: token.into(),
+        ..Default::default()
+    };
+    raw.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
+    let Some(Ok(Message::Binary(_welcome))) = raw.next().await else {
+        panic!("no Welcome")
+    };
+    raw
+}
+
 /// Registers `name` over WebSocket (anonymous connection, then Register on
 /// it, which authenticates that connection).
 async fn ws_user(server: &TestServer, name: &str) -> (WsClient, String) {
@@ -396,18 +414,7 @@ async fn a_browser_that_stops_reading_is_disconnected_and_resyncs() {
     let (bob, bob_token) = ws_user(&server, "bob").await;
     drop(bob);
     // Bob's browser: says Hello, then never reads again.
-    let mut stalled = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
-        .await
-        .unwrap();
-    let hello = v1::Hello {
-        versions: vec![1],
-        token: bob_token.clone(),
-        ..Default::default()
-    };
-    stalled.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
-    let Some(Ok(Message::Binary(_welcome))) = stalled.next().await else {
-        panic!()
-    };
+    let mut stalled = raw_session(&server, &bob_token).await;
 
     // Alice sends far more than the socket buffers and the push queue hold
     // (300 x 48 KiB = 14 MiB); every send is acknowledged regardless.
@@ -575,18 +582,7 @@ async fn a_ping_flood_that_never_reads_the_pongs_is_closed() {
     let (alice, _) = server.user("alice").await;
     let (bob, bob_token) = ws_user(&server, "bob").await;
     drop(bob);
-    let mut raw = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
-        .await
-        .unwrap();
-    let hello = v1::Hello {
-        versions: vec![1],
-        token: bob_token.clone(),
-        ..Default::default()
-    };
-    raw.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
-    let Some(Ok(Message::Binary(_welcome))) = raw.next().await else {
-        panic!()
-    };
+    let mut raw = raw_session(&server, &bob_token).await;
     // Pings with the largest payload a control frame may carry, never
     // reading the pongs: each would queue in the server's write buffer.
     const PINGS: usize = 2000;
