@@ -21,7 +21,7 @@ impl Session {
 
     pub(super) fn history(self: &Arc<Self>, id: u64, r: v1::HistoryRequest) -> Result<Reply, ServiceError> {
         let shared = &self.shared;
-        let max_frame = self.shared.max_frame();
+        let budget = shared.page_budget();
         let actor = self.actor()?;
         let target = Target::from_fields(&r.with_user, r.chat_id)?;
         self.check_member_cached(&actor, &target)?;
@@ -30,18 +30,16 @@ impl Session {
             after: r.after_seq,
             limit: r.limit,
         };
-        let page = store::read(&*shared.store, |t| {
-            messages::history(t, &actor, &target, page, max_frame - 1024)
-        })?;
+        let page = store::read(&*shared.store, |t| messages::history(t, &actor, &target, page, budget))?;
         Ok(Reply::Ready(Envelope::new(id, Body::HistoryPage(page))))
     }
 
     pub(super) fn chats(self: &Arc<Self>, id: u64, r: v1::ChatsRequest) -> Result<Reply, ServiceError> {
         let shared = &self.shared;
-        let max_frame = self.shared.max_frame();
+        let budget = shared.page_budget();
         let actor = self.actor()?;
         let page = store::read(&*shared.store, |t| {
-            crate::service::chat_list::chats(t, &actor, r.limit, r.after.as_ref(), max_frame - 1024)
+            crate::service::chat_list::chats(t, &actor, r.limit, r.after.as_ref(), budget)
         })?;
         Ok(Reply::Ready(Envelope::new(id, Body::ChatList(page))))
     }
@@ -66,10 +64,10 @@ impl Session {
 
     pub(super) fn sync(self: &Arc<Self>, id: u64, r: v1::SyncRequest) -> Result<Reply, ServiceError> {
         let shared = &self.shared;
-        let max_frame = self.shared.max_frame();
+        let budget = shared.page_budget();
         let actor = self.actor()?;
         let page = store::read(&*shared.store, |t| {
-            log::sync(t, actor.user_id, actor.device_id, r.limit, max_frame - 1024)
+            log::sync(t, actor.user_id, actor.device_id, r.limit, budget)
         })?;
         Ok(Reply::Ready(Envelope::new(
             id,

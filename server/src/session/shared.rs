@@ -98,6 +98,12 @@ impl Shared {
         quip_protocol::MAX_FRAME
     }
 
+    /// Bytes the items of a paged reply (history, sync, chat list) may
+    /// take: a frame, less room for the envelope and the page's own fields.
+    pub(super) fn page_budget(&self) -> usize {
+        self.max_frame() - 1024
+    }
+
     /// The actor behind an HTTP request's bearer token, charged one request
     /// against its device's budget (the one its connections share).
     pub fn actor_for_bearer(&self, token: &str) -> Result<Actor, ServiceError> {
