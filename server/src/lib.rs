@@ -12,7 +12,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: flags and environment.
+//! - [`config`]: flags and environment; [`clock`]: time, virtual in tests.
 //! - [`server`]: the listener and graceful shutdown.
 //! - [`transport`]: QUIC and HTTPS/WebSocket shells, the request loop they
 //!   share, admission (per-address limits, QUIC Retry) and TLS.
@@ -29,6 +29,7 @@
 //!   keys derive from; [`ratelimit`]: token buckets; [`passwords`]: argon2
 //!   work, bounded.
 
+pub mod clock;
 pub mod config;
 pub mod fanout;
 pub mod hub;

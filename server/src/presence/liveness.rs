@@ -9,12 +9,13 @@
 //! best-effort and anyone can pull the current state.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quip_protocol::v1;
 use tokio::sync::mpsc;
 
 use super::tracker::{Change, Ended, Tracker};
+use crate::clock::Clock;
 use crate::hub::Hub;
 use crate::service::{ServiceError, accounts, presence};
 use crate::store::{self, Store};
@@ -27,17 +28,19 @@ const QUEUE: usize = 4096;
 pub struct Liveness {
     tracker: Mutex<Tracker>,
     changes: mpsc::Sender<Change>,
+    clock: Clock,
 }
 
 impl Liveness {
     /// Starts the publisher and the grace-period timer (inside a tokio runtime).
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, grace: Duration, max_frame: usize) -> Arc<Self> {
+    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, grace: Duration, max_frame: usize, clock: Clock) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let this = Arc::new(Self {
             tracker: Mutex::new(Tracker::new(grace)),
             changes: tx,
+            clock,
         });
-        tokio::spawn(publish(rx, store, hub, max_frame));
+        tokio::spawn(publish(rx, store, hub, max_frame, clock));
         let weak = Arc::downgrade(&this);
         // Check often enough that an offline event is late by at most a
         // quarter of the grace period (and at most half a second).
@@ -48,7 +51,7 @@ impl Liveness {
             loop {
                 every.tick().await;
                 let Some(this) = weak.upgrade() else { return };
-                let expired = this.tracker.lock().expect("presence lock").expire(Instant::now());
+                let expired = this.tracker.lock().expect("presence lock").expire(this.clock.now());
                 for c in expired {
                     this.emit(c);
                 }
@@ -77,7 +80,7 @@ impl Liveness {
             .tracker
             .lock()
             .expect("presence lock")
-            .disconnected(user, Instant::now(), how);
+            .disconnected(user, self.clock.now(), how);
         if let Some(c) = c {
             self.emit(c);
         }
@@ -89,19 +92,11 @@ impl Liveness {
     }
 }
 
-fn wall_ms(at: Instant) -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let ago = i64::try_from(at.elapsed().as_millis()).unwrap_or(0);
-    now - ago
-}
-
-async fn publish(mut rx: mpsc::Receiver<Change>, store: Arc<dyn Store>, hub: Arc<Hub>, max_frame: usize) {
+async fn publish(mut rx: mpsc::Receiver<Change>, store: Arc<dyn Store>, hub: Arc<Hub>, max_frame: usize, clock: Clock) {
     while let Some(change) = rx.recv().await {
         let (user, online, last_seen_ms) = match change {
             Change::Online(u) => (u, true, 0),
-            Change::Offline { user, last_seen } => (user, false, wall_ms(last_seen)),
+            Change::Offline { user, last_seen } => (user, false, clock.wall_ms_at(last_seen)),
         };
         if !online {
             let r = store::write(&*store, move |t| presence::set_last_seen(t, user, last_seen_ms)).await;

@@ -72,7 +72,7 @@ impl Session {
             .run(move || accounts::hash_password(&pw))
             .await??;
         let (token, hash) = accounts::new_token();
-        let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
+        let (name, device_name, now) = (r.username.clone(), r.device_name, self.now_ms());
         let pending = store::enqueue_write(&*self.shared.store, move |t| {
             accounts::register(t, &name, &phc, &device_name, &hash, now)
         })
@@ -118,7 +118,7 @@ impl Session {
             )));
         }
         let (token, hash) = accounts::new_token();
-        let (name, device_name, now) = (r.username.clone(), r.device_name, now_ms());
+        let (name, device_name, now) = (r.username.clone(), r.device_name, self.now_ms());
         let pending = store::enqueue_write(&*self.shared.store, move |t| {
             accounts::login(t, &name, &device_name, &hash, now)
         })
@@ -143,7 +143,7 @@ impl Session {
                         username: username.clone(),
                         device_id,
                     };
-                    let expires_ms = this.shared.expiry(now_ms());
+                    let expires_ms = this.shared.expiry(this.now_ms());
                     if let Err(e) = this.login_connection(actor, hash, expires_ms) {
                         *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
                         return err(id, &e);

@@ -11,7 +11,7 @@ impl Session {
         let shared = &self.shared;
         let actor = self.actor()?;
         let kind = ChatKind::try_from(r.kind).unwrap_or_default();
-        let (max, now) = (shared.config.max_group_members, now_ms());
+        let (max, now) = (shared.config.max_group_members, self.now_ms());
         let pending = self
             .write_then_deliver(
                 move |t| groups::create(t, &actor, kind, &r.name, &r.members, &r.client_request_id, max, now),
@@ -29,7 +29,7 @@ impl Session {
         let shared = &self.shared;
         let actor = self.actor()?;
         let action = ChatAction::try_from(r.action).unwrap_or_default();
-        let (max, now) = (shared.config.max_group_members, now_ms());
+        let (max, now) = (shared.config.max_group_members, self.now_ms());
         let pending = self
             .write_then_deliver(
                 move |t| groups::update(t, &actor, r.chat_id, action, &r.users, &r.name, max, now),
@@ -41,7 +41,7 @@ impl Session {
 
     pub(super) async fn subscribe(self: &Arc<Self>, id: u64, r: v1::SubscribeRequest) -> Result<Reply, ServiceError> {
         let actor = self.actor()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let pending = self
             .write_then_deliver(
                 move |t| groups::subscribe(t, &actor, r.chat_id, r.unsubscribe, now),

@@ -9,7 +9,7 @@ impl Session {
         messages::validate_send(&r.client_msg_id, r.content.as_ref(), shared.config.max_body)?;
         let target = Target::from_fields(&r.to_user, r.chat_id)?;
         let content = r.content.unwrap_or_default();
-        let now = now_ms();
+        let now = self.now_ms();
         let pending = self
             .write_then_deliver(
                 move |t| messages::send(t, &actor, &target, &r.client_msg_id, &content, now),

@@ -23,13 +23,14 @@ mod chats;
 mod messaging;
 mod shared;
 mod social;
+#[cfg(test)]
+mod tests;
 
 pub use shared::Shared;
 use shared::rate_limited;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use quip_protocol::v1::{self, ChatAction, ChatKind, ErrorCode, ReceiptKind};
 use quip_protocol::{Body, CloseCode, Envelope, negotiate_version};
@@ -107,12 +108,6 @@ pub const EARLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500
 /// How long a receiver shows "typing" after an indicator, unless refreshed.
 pub const TYPING_EXPIRES_MS: u32 = 6_000;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn err(id: u64, e: &ServiceError) -> Envelope {
     Envelope::new(id, Body::Error(e.to_wire()))
 }
@@ -136,7 +131,7 @@ impl Session {
     /// A session for a new connection; pushed frames go to `push_tx`.
     pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: PushSender, peer: std::net::IpAddr) -> Arc<Self> {
         let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now());
+        let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, shared.clock.now());
         Arc::new(Self {
             shared,
             conn_id,
@@ -288,7 +283,7 @@ impl Session {
     /// Charges one request to the device's budget (the connection's while
     /// anonymous).
     fn take_token(&self) -> Result<(), ServiceError> {
-        let now = Instant::now();
+        let now = self.shared.clock.now();
         let device = self
             .auth
             .lock()
@@ -297,7 +292,7 @@ impl Session {
             .map(|a| ((a.actor.user_id, a.actor.device_id), a.expires_ms));
         let taken = match device {
             None => self.limiter.lock().expect("limiter lock").try_take(now),
-            Some((_, expires_ms)) if now_ms() >= expires_ms => {
+            Some((_, expires_ms)) if self.now_ms() >= expires_ms => {
                 // The sweep closes it within a second; this request is
                 // refused now, so the bound is exact for requests.
                 self.closer
@@ -368,6 +363,11 @@ impl Session {
         self.close_after_reply.lock().expect("close lock").take()
     }
 
+    /// Wall time now, from the server's clock.
+    fn now_ms(&self) -> i64 {
+        self.shared.clock.wall_ms()
+    }
+
     fn actor(&self) -> Result<Actor, ServiceError> {
         self.auth
             .lock()
@@ -412,7 +412,7 @@ impl Session {
             Body::Ping(_) => Ok(Reply::Ready(Envelope::new(
                 id,
                 Body::Pong(v1::PongResponse {
-                    server_time_ms: now_ms(),
+                    server_time_ms: self.now_ms(),
                 }),
             ))),
             Body::Register(r) => self.register(id, r).await,

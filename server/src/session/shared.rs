@@ -2,10 +2,6 @@
 //! in front of the store, and the budgets (throttles, rate limits) that must
 //! hold across a user's or an address's connections.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::hub::Hub;
@@ -14,8 +10,10 @@ use crate::presence::Liveness;
 use crate::ratelimit::TokenBucket;
 use crate::service::{Actor, ServiceError, accounts};
 use crate::store::{self, Store};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::now_ms;
+use crate::clock::Clock;
 
 /// State shared by every connection of a server.
 pub struct Shared {
@@ -51,6 +49,8 @@ pub struct Shared {
     /// (user, device) → typing-indicator budget.
     pub(super) typing_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
     pub(super) next_conn: AtomicU64,
+    /// The time budgets, expiry and presence read.
+    pub clock: Clock,
     /// Set when shutdown starts: writes are refused from then on.
     pub shutting_down: AtomicBool,
 }
@@ -59,12 +59,18 @@ impl Shared {
     /// State around a store. Starts the fan-out tasks, so call it inside a
     /// tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>) -> Self {
+        Self::with_clock(store, config, media, Clock::system())
+    }
+
+    /// Like [`Shared::new`], reading time from `clock` (tests pass a
+    /// virtual one).
+    pub fn with_clock(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>, clock: Clock) -> Self {
         let hub = Arc::new(Hub::default());
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
         let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
         let grace = std::time::Duration::from_secs_f64(config.presence_grace_secs.max(0.0));
-        let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME);
-        tokio::spawn(close_expired_sessions(Arc::downgrade(&hub)));
+        let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME, clock);
+        tokio::spawn(close_expired_sessions(Arc::downgrade(&hub), clock));
         Self {
             store,
             media,
@@ -91,6 +97,7 @@ impl Shared {
             device_limits: moka::sync::Cache::new(1_000_000),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            clock,
         }
     }
 
@@ -110,7 +117,7 @@ impl Shared {
         let (actor, _, _) = self
             .authenticate(token)?
             .ok_or_else(|| ServiceError::Unauthenticated("invalid, expired or revoked token".into()))?;
-        let now = Instant::now();
+        let now = self.clock.now();
         let bucket = self.device_limits.get_with((actor.user_id, actor.device_id), || {
             Arc::new(Mutex::new(TokenBucket::new(
                 self.config.rate_limit,
@@ -155,7 +162,7 @@ impl Shared {
                 found
             }
         };
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         Ok(found.and_then(|(actor, created)| {
             let expires = self.expiry(created);
             (now < expires).then_some((actor, hash, expires))
@@ -176,7 +183,7 @@ impl Shared {
     /// reservation is given back by [`LoginReservation::refund`] when the
     /// password was right.
     pub(super) fn reserve_login(&self, user: &str, ip: std::net::IpAddr) -> Result<LoginReservation, ServiceError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let [account, address] = self.login_buckets(user, ip);
         account
             .lock()
@@ -193,7 +200,7 @@ impl Shared {
     /// Charges a registration to the client address's budget, refusing
     /// with `RATE_LIMITED` when it is spent.
     pub(super) fn charge_registration(&self, ip: std::net::IpAddr) -> Result<(), ServiceError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let c = &self.config;
         let bucket = self.registrations_ip.get_with(ip, || {
             Arc::new(Mutex::new(TokenBucket::new(
@@ -207,7 +214,7 @@ impl Shared {
     }
 
     pub(super) fn login_buckets(&self, user: &str, ip: std::net::IpAddr) -> [Arc<Mutex<TokenBucket>>; 2] {
-        let now = Instant::now();
+        let now = self.clock.now();
         let c = &self.config;
         [
             self.login_failures_user.get_with(user.to_owned(), || {
@@ -242,13 +249,13 @@ impl LoginReservation {
 
 /// Closes connections whose session token expired, once a second, until
 /// the hub is gone (the server stopped).
-async fn close_expired_sessions(hub: std::sync::Weak<Hub>) {
+async fn close_expired_sessions(hub: std::sync::Weak<Hub>, clock: Clock) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
-        let closed = hub.close_expired(now_ms());
+        let closed = hub.close_expired(clock.wall_ms());
         if closed > 0 {
             tracing::debug!(closed, "closed connections whose session token expired");
         }
@@ -257,6 +264,7 @@ async fn close_expired_sessions(hub: std::sync::Weak<Hub>) {
 
 pub(super) fn rate_limited(wait: std::time::Duration) -> ServiceError {
     ServiceError::RateLimited {
-        retry_after_ms: u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+        // Rounded up: waiting the delay given must be enough.
+        retry_after_ms: u32::try_from(wait.as_nanos().div_ceil(1_000_000).max(1)).unwrap_or(u32::MAX),
     }
 }

@@ -47,7 +47,7 @@ impl Session {
     pub fn typing(&self, chat_id: u64) -> Result<(), ServiceError> {
         let actor = self.actor()?;
         let config = &self.shared.config;
-        let now = Instant::now();
+        let now = self.shared.clock.now();
         let bucket = self
             .shared
             .typing_limits
