@@ -13,7 +13,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment; [`clock`]: time, virtual in tests.
-//! - [`server`]: the listener and graceful shutdown.
+//! - [`server`]: the listeners; [`shutdown`]: the graceful drain's signals.
 //! - [`transport`]: QUIC and HTTPS/WebSocket shells, the request loop they
 //!   share, admission (per-address limits, QUIC Retry) and TLS.
 //! - [`session`]: per-connection protocol logic, transport-independent;
@@ -44,6 +44,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod shutdown;
 pub mod store;
 pub mod transport;
 

@@ -4,7 +4,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,6 +49,11 @@ async fn accept_tcp(
 
 /// Resumable TLS sessions kept (a few hundred bytes each).
 const TLS_SESSION_CACHE: usize = 65_536;
+
+/// How long a shutdown waits for connections to write their last replies
+/// and close. Request replies take a round trip; what can hold a connection
+/// longer is a media transfer, which is cut at this point (uploads resume).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -160,10 +164,11 @@ impl Server {
         self.shared.store.clone()
     }
 
-    /// Serves until `shutdown` resolves, then shuts down gracefully: stops
-    /// accepting, refuses new writes, finishes queued commits (so every
-    /// acknowledged write is durable, and replies already due go out), then
-    /// closes connections with code 3 and releases the store.
+    /// Serves until `shutdown` resolves, then drains (see [`crate::shutdown`]):
+    /// stops accepting, stops reading requests and refuses new writes,
+    /// finishes queued commits, lets every connection write the replies
+    /// they released and close itself with code 3 (within
+    /// [`DRAIN_DEADLINE`]), then releases the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             endpoint,
@@ -215,10 +220,10 @@ impl Server {
                         continue; // dropping the stream refuses it
                     }
                     let Some(slot) = admission.tcp(peer.ip()) else { continue };
-                    let router = router.clone();
+                    let (router, shared) = (router.clone(), shared.clone());
                     let acceptor = acceptor.clone().expect("listener implies acceptor");
                     conns.spawn(async move {
-                        http::serve_connection(stream, peer, acceptor, router).await;
+                        http::serve_connection(stream, peer, acceptor, router, shared).await;
                         drop(slot);
                     });
                 }
@@ -226,13 +231,31 @@ impl Server {
                 _ = &mut shutdown => break,
             }
         }
-        tracing::info!("shutting down: finishing in-flight writes");
+        tracing::info!(
+            connections = shared.shutdown.live(),
+            "shutting down: draining connections"
+        );
         sweep.abort();
         endpoint.set_server_config(None);
-        shared.shutting_down.store(true, Ordering::SeqCst);
+        // Connections stop reading requests and new writes are refused;
+        // the store commits every write already queued, which releases the
+        // replies waiting for them; each connection writes its replies and
+        // closes itself with code 3.
+        shared.shutdown.begin();
         shared.store.shutdown().await;
-        // Let replies for the last commits reach their streams.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            tokio::join!(shared.shutdown.all_gone(), async {
+                while conns.join_next().await.is_some() {}
+            })
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = shared.shutdown.live(),
+                "connections still busy after {} s (media transfers?): closing them",
+                DRAIN_DEADLINE.as_secs()
+            );
+        }
         shared.hub.close_all(CloseCode::ServerShutdown, "server shutting down");
         endpoint.close(
             quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()),

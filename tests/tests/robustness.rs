@@ -436,6 +436,68 @@ async fn shutdown_closes_connections_with_a_reason() {
     server.stop().await;
 }
 
+/// A stop is a drain: every request the server took is answered before its
+/// connection closes, so the client knows the outcome of each write. With
+/// 400 sends in flight when the stop comes, the acknowledged ones are
+/// exactly the ones stored: none stored without its ack reaching the client.
+#[tokio::test]
+async fn a_graceful_stop_answers_every_request_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quip_server::Config::for_tests(dir.path());
+    config.rate_limit = 1e6;
+    config.rate_burst = 1e6;
+    let server = TestServer::start_with(config).await;
+    let (alice, _) = server.user("alice").await;
+    server.user("bob").await;
+    let store = server.store.clone();
+    let before = store.stats().writes;
+    let texts: Vec<String> = (0..400).map(|i| format!("m{i}")).collect();
+    let sends = futures::future::join_all(texts.iter().map(|t| alice.send_text("bob", t)));
+    let stop = async {
+        // Stop once the first sends are committed, with the rest in flight.
+        while store.stats().writes < before + 20 {
+            tokio::task::yield_now().await;
+        }
+        server.stop().await;
+    };
+    let (results, ()) = tokio::join!(sends, stop);
+    drop(store); // it holds the database open
+    let mut acked = std::collections::BTreeSet::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(_) => {
+                acked.insert(texts[i].clone());
+            }
+            Err(e) => assert!(
+                e.code() == Some(ErrorCode::Unavailable) || matches!(e, ClientError::Closed(_)),
+                "send {i} failed otherwise: {e}"
+            ),
+        }
+    }
+    assert_eq!(alice.closed().await.0, Some(CloseCode::ServerShutdown));
+    assert!(!acked.is_empty());
+
+    let server = TestServer::start(dir.path()).await;
+    let (bob, _) = server.device("bob").await;
+    let mut stored = std::collections::BTreeSet::new();
+    let mut before_seq = 0;
+    loop {
+        let page = bob.history("alice", before_seq, 100).await.unwrap();
+        let Some(oldest) = page.messages.iter().map(|m| m.seq).min() else {
+            break;
+        };
+        for m in &page.messages {
+            stored.insert(m.content.as_ref().unwrap().text.clone());
+        }
+        if oldest == 1 {
+            break;
+        }
+        before_seq = oldest;
+    }
+    assert_eq!(stored, acked, "stored but never acknowledged, or acknowledged but lost");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_device_that_stops_reading_is_disconnected_and_resyncs() {
     let dir = tempfile::tempdir().unwrap();

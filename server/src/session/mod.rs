@@ -131,6 +131,7 @@ impl Session {
     /// A session for a new connection; pushed frames go to `push_tx`.
     pub fn new(shared: Arc<Shared>, closer: Arc<Closer>, push_tx: PushSender, peer: std::net::IpAddr) -> Arc<Self> {
         let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        shared.shutdown.enter();
         let limiter = TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, shared.clock.now());
         Arc::new(Self {
             shared,
@@ -347,7 +348,7 @@ impl Session {
             ))
         })?;
         self.admit(false).await?;
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
+        if self.shared.shutdown.started() {
             return Err(ServiceError::Unavailable);
         }
         Ok((self.actor()?, slot))
@@ -405,7 +406,7 @@ impl Session {
         }
         let kind = crate::kinds::of(&body);
         self.admit(kind.replay_safe).await?;
-        if kind.writes && self.shared.shutting_down.load(Ordering::Relaxed) {
+        if kind.writes && self.shared.shutdown.started() {
             return Err(ServiceError::Unavailable);
         }
         match body {
@@ -505,5 +506,6 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.disconnect(Ended::Lost);
+        self.shared.shutdown.leave();
     }
 }

@@ -10,10 +10,11 @@ use crate::presence::Liveness;
 use crate::ratelimit::TokenBucket;
 use crate::service::{Actor, ServiceError, accounts};
 use crate::store::{self, Store};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
+use crate::shutdown::Shutdown;
 
 /// State shared by every connection of a server.
 pub struct Shared {
@@ -51,8 +52,9 @@ pub struct Shared {
     pub(super) next_conn: AtomicU64,
     /// The time budgets, expiry and presence read.
     pub clock: Clock,
-    /// Set when shutdown starts: writes are refused from then on.
-    pub shutting_down: AtomicBool,
+    /// Graceful shutdown: from its start writes are refused and requests
+    /// no longer read; it counts the connections left.
+    pub shutdown: Shutdown,
 }
 
 impl Shared {
@@ -96,7 +98,7 @@ impl Shared {
             members: moka::sync::Cache::new(100_000),
             device_limits: moka::sync::Cache::new(1_000_000),
             next_conn: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
+            shutdown: Shutdown::default(),
             clock,
         }
     }
@@ -130,7 +132,7 @@ impl Shared {
             .expect("limiter lock")
             .try_take(now)
             .map_err(rate_limited)?;
-        if self.shutting_down.load(Ordering::Relaxed) {
+        if self.shutdown.started() {
             return Err(ServiceError::Unavailable);
         }
         Ok(actor)

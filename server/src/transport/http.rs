@@ -101,7 +101,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves one TCP connection until the client or the server ends it.
-pub async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, router: Router) {
+/// When the server drains, a request under way finishes and the
+/// connection then closes (hyper's graceful shutdown); an upgraded
+/// WebSocket lives on in its own task and drains like a QUIC connection.
+pub async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shared: Arc<Shared>,
+) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -121,7 +130,15 @@ pub async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acce
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.shutdown.wait_started() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }
@@ -157,7 +174,7 @@ async fn websocket(
 /// `GET /healthz`: 200 while serving, 503 once shutting down.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let version = env!("CARGO_PKG_VERSION");
-    let (status, state) = if shared.shutting_down.load(Ordering::Relaxed) {
+    let (status, state) = if shared.shutdown.started() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else {
         (StatusCode::OK, "ok")

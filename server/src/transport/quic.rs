@@ -122,11 +122,16 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
                         let reader = StreamReader::new(recv, budget.clone(), quip_protocol::MAX_FRAME);
                         tasks.spawn(serve_stream(session.clone(), reader, send, conn.clone()));
                     }
-                    Err(_) => break,
+                    Err(_) => return,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = shared.shutdown.wait_started() => break,
             }
         }
+        // Draining: the request loops write what is due and finish their
+        // streams, waiting until the client has it; then the close.
+        while tasks.join_next().await.is_some() {}
+        close(&conn, CloseCode::ServerShutdown, "server shutting down");
     };
     tokio::select! {
         _ = streams => {}
@@ -168,6 +173,10 @@ async fn accept_hello(
         () = hello_deadline(handshake_done, hello_timeout) => {
             let reason = format!("no Hello within {} s", hello_timeout.as_secs());
             close(conn, CloseCode::HandshakeTimeout, &reason);
+            None
+        }
+        () = session.shared().shutdown.wait_started() => {
+            close(conn, CloseCode::ServerShutdown, "server shutting down");
             None
         }
     }
@@ -431,6 +440,11 @@ impl ReplySink for QuicReplies {
 
     async fn finish(&mut self) {
         let _ = self.send.finish();
+        if self.conn.close_reason().is_none() {
+            // Until the client has every reply: a close meanwhile (the
+            // server's drain) would discard what is still unsent.
+            let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+        }
     }
 }
 

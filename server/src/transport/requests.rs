@@ -140,7 +140,9 @@ pub async fn handshake(
 
 /// Serves requests from `source` until it ends: keeps up to
 /// [`MAX_INFLIGHT_PER_STREAM`] pending writes in flight and writes replies
-/// in request order. A read waits for the earlier writes first.
+/// in request order. A read waits for the earlier writes first. When the
+/// server starts shutting down it stops reading, writes the replies of the
+/// requests it took and finishes, as at the end of the client's stream.
 ///
 /// Only the wait for the next frame or reply is inline; what follows runs in
 /// a boxed [`step`]. A task's future is allocated at its largest state for
@@ -150,11 +152,13 @@ pub async fn handshake(
 /// being answered.
 pub async fn serve_requests(session: Arc<Session>, mut source: impl RequestSource, mut sink: impl ReplySink) {
     let mut inflight: Inflight = FuturesOrdered::new();
+    let shared = session.shared().clone();
     let mut reading = true;
     while reading || !inflight.is_empty() {
         let event = tokio::select! {
             biased;
             Some(reply) = inflight.next(), if !inflight.is_empty() => Event::Reply(reply),
+            () = shared.shutdown.wait_started(), if reading => Event::Frame(Ok(None)),
             frame = source.next(), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => Event::Frame(frame),
         };
         match Box::pin(step(&session, &mut sink, &mut inflight, event)).await {

@@ -92,15 +92,27 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     let mut replies = WsReplies { out: out_tx.clone() };
 
     let serve = async {
-        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, source.next()).await {
-            Ok(first) => first,
-            Err(_) => {
-                replies.close(CloseCode::HandshakeTimeout, "no Hello within 10 s").await;
+        let first = tokio::select! {
+            first = tokio::time::timeout(HANDSHAKE_TIMEOUT, source.next()) => match first {
+                Ok(first) => first,
+                Err(_) => {
+                    replies.close(CloseCode::HandshakeTimeout, "no Hello within 10 s").await;
+                    return;
+                }
+            },
+            () = shared.shutdown.wait_started() => {
+                replies.close(CloseCode::ServerShutdown, "server shutting down").await;
                 return;
             }
         };
         if requests::handshake(&session, first, &mut replies).await {
+            let mut closing = WsReplies { out: out_tx.clone() };
             requests::serve_requests(session.clone(), source, replies).await;
+            // A drain ends the request loop with every reply written: the
+            // close goes after them.
+            if shared.shutdown.started() {
+                closing.close(CloseCode::ServerShutdown, "server shutting down").await;
+            }
         }
     };
     let mut writer = std::pin::pin!(write_loop(sink, out_rx, push_rx, idle / 3));
