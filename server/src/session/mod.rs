@@ -1,6 +1,6 @@
 //! One connection's protocol session, independent of the transport.
 //!
-//! The transport (QUIC today, WebSocket later) decodes frames and hands each
+//! The transport (QUIC or WebSocket) decodes frames and hands each
 //! Envelope here; this module checks the handshake, authentication and rate
 //! limits, runs the request against the store and says what to answer. It
 //! never touches a socket, so every transport gets identical behaviour.
@@ -12,14 +12,19 @@
 //! replies per stream in flight (pipelining) and sends them in order.
 //!
 //! # Layout
-//! - this file: the connection's state, the handshake, admission (0-RTT,
-//!   rate limits, shutdown) and the one dispatch over request kinds
-//!   ([`crate::kinds`] says what each kind is);
+//! - this file: the connection's state and the one dispatch over request
+//!   kinds ([`crate::kinds`] says what each kind is);
+//! - `handshake`: Hello, going online and offline; `admission`: the 0-RTT
+//!   replay guard and the rate limit every request passes first;
 //! - `account`, `messaging`, `chats`, `social`: the handlers, by family;
-//! - `shared`: what every connection shares (caches, budgets, the hub).
+//! - `shared`: what every connection shares (caches, budgets, the hub,
+//!   the clock, the shutdown signal);
+//! - `tests`: a deterministic harness driving sessions in virtual time.
 
 mod account;
+mod admission;
 mod chats;
+mod handshake;
 mod messaging;
 mod shared;
 mod social;
@@ -147,211 +152,6 @@ impl Session {
             background: AtomicBool::new(false),
             media_slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_STREAMS_PER_CONNECTION)),
         })
-    }
-
-    /// Marks whether requests may still come from 0-RTT early data.
-    pub fn set_early(&self, early: bool) {
-        self.early.store(early, Ordering::Release);
-        if !early {
-            self.handshake_done.notify_waiters();
-        }
-    }
-
-    /// Resolves once requests can no longer be replays of early data.
-    async fn handshake_complete(&self) {
-        loop {
-            let notified = self.handshake_done.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a completion in between wakes it.
-            notified.as_mut().enable();
-            if !self.early.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// The Welcome for the first frame, or the error to send before closing.
-    pub fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, Box<(Envelope, CloseCode)>> {
-        let id = env.id;
-        let Some(Body::Hello(hello)) = env.body else {
-            return Err(Box::new((
-                Envelope::error(id, ErrorCode::HandshakeRequired, "the first frame must be a Hello"),
-                CloseCode::ProtocolError,
-            )));
-        };
-        let Some(version) = negotiate_version(&hello.versions) else {
-            return Err(Box::new((
-                Envelope::error(
-                    id,
-                    ErrorCode::UnsupportedVersion,
-                    format!(
-                        "no common protocol version: server speaks 1, client offered {:?}",
-                        hello.versions
-                    ),
-                ),
-                CloseCode::UnsupportedVersion,
-            )));
-        };
-        let mut welcome = v1::Welcome {
-            version,
-            user: String::new(),
-            device_id: 0,
-            push_lanes: self.shared.config.push_lanes,
-            max_frame: u32::try_from(self.shared.max_frame()).unwrap_or(u32::MAX),
-            max_body: u32::try_from(self.shared.config.max_body).unwrap_or(u32::MAX),
-            server: concat!("quipd/", env!("CARGO_PKG_VERSION")).into(),
-        };
-        self.background.store(hello.background, Ordering::Relaxed);
-        if !hello.token.is_empty() {
-            match self.shared.authenticate(&hello.token) {
-                Ok(Some((actor, hash, expires_ms))) => {
-                    welcome.user = actor.username.clone();
-                    welcome.device_id = actor.device_id;
-                    if let Err(e) = self.login_connection(actor, hash, expires_ms) {
-                        return Err(Box::new((err(id, &e), CloseCode::TooManyConnections)));
-                    }
-                }
-                Ok(None) => {
-                    return Err(Box::new((
-                        Envelope::error(id, ErrorCode::Unauthenticated, "unknown or revoked token: log in again"),
-                        CloseCode::LoggedOut,
-                    )));
-                }
-                Err(e) => return Err(Box::new((err(id, &e), CloseCode::ServerShutdown))),
-            }
-        }
-        tracing::debug!(conn = self.conn_id, client = %hello.client, user = %welcome.user, "handshake");
-        Ok(Envelope::new(id, Body::Welcome(welcome)))
-    }
-
-    /// Marks this connection as the actor's device and puts it online,
-    /// watching the channels the user subscribes to. Fails when the user
-    /// has too many connections; replaces the device's oldest one when the
-    /// device has.
-    fn login_connection(&self, actor: Actor, token_hash: [u8; 32], expires_ms: i64) -> Result<(), ServiceError> {
-        let handle = DeviceHandle {
-            conn_id: self.conn_id,
-            device_id: actor.device_id,
-            tx: self.push_tx.clone(),
-            closer: self.closer.clone(),
-            expires_ms,
-        };
-        let config = &self.shared.config;
-        let replaced = self
-            .shared
-            .hub
-            .register(
-                actor.user_id,
-                handle.clone(),
-                config.max_connections_per_user,
-                config.max_connections_per_device,
-            )
-            .map_err(|_| {
-                ServiceError::LimitExceeded(format!(
-                    "at most {} connections per user are allowed",
-                    config.max_connections_per_user
-                ))
-            })?;
-        for old in replaced {
-            old.closer
-                .close(CloseCode::Replaced, "replaced by a newer connection of this device");
-        }
-        if !self.background.load(Ordering::Relaxed) {
-            self.shared.liveness.connected(actor.user_id);
-        }
-        match store::read(&*self.shared.store, |t| {
-            let (from, to) = crate::keys::user_channels(actor.user_id);
-            let rows = t.range(&from, &to, usize::MAX, false)?;
-            Ok::<_, ServiceError>(
-                rows.iter()
-                    .filter_map(|(k, _)| crate::keys::chat_of_user_chat(k))
-                    .collect::<Vec<u64>>(),
-            )
-        }) {
-            Ok(chats) if !chats.is_empty() => self.shared.hub.watch(actor.user_id, &handle, &chats),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
-        }
-        *self.auth.lock().expect("auth lock") = Some(Auth {
-            actor,
-            token_hash,
-            expires_ms,
-        });
-        Ok(())
-    }
-
-    /// Charges one request to the device's budget (the connection's while
-    /// anonymous).
-    fn take_token(&self) -> Result<(), ServiceError> {
-        let now = self.shared.clock.now();
-        let device = self
-            .auth
-            .lock()
-            .expect("auth lock")
-            .as_ref()
-            .map(|a| ((a.actor.user_id, a.actor.device_id), a.expires_ms));
-        let taken = match device {
-            None => self.limiter.lock().expect("limiter lock").try_take(now),
-            Some((_, expires_ms)) if self.now_ms() >= expires_ms => {
-                // The sweep closes it within a second; this request is
-                // refused now, so the bound is exact for requests.
-                self.closer
-                    .close(CloseCode::SessionExpired, "session token expired: log in again");
-                return Err(ServiceError::Unauthenticated(
-                    "session token expired: log in again".into(),
-                ));
-            }
-            Some((key, _)) => {
-                let config = &self.shared.config;
-                let bucket = self.shared.device_limits.get_with(key, || {
-                    Arc::new(Mutex::new(TokenBucket::new(config.rate_limit, config.rate_burst, now)))
-                });
-                bucket.lock().expect("limiter lock").try_take(now)
-            }
-        };
-        taken.map_err(rate_limited)
-    }
-
-    /// Takes the device offline; call when the connection ends, saying how.
-    pub fn disconnect(&self, how: Ended) {
-        if let Some(a) = self.auth.lock().expect("auth lock").take() {
-            self.shared.hub.unregister(a.actor.user_id, self.conn_id);
-            if !self.background.load(Ordering::Relaxed) {
-                self.shared.liveness.disconnected(a.actor.user_id, how);
-            }
-        }
-    }
-
-    /// The checks every request passes first: one not safe to replay waits
-    /// for a 0-RTT handshake to complete (up to [`EARLY_WAIT`]), and each
-    /// is charged against the rate limit.
-    async fn admit(&self, replay_safe: bool) -> Result<(), ServiceError> {
-        if !replay_safe
-            && self.early.load(Ordering::Acquire)
-            && tokio::time::timeout(EARLY_WAIT, self.handshake_complete())
-                .await
-                .is_err()
-        {
-            return Err(ServiceError::TooEarly);
-        }
-        self.take_token()
-    }
-
-    /// Admits the request that opens a media stream: like any request it
-    /// needs a login, counts against the rate limit, and waits for a 0-RTT
-    /// handshake to complete (an upload creates state; a replay must not).
-    pub async fn admit_media(&self) -> Result<(Actor, tokio::sync::OwnedSemaphorePermit), ServiceError> {
-        let slot = self.media_slots.clone().try_acquire_owned().map_err(|_| {
-            ServiceError::LimitExceeded(format!(
-                "at most {MEDIA_STREAMS_PER_CONNECTION} media transfers per connection at once"
-            ))
-        })?;
-        self.admit(false).await?;
-        if self.shared.shutdown.started() {
-            return Err(ServiceError::Unavailable);
-        }
-        Ok((self.actor()?, slot))
     }
 
     /// The server's shared state.

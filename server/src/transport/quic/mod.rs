@@ -32,6 +32,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_STEP: usize = 8 * 1024;
 
 /// How long to wait for a final frame to reach the peer before closing.
+mod media_stream;
+mod reader;
+
+use media_stream::serve_media;
+use reader::{Budget, StreamReader};
+
 const LINGER: Duration = Duration::from_secs(1);
 
 fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
@@ -230,89 +236,6 @@ async fn datagrams(conn: quinn::Connection, session: Arc<Session>) {
     std::future::pending::<()>().await;
 }
 
-/// Bytes of partial frames held by one connection's streams.
-#[derive(Debug, Default)]
-struct Budget(AtomicUsize);
-
-/// A request stream's frame reader, charging its partial frame to the
-/// connection's [`Budget`] (released when the reader is dropped).
-struct StreamReader {
-    /// Always present; an Option only so [`StreamReader::into_raw`] can
-    /// take it from a type with a destructor.
-    recv: Option<quinn::RecvStream>,
-    dec: FrameDecoder,
-    budget: Arc<Budget>,
-    held: usize,
-}
-
-impl StreamReader {
-    fn new(recv: quinn::RecvStream, budget: Arc<Budget>, max_frame: usize) -> Self {
-        Self {
-            recv: Some(recv),
-            dec: FrameDecoder::new(max_frame),
-            budget,
-            held: 0,
-        }
-    }
-
-    /// Re-counts this stream's buffered bytes; whether the connection is within budget.
-    fn account(&mut self) -> bool {
-        let now = self.dec.buffered();
-        let total = if now >= self.held {
-            self.budget.0.fetch_add(now - self.held, Ordering::Relaxed) + (now - self.held)
-        } else {
-            self.budget.0.fetch_sub(self.held - now, Ordering::Relaxed) - (self.held - now)
-        };
-        self.held = now;
-        total <= MAX_BUFFERED_PER_CONNECTION
-    }
-}
-
-impl StreamReader {
-    /// The rest of the stream as raw bytes (a media upload): what the frame
-    /// decoder already read past the last frame, then the stream.
-    fn into_raw(mut self) -> (BytesMut, quinn::RecvStream) {
-        let leftover = std::mem::take(self.dec.buffer_mut());
-        self.account();
-        let recv = self.recv.take().expect("present until into_raw");
-        (leftover, recv)
-    }
-}
-
-impl RequestSource for StreamReader {
-    /// The next frame: `Ok(None)` at a clean end of stream.
-    async fn next(&mut self) -> Result<Option<Envelope>, ReadError> {
-        loop {
-            let decoded = self.dec.decode();
-            let within = self.account();
-            if let Some(env) = decoded? {
-                return Ok(Some(env));
-            }
-            if !within {
-                return Err(ReadError::OverBudget);
-            }
-            // Grow the buffer only as data arrives: an idle stream keeps a
-            // small one, and a declared length is never allocated up front.
-            let want = self.dec.wanted().unwrap_or(0).clamp(512, READ_STEP);
-            self.dec.buffer_mut().reserve(want);
-            let recv = self.recv.as_mut().expect("present until into_raw");
-            match recv.read_buf(self.dec.buffer_mut()).await {
-                Ok(0) | Err(_) => {
-                    self.dec.finish()?;
-                    return Ok(None);
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
-impl Drop for StreamReader {
-    fn drop(&mut self) {
-        self.budget.0.fetch_sub(self.held, Ordering::Relaxed);
-    }
-}
-
 async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), quinn::WriteError> {
     send.write_chunk(requests::encode_reply(env)).await
 }
@@ -337,88 +260,6 @@ async fn serve_stream(
     }
     let sink = QuicReplies { send, conn };
     requests::serve_requests(session, requests::Prefixed::new(first, reader), sink).await;
-}
-
-/// A media stream (spec/protocol.md §20): one request frame, its answer,
-/// then raw bytes one way, then (for uploads) the final answer.
-async fn serve_media(session: Arc<Session>, env: Envelope, reader: StreamReader, mut send: quinn::SendStream) {
-    let id = env.id;
-    let last = match media_exchange(&session, env, reader, &mut send).await {
-        Ok(Some(body)) => Some(body),
-        Ok(None) => None,
-        Err(e) => Some(Body::Error(e.to_wire())),
-    };
-    if let Some(body) = last {
-        let _ = write_envelope(&mut send, &Envelope::new(id, body)).await;
-    }
-    let _ = send.finish();
-}
-
-/// Runs one transfer; returns the frame that ends the stream (an upload's
-/// result), or the error that refused it. Peer failures end it silently.
-async fn media_exchange(
-    session: &Session,
-    env: Envelope,
-    reader: StreamReader,
-    send: &mut quinn::SendStream,
-) -> Result<Option<Body>, ServiceError> {
-    let (actor, _slot) = session.admit_media().await?;
-    let shared = session.shared();
-    let gone = |_| ServiceError::Unavailable; // the write failed: nobody hears the answer
-    match env.body {
-        Some(Body::Upload(req)) => {
-            let begun = media::begin_upload(&*shared.store, &shared.media, &actor, &req).await?;
-            if let Some(done) = begun.done {
-                return Ok(Some(Body::UploadComplete(done)));
-            }
-            let ready = v1::UploadReady {
-                upload_id: service::media::id_to_string(&begun.id),
-                offset: begun.offset,
-            };
-            write_envelope(send, &Envelope::new(env.id, Body::UploadReady(ready)))
-                .await
-                .map_err(gone)?;
-            let (leftover, recv) = reader.into_raw();
-            let first = futures::stream::iter((!leftover.is_empty()).then(|| Ok(leftover.freeze())));
-            let rest = futures::stream::unfold(recv, |mut recv| async move {
-                match recv.read_chunk(64 * 1024, true).await {
-                    Ok(Some(c)) => Some((Ok(c.bytes), recv)),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(std::io::Error::other(e)), recv)),
-                }
-            });
-            let bytes = std::pin::pin!(first.chain(rest));
-            let done = media::receive_upload(&shared.store, &shared.media, begun.id, begun.offset, bytes).await?;
-            Ok(Some(Body::UploadComplete(done)))
-        }
-        Some(Body::Download(req)) => {
-            let (ready, mut chunks) = media::open_download(&*shared.store, &shared.media, &actor, &req)?;
-            if write_envelope(send, &Envelope::new(env.id, Body::DownloadReady(ready)))
-                .await
-                .is_err()
-            {
-                return Ok(None);
-            }
-            while let Some(chunk) = chunks.next().await {
-                match chunk {
-                    Ok(b) => {
-                        if send.write_chunk(b).await.is_err() {
-                            return Ok(None);
-                        }
-                    }
-                    Err(e) => {
-                        // The client sees a reset stream, short of the
-                        // announced length: it retries with a range.
-                        tracing::warn!(error = %e, "media download failed midway");
-                        let _ = send.reset(quinn::VarInt::from_u32(1));
-                        return Ok(None);
-                    }
-                }
-            }
-            Ok(None)
-        }
-        _ => unreachable!("serve_stream checked the body"),
-    }
 }
 
 /// A request stream's sending half: replies, then finish or close.

@@ -16,12 +16,21 @@
 use std::collections::BTreeMap;
 
 use prost::Message as _;
-use quip_protocol::v1::{self, ChatAction, ChatKind, GroupAdds, GroupEventKind};
+use quip_protocol::v1::{self, ChatAction, ChatKind, GroupEventKind};
 
-use super::{Actor, Delivery, ServiceError, accounts, blocking, messages, receipts};
+use super::{Actor, Delivery, ServiceError, accounts, messages, receipts};
 use crate::keys;
 use crate::records::{self, ChatRecord, CursorRecord};
 use crate::store::{ReadTxn, Txn};
+
+mod channels;
+mod consent;
+mod info;
+
+pub use channels::subscribe;
+use consent::{check_may_add, resolve_users};
+pub use info::info;
+use info::info_of;
 
 /// Longest group or channel name, in bytes.
 pub const MAX_NAME: usize = 64;
@@ -55,64 +64,6 @@ pub fn validate_name(name: &str) -> Result<(), ServiceError> {
         )));
     }
     Ok(())
-}
-
-/// Resolves usernames to ids (deduplicated, and without the actor unless
-/// `with_self`), in name order. An unknown name fails the whole request.
-fn resolve_users(
-    txn: &mut dyn ReadTxn,
-    actor: &Actor,
-    names: &[String],
-    with_self: bool,
-) -> Result<BTreeMap<String, u64>, ServiceError> {
-    let mut out = BTreeMap::new();
-    for name in names {
-        if (*name == actor.username && !with_self) || out.contains_key(name) {
-            continue;
-        }
-        let user =
-            accounts::find_user(txn, name)?.ok_or_else(|| ServiceError::NotFound(format!("no user named {name:?}")))?;
-        out.insert(name.clone(), user.id);
-    }
-    Ok(out)
-}
-
-/// Refuses adding users to a group unless each accepts adds from the actor
-/// (`GroupAdds`): everyone, contacts (users they sent a direct message
-/// to) or nobody. Someone who blocks the actor refuses like NOBODY, with the
-/// same answer, so the actor cannot tell a block from a setting.
-fn check_may_add(txn: &mut dyn ReadTxn, actor: &Actor, users: &BTreeMap<String, u64>) -> Result<(), ServiceError> {
-    for (name, &uid) in users {
-        let Some(user) = accounts::find_user(txn, name)? else {
-            continue;
-        };
-        let allowed = !blocking::blocks(txn, uid, actor.user_id)?
-            && match super::presence::group_adds_of(&user) {
-                GroupAdds::Nobody => false,
-                GroupAdds::Contacts => has_messaged(txn, uid, actor.user_id)?,
-                _ => true,
-            };
-        if !allowed {
-            return Err(ServiceError::Forbidden(format!(
-                "{name} does not accept being added to groups by you"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `from` has sent a direct message to `to`.
-fn has_messaged(txn: &mut dyn ReadTxn, from: u64, to: u64) -> Result<bool, ServiceError> {
-    let Some(b) = txn.get(&keys::direct(from, to))? else {
-        return Ok(false);
-    };
-    let chat_id = b
-        .as_slice()
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| ServiceError::Internal("corrupt direct chat record".into()))?;
-    let cursor: CursorRecord = records::get(txn, &keys::cursor(chat_id, from))?.unwrap_or_default();
-    Ok(cursor.posted)
 }
 
 /// Creates a group (the actor as admin plus `members`) or a channel (the
@@ -481,96 +432,6 @@ fn group_event(kind: GroupEventKind, users: Vec<String>, name: &str) -> v1::Grou
         users,
         name: name.to_owned(),
     }
-}
-
-/// Subscribes the actor to a channel, or unsubscribes. O(1) writes either way.
-pub fn subscribe(
-    txn: &mut dyn Txn,
-    actor: &Actor,
-    chat_id: u64,
-    unsubscribe: bool,
-    now_ms: i64,
-) -> Result<Changed, ServiceError> {
-    let mut chat = messages::load_chat(txn, chat_id)?;
-    if chat.kind() != ChatKind::Channel {
-        return Err(ServiceError::InvalidArgument(format!(
-            "chat {chat_id} is not a channel"
-        )));
-    }
-    if unsubscribe {
-        if !messages::is_member(txn, &chat, chat_id, actor.user_id)? {
-            return Ok(Changed {
-                info: info_of(txn, chat_id, &chat, 0)?,
-                event_seq: 0,
-                delivery: Delivery::default(),
-            });
-        }
-        return update(txn, actor, chat_id, ChatAction::Leave, &[], "", 0, now_ms);
-    }
-    let mut delivery = Delivery::default();
-    if !messages::is_member(txn, &chat, chat_id, actor.user_id)? {
-        txn.set(&keys::user_chat(actor.user_id, chat_id), b"");
-        txn.set(&keys::user_channel(actor.user_id, chat_id), b"");
-        // A new subscriber may read the whole history; nothing is unread yet.
-        let cursor = CursorRecord {
-            delivered: chat.last_seq,
-            read: chat.last_seq,
-            joined: 0,
-            posted: false,
-        };
-        txn.set(&keys::cursor(chat_id, actor.user_id), &cursor.encode_to_vec());
-        chat.subscribers = chat.subscribers.saturating_add(1);
-        txn.set(&keys::chat(chat_id), &chat.encode_to_vec());
-        delivery.watch.push((actor.user_id, chat_id, true));
-    }
-    Ok(Changed {
-        info: info_of(txn, chat_id, &chat, 0)?,
-        event_seq: 0,
-        delivery,
-    })
-}
-
-/// A group's or channel's description, for a participant.
-pub fn info(
-    txn: &mut dyn ReadTxn,
-    actor: &Actor,
-    chat_id: u64,
-    max_members: u32,
-) -> Result<v1::ChatInfo, ServiceError> {
-    let chat = managed_chat(txn, actor, chat_id)?;
-    info_of(txn, chat_id, &chat, max_members)
-}
-
-fn info_of(
-    txn: &mut dyn ReadTxn,
-    chat_id: u64,
-    chat: &ChatRecord,
-    max_members: u32,
-) -> Result<v1::ChatInfo, ServiceError> {
-    let kind = chat.kind();
-    let mut members = Vec::with_capacity(chat.members.len());
-    for &uid in &chat.members {
-        let c: CursorRecord = records::get(txn, &keys::cursor(chat_id, uid))?.unwrap_or_default();
-        members.push(v1::ChatMember {
-            user: accounts::username(txn, uid)?.unwrap_or_default(),
-            admin: chat.admins.contains(&uid),
-            joined_seq: c.joined,
-        });
-    }
-    let (member_count, max_members) = if kind == ChatKind::Channel {
-        (chat.subscribers, 0)
-    } else {
-        (u32::try_from(chat.members.len()).unwrap_or(u32::MAX), max_members)
-    };
-    Ok(v1::ChatInfo {
-        chat_id,
-        kind: chat.kind,
-        name: chat.name.clone(),
-        members,
-        member_count,
-        last_seq: chat.last_seq,
-        max_members,
-    })
 }
 
 #[cfg(test)]
