@@ -24,6 +24,7 @@ echo "== web client (web/dist must be what web/src builds to)"
 ./web/build.sh --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"
 cargo build --locked -p quip-bench -p quip-server
 ./target/debug/quip-bench disk --seconds 1
