@@ -153,12 +153,16 @@ pub async fn handshake(
 pub async fn serve_requests(session: Arc<Session>, mut source: impl RequestSource, mut sink: impl ReplySink) {
     let mut inflight: Inflight = FuturesOrdered::new();
     let shared = session.shared().clone();
+    // Made once, so it registers with the shutdown signal once per stream,
+    // not once per request (the signal is shared by every connection).
+    let drain = shared.shutdown.wait_started();
+    let mut drain = std::pin::pin!(drain);
     let mut reading = true;
     while reading || !inflight.is_empty() {
         let event = tokio::select! {
             biased;
             Some(reply) = inflight.next(), if !inflight.is_empty() => Event::Reply(reply),
-            () = shared.shutdown.wait_started(), if reading => Event::Frame(Ok(None)),
+            () = &mut drain, if reading => Event::Frame(Ok(None)),
             frame = source.next(), if reading && inflight.len() < MAX_INFLIGHT_PER_STREAM => Event::Frame(frame),
         };
         match Box::pin(step(&session, &mut sink, &mut inflight, event)).await {

@@ -119,6 +119,8 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
 
     let lanes = shared.config.push_lanes;
     let streams = async {
+        let drain = shared.shutdown.wait_started();
+        let mut drain = std::pin::pin!(drain);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(requests::serve_requests(session.clone(), reader, sink));
         loop {
@@ -131,7 +133,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
                     Err(_) => return,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = shared.shutdown.wait_started() => break,
+                () = &mut drain => break,
             }
         }
         // Draining: the request loops write what is due and finish their
