@@ -122,6 +122,56 @@ pub fn counter(name: &str) -> Vec<u8> {
     cat(b"ctr/", &[name.as_bytes()])
 }
 
+/// `node/{node_id}` → `NodeRecord`: a live quipd node of a cluster and its
+/// heartbeat.
+pub fn node(node: u64) -> Vec<u8> {
+    cat(b"node/", &[&node.to_be_bytes()])
+}
+
+/// The range of every [`node`] key.
+pub fn nodes() -> (Vec<u8>, Vec<u8>) {
+    (node(0), cat(b"node/", &[&[0xff; 9]]))
+}
+
+/// The node id in a [`node`] key.
+pub fn node_of(key: &[u8]) -> Option<u64> {
+    key.strip_prefix(b"node/")?.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// `where/{user_id}` → `WhereRecord`: the nodes holding the user's
+/// connections (the cluster's session directory).
+pub fn whereabouts(uid: u64) -> Vec<u8> {
+    cat(b"where/", &[&uid.to_be_bytes()])
+}
+
+/// `nodeusr/{node_id}{user_id}` → empty: the users a node lists itself for
+/// in `where/`, so the entries of a dead node can be found and removed.
+pub fn node_user(node: u64, uid: u64) -> Vec<u8> {
+    cat(b"nodeusr/", &[&node.to_be_bytes(), &uid.to_be_bytes()])
+}
+
+/// The range of one node's [`node_user`] keys.
+pub fn node_users(node: u64) -> (Vec<u8>, Vec<u8>) {
+    (node_user(node, 0), cat(b"nodeusr/", &[&node.to_be_bytes(), &[0xff; 9]]))
+}
+
+/// `inbox/{node_id}` ‖ versionstamp (10 bytes) ‖ order (2 bytes) →
+/// `InboxRecord`: what a commit asks one node to push, in commit order.
+pub fn inbox(node: u64) -> Vec<u8> {
+    cat(b"inbox/", &[&node.to_be_bytes()])
+}
+
+/// The range of one node's inbox entries.
+pub fn inbox_range(node: u64) -> (Vec<u8>, Vec<u8>) {
+    (inbox(node), cat(b"inbox/", &[&node.to_be_bytes(), &[0xff; 13]]))
+}
+
+/// `bell/{node_id}` → a counter (little-endian, atomic adds): rung with
+/// every inbox entry; the node watches it.
+pub fn doorbell(node: u64) -> Vec<u8> {
+    cat(b"bell/", &[&node.to_be_bytes()])
+}
+
 /// The chat id from a [`user_chat`] key.
 pub fn chat_of_user_chat(key: &[u8]) -> Option<u64> {
     key.get(key.len().checked_sub(8)?..)?
@@ -218,9 +268,33 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 20] = [
-            b"user/", b"uid/", b"sess/", b"dev/", b"dm/", b"chat/", b"msg/", b"idem/", b"cur/", b"uchat/", b"log/",
-            b"ragg/", b"uchan/", b"block/", b"hide/", b"creq/", b"media/", b"mblob/", b"mref/", b"mnew/",
+        let tags: [&[u8]; 26] = [
+            b"user/",
+            b"uid/",
+            b"sess/",
+            b"dev/",
+            b"dm/",
+            b"chat/",
+            b"msg/",
+            b"idem/",
+            b"cur/",
+            b"uchat/",
+            b"log/",
+            b"ragg/",
+            b"uchan/",
+            b"block/",
+            b"hide/",
+            b"creq/",
+            b"media/",
+            b"mblob/",
+            b"mref/",
+            b"mnew/",
+            b"node/",
+            b"where/",
+            b"nodeusr/",
+            b"inbox/",
+            b"bell/",
+            b"loghead/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

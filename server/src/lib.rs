@@ -19,7 +19,8 @@
 //! - [`session`]: per-connection protocol logic, transport-independent;
 //!   [`kinds`]: what each request kind is (replay-safe, writes, reads).
 //! - [`hub`]: online devices and live push with bounded queues; [`fanout`]:
-//!   committed writes' events in commit order.
+//!   committed writes' events in commit order; [`cluster`]: several nodes
+//!   on one FoundationDB (directory, inboxes, node liveness).
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //! - [`media`]: media bytes in an object store, streamed in and out.
@@ -30,6 +31,7 @@
 //!   work, bounded.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod fanout;
 pub mod hub;

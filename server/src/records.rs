@@ -214,6 +214,115 @@ pub struct BlobRecord {
     pub size: u64,
 }
 
+/// `node/{node_id}`: a cluster node.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeRecord {
+    /// When it started, ms since the epoch.
+    #[prost(int64, tag = "1")]
+    pub started_ms: i64,
+    /// Its last heartbeat, ms since the epoch: a node silent for longer
+    /// than the cluster's lease counts as dead.
+    #[prost(int64, tag = "2")]
+    pub heartbeat_ms: i64,
+    /// Where clients reach it (for operators and logs).
+    #[prost(string, tag = "3")]
+    pub addr: String,
+}
+
+/// `where/{user_id}`: the nodes holding the user's connections, sorted.
+#[derive(Clone, PartialEq, Message)]
+pub struct WhereRecord {
+    /// Node ids.
+    #[prost(uint64, repeated, tag = "1")]
+    pub nodes: Vec<u64>,
+}
+
+/// `inbox/{node}{versionstamp}`: what one commit (or one transient event)
+/// asks a node to push to the devices connected to it.
+#[derive(Clone, PartialEq, Message)]
+pub struct InboxRecord {
+    /// Log events for users on the node.
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<InboxEvent>,
+    /// Channel subscriptions that changed, for users on the node.
+    #[prost(message, repeated, tag = "2")]
+    pub watch: Vec<WatchChange>,
+    /// A channel post to announce to the node's watchers.
+    #[prost(message, optional, tag = "3")]
+    pub channel_post: Option<quip_protocol::v1::Message>,
+    /// Transient events (typing, presence), not in any log.
+    #[prost(message, repeated, tag = "4")]
+    pub transient: Vec<TransientEvent>,
+    /// Devices whose connections must close (revoked tokens).
+    #[prost(message, repeated, tag = "5")]
+    pub closes: Vec<DeviceClose>,
+}
+
+/// A log event in an [`InboxRecord`].
+#[derive(Clone, PartialEq, Message)]
+pub struct InboxEvent {
+    /// Whose log.
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    /// Its chat (the push lane).
+    #[prost(uint64, tag = "2")]
+    pub chat_id: u64,
+    /// The event.
+    #[prost(message, optional, tag = "3")]
+    pub event: Option<quip_protocol::v1::Event>,
+    /// A device that already has it (0: none).
+    #[prost(uint32, tag = "4")]
+    pub skip_device: u32,
+}
+
+/// A channel subscription change in an [`InboxRecord`].
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct WatchChange {
+    /// The user.
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    /// The channel.
+    #[prost(uint64, tag = "2")]
+    pub chat_id: u64,
+    /// Subscribed (true) or not.
+    #[prost(bool, tag = "3")]
+    pub on: bool,
+}
+
+/// A transient event in an [`InboxRecord`].
+#[derive(Clone, PartialEq, Message)]
+pub struct TransientEvent {
+    /// Its recipients.
+    #[prost(uint64, repeated, tag = "1")]
+    pub users: Vec<u64>,
+    /// Its chat (0: none).
+    #[prost(uint64, tag = "2")]
+    pub chat_id: u64,
+    /// The event.
+    #[prost(message, optional, tag = "3")]
+    pub event: Option<quip_protocol::v1::Event>,
+    /// Worthless when late (typing): may go unreliably.
+    #[prost(bool, tag = "4")]
+    pub unreliable: bool,
+}
+
+/// A device whose connections close, in an [`InboxRecord`].
+#[derive(Clone, PartialEq, Message)]
+pub struct DeviceClose {
+    /// The user.
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    /// The device.
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    /// The close code.
+    #[prost(uint32, tag = "3")]
+    pub code: u32,
+    /// Why.
+    #[prost(string, tag = "4")]
+    pub reason: String,
+}
+
 /// Decodes a stored record, naming the key on failure.
 pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt {

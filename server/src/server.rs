@@ -180,6 +180,10 @@ impl Server {
             Some((l, a)) => (Some(tokio::net::TcpListener::from_std(l)?), Some(a)),
             None => (None, None),
         };
+        // With a FoundationDB store this node joins the cluster before it
+        // takes its first connection.
+        let addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        shared.join_cluster(addr).await.context("joining the cluster")?;
         let router = http::router(shared.clone());
         let sweep = tokio::spawn(media::sweep_abandoned(
             shared.store.clone(),

@@ -8,7 +8,7 @@
 //! when the queue is full a change is dropped with a warning: presence is
 //! best-effort and anyone can pull the current state.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quip_protocol::v1;
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::tracker::{Change, Ended, Tracker};
 use crate::clock::Clock;
+use crate::cluster::Node;
 use crate::hub::Hub;
 use crate::service::{ServiceError, accounts, presence};
 use crate::store::{self, Store};
@@ -33,14 +34,28 @@ pub struct Liveness {
 
 impl Liveness {
     /// Starts the publisher and the grace-period timer (inside a tokio runtime).
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, grace: Duration, max_frame: usize, clock: Clock) -> Arc<Self> {
+    ///
+    /// In a cluster (once `cluster` is set) a user counts as online while
+    /// any node holds a connection of theirs: a node whose last connection
+    /// of the user ended announces nothing when the directory lists the
+    /// user on another node, so a reconnect that lands on another node is
+    /// never seen offline, and last seen is written by the node that saw
+    /// the user last.
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        grace: Duration,
+        max_frame: usize,
+        clock: Clock,
+        cluster: Arc<OnceLock<Arc<Node>>>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let this = Arc::new(Self {
             tracker: Mutex::new(Tracker::new(grace)),
             changes: tx,
             clock,
         });
-        tokio::spawn(publish(rx, store, hub, max_frame, clock));
+        tokio::spawn(publish(rx, store, hub, max_frame, clock, cluster));
         let weak = Arc::downgrade(&this);
         // Check often enough that an offline event is late by at most a
         // quarter of the grace period (and at most half a second).
@@ -92,12 +107,27 @@ impl Liveness {
     }
 }
 
-async fn publish(mut rx: mpsc::Receiver<Change>, store: Arc<dyn Store>, hub: Arc<Hub>, max_frame: usize, clock: Clock) {
+async fn publish(
+    mut rx: mpsc::Receiver<Change>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    max_frame: usize,
+    clock: Clock,
+    cluster: Arc<OnceLock<Arc<Node>>>,
+) {
     while let Some(change) = rx.recv().await {
         let (user, online, last_seen_ms) = match change {
             Change::Online(u) => (u, true, 0),
             Change::Offline { user, last_seen } => (user, false, clock.wall_ms_at(last_seen)),
         };
+        if let Some(node) = cluster.get() {
+            match node.elsewhere(user) {
+                // Online on another node: that node speaks for the user.
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read the cluster directory"),
+            }
+        }
         if !online {
             let r = store::write(&*store, move |t| presence::set_last_seen(t, user, last_seen_ms)).await;
             if let Err(e) = r {
@@ -127,6 +157,9 @@ async fn publish(mut rx: mpsc::Receiver<Change>, store: Arc<dyn Store>, hub: Arc
                 visible: true,
             })),
         };
-        hub.push_event(&targets, 0, event, false, max_frame);
+        match cluster.get() {
+            Some(node) => node.push_transient(targets, 0, event, false),
+            None => hub.push_event(&targets, 0, event, false, max_frame),
+        }
     }
 }

@@ -19,12 +19,17 @@ impl Session {
                     // The token is one device's: its other open
                     // connections end now, not at their next login.
                     let a = &auth.actor;
-                    this.shared.hub.close_device(
-                        a.user_id,
-                        a.device_id,
-                        CloseCode::LoggedOut,
-                        "logged out: the session token was revoked",
-                    );
+                    let why = "logged out: the session token was revoked";
+                    match this.shared.cluster.get() {
+                        Some(node) => {
+                            node.close_device(a.user_id, a.device_id, CloseCode::LoggedOut, why)
+                                .await
+                        }
+                        None => this
+                            .shared
+                            .hub
+                            .close_device(a.user_id, a.device_id, CloseCode::LoggedOut, why),
+                    }
                     *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::LoggedOut);
                     Envelope::new(id, Body::LoggedOut(v1::LogoutResponse {}))
                 }
@@ -144,7 +149,7 @@ impl Session {
                         device_id,
                     };
                     let expires_ms = this.shared.expiry(this.now_ms());
-                    if let Err(e) = this.login_connection(actor, hash, expires_ms) {
+                    if let Err(e) = this.login_connection(actor, hash, expires_ms).await {
                         *this.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
                         return err(id, &e);
                     }

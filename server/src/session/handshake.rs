@@ -5,7 +5,7 @@ use super::*;
 
 impl Session {
     /// The Welcome for the first frame, or the error to send before closing.
-    pub fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, Box<(Envelope, CloseCode)>> {
+    pub async fn hello(self: &Arc<Self>, env: Envelope) -> Result<Envelope, Box<(Envelope, CloseCode)>> {
         let id = env.id;
         let Some(Body::Hello(hello)) = env.body else {
             return Err(Box::new((
@@ -41,8 +41,13 @@ impl Session {
                 Ok(Some((actor, hash, expires_ms))) => {
                     welcome.user = actor.username.clone();
                     welcome.device_id = actor.device_id;
-                    if let Err(e) = self.login_connection(actor, hash, expires_ms) {
-                        return Err(Box::new((err(id, &e), CloseCode::TooManyConnections)));
+                    if let Err(e) = self.login_connection(actor, hash, expires_ms).await {
+                        let code = if matches!(e, ServiceError::LimitExceeded(_)) {
+                            CloseCode::TooManyConnections
+                        } else {
+                            CloseCode::ServerShutdown
+                        };
+                        return Err(Box::new((err(id, &e), code)));
                     }
                 }
                 Ok(None) => {
@@ -62,7 +67,7 @@ impl Session {
     /// watching the channels the user subscribes to. Fails when the user
     /// has too many connections; replaces the device's oldest one when the
     /// device has.
-    pub(super) fn login_connection(
+    pub(super) async fn login_connection(
         &self,
         actor: Actor,
         token_hash: [u8; 32],
@@ -111,18 +116,36 @@ impl Session {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
         }
+        let user = actor.user_id;
         *self.auth.lock().expect("auth lock") = Some(Auth {
             actor,
             token_hash,
             expires_ms,
         });
+        // Listed in the cluster's directory before the Welcome: every write
+        // committed from then on pushes to this node, and the device's
+        // sync, which follows, reads every write committed before.
+        if let Some(node) = self.shared.cluster.get() {
+            node.sync_directory(user).await?;
+        }
         Ok(())
     }
 
     /// Takes the device offline; call when the connection ends, saying how.
     pub fn disconnect(&self, how: Ended) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
-            self.shared.hub.unregister(a.actor.user_id, self.conn_id);
+            let user = a.actor.user_id;
+            self.shared.hub.unregister(user, self.conn_id);
+            if let Some(node) = self.shared.cluster.get().cloned()
+                && self.shared.hub.devices(user) == 0
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    if let Err(e) = node.sync_directory(user).await {
+                        tracing::warn!(error = %e, "could not update the cluster directory");
+                    }
+                });
+            }
             if !self.background.load(Ordering::Relaxed) {
                 self.shared.liveness.disconnected(a.actor.user_id, how);
             }

@@ -254,17 +254,29 @@ impl Session {
 
     /// Queues a write whose result carries a [`Delivery`](crate::service::Delivery):
     /// once durable, and in commit order, the delivery goes to the fan-out,
-    /// before the reply is released.
+    /// before the reply is released. In a cluster the write itself puts the
+    /// delivery in the inboxes of its recipients' nodes instead
+    /// ([`crate::cluster`]), so the push commits with it.
     async fn write_then_deliver<R, F, D>(
         &self,
-        f: F,
+        mut f: F,
         delivery: D,
     ) -> Result<store::PendingWrite<Result<R, ServiceError>>, ServiceError>
     where
         R: Send + 'static,
         F: FnMut(&mut dyn store::Txn) -> Result<R, ServiceError> + Send + 'static,
-        D: FnOnce(&mut R) -> &mut crate::service::Delivery + Send + 'static,
+        D: Fn(&mut R) -> &mut crate::service::Delivery + Send + Sync + 'static,
     {
+        if let Some(node) = self.shared.cluster.get().cloned() {
+            let delivery = Arc::new(delivery);
+            let route = delivery.clone();
+            return store::enqueue_write(&*self.shared.store, move |t| {
+                let mut r = f(t)?;
+                node.route(t, route(&mut r))?;
+                Ok(r)
+            })
+            .await;
+        }
         let shared = self.shared.clone();
         store::enqueue_write_then(&*self.shared.store, f, move |r: &mut R| {
             shared.fanout.submit(std::mem::take(delivery(r)));

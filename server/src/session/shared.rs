@@ -25,7 +25,9 @@ pub struct Shared {
     /// Online devices.
     pub hub: Arc<Hub>,
     /// Pushes committed writes' events in commit order.
-    pub(super) fanout: Fanout,
+    pub(super) fanout: Arc<Fanout>,
+    /// This node's place in a cluster, once joined (FoundationDB stores).
+    pub cluster: Arc<std::sync::OnceLock<Arc<crate::cluster::Node>>>,
     /// Who is online, and presence announcements.
     pub liveness: Arc<Liveness>,
     /// Configuration.
@@ -69,15 +71,24 @@ impl Shared {
     pub fn with_clock(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>, clock: Clock) -> Self {
         let hub = Arc::new(Hub::default());
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
-        let fanout = Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME);
+        let fanout = Arc::new(Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME));
+        let cluster = Arc::new(std::sync::OnceLock::new());
         let grace = std::time::Duration::from_secs_f64(config.presence_grace_secs.max(0.0));
-        let liveness = Liveness::start(store.clone(), hub.clone(), grace, quip_protocol::MAX_FRAME, clock);
+        let liveness = Liveness::start(
+            store.clone(),
+            hub.clone(),
+            grace,
+            quip_protocol::MAX_FRAME,
+            clock,
+            cluster.clone(),
+        );
         tokio::spawn(close_expired_sessions(Arc::downgrade(&hub), clock));
         Self {
             store,
             media,
             hub,
             fanout,
+            cluster,
             liveness,
             typing_limits: moka::sync::Cache::new(1_000_000),
             login_failures_user: moka::sync::Cache::builder()
@@ -100,6 +111,37 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             shutdown: Shutdown::default(),
             clock,
+        }
+    }
+
+    /// Joins the cluster when the store can hold one (FoundationDB): from
+    /// then on pushes go through the nodes' inboxes. `addr` is where
+    /// clients reach this node.
+    pub async fn join_cluster(&self, addr: String) -> Result<(), ServiceError> {
+        if !self.store.clustered() || self.cluster.get().is_some() {
+            return Ok(());
+        }
+        let node = crate::cluster::Node::start(
+            self.store.clone(),
+            self.hub.clone(),
+            self.fanout.clone(),
+            self.clock,
+            addr,
+            self.max_frame(),
+        )
+        .await?;
+        let _ = self.cluster.set(node);
+        Ok(())
+    }
+
+    /// Pushes a transient event (typing, presence) to `users`' devices, on
+    /// every node.
+    pub fn push_transient(&self, users: Vec<u64>, chat_id: u64, event: quip_protocol::v1::Event, unreliable: bool) {
+        match self.cluster.get() {
+            Some(node) => node.push_transient(users, chat_id, event, unreliable),
+            None => self
+                .hub
+                .push_event(&users, chat_id, event, unreliable, self.max_frame()),
         }
     }
 

@@ -7,9 +7,10 @@ impl Session {
         let shared = &self.shared;
         let actor = self.actor()?;
         let live = &shared.liveness;
-        let users = store::read(&*shared.store, |t| {
-            presence::lookup(t, &actor, &r.users, &|u| live.is_online(u))
-        })?;
+        // In a cluster, online here or on any node the directory lists.
+        let cluster = shared.cluster.get();
+        let online = |u: u64| live.is_online(u) || cluster.is_some_and(|n| n.listed_anywhere(u).unwrap_or(false));
+        let users = store::read(&*shared.store, |t| presence::lookup(t, &actor, &r.users, &online))?;
         Ok(Reply::Ready(Envelope::new(
             id,
             Body::PresenceList(v1::PresenceResponse { users }),
@@ -81,9 +82,7 @@ impl Session {
                 expires_in_ms: TYPING_EXPIRES_MS,
             })),
         };
-        self.shared
-            .hub
-            .push_event(&others, chat_id, event, true, self.shared.max_frame());
+        self.shared.push_transient(others, chat_id, event, true);
         Ok(())
     }
 

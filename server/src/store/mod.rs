@@ -68,6 +68,10 @@ pub enum StoreError {
     /// The store is shut down and accepts no more work.
     #[error("store is closed")]
     Closed,
+    /// The backend cannot do this (versionstamps and watches need
+    /// FoundationDB: a cluster cannot run on an embedded store).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
     /// A stored value could not be decoded.
     #[error("corrupt record under key {key}: {reason}")]
     Corrupt {
@@ -106,6 +110,32 @@ pub trait Txn: ReadTxn {
     fn set(&mut self, key: &[u8], value: &[u8]);
     /// Removes `key` (no-op when absent).
     fn clear(&mut self, key: &[u8]);
+
+    /// Adds `delta` to the little-endian i64 at `key` (absent counts as 0)
+    /// without reading it, so concurrent adds never conflict (FoundationDB's
+    /// `ADD`). The default reads and writes, which is the same for engines
+    /// with one writer.
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        let old = self.get(key)?.map_or(0, |v| {
+            let mut le = [0u8; 8];
+            let n = v.len().min(8);
+            le[..n].copy_from_slice(&v[..n]);
+            i64::from_le_bytes(le)
+        });
+        self.set(key, &old.wrapping_add(delta).to_le_bytes());
+        Ok(())
+    }
+
+    /// Sets the key `prefix ‖ versionstamp ‖ order` to `value`, where the
+    /// versionstamp (10 bytes) grows with commit order across everything
+    /// sharing the store, and `order` (2 bytes, big-endian) numbers this
+    /// transaction's versionstamped writes. The key is unknown until commit,
+    /// so it cannot be read back in the same transaction, and appending
+    /// this way never conflicts. Only FoundationDB has versionstamps.
+    fn set_versionstamped(&mut self, prefix: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _ = (prefix, value);
+        Err(StoreError::Unsupported("versionstamped keys"))
+    }
 }
 
 /// A write closure. It may be run more than once by backends that retry on
@@ -136,6 +166,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters for tests and benchmarks.
     fn stats(&self) -> StoreStats;
+
+    /// Resolves once the value at `key` is no longer `seen` (absent: `None`),
+    /// or at once if it already differs. It may also resolve spuriously;
+    /// callers read again. Pair it with a read of `key` in the same snapshot
+    /// as the data it guards, so no change between the two is missed. Only
+    /// FoundationDB has watches.
+    fn watch(&self, key: &[u8], seen: Option<Vec<u8>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (key, seen);
+        Box::pin(async { Err(StoreError::Unsupported("watches")) })
+    }
+
+    /// Whether several quipd nodes may share this store (it has
+    /// versionstamps and watches: [`crate::cluster`]).
+    fn clustered(&self) -> bool {
+        false
+    }
 }
 
 /// How the store has been used so far.

@@ -113,7 +113,7 @@ pub async fn handshake(
     sink: &mut impl ReplySink,
 ) -> bool {
     let (reply, refused) = match first {
-        Ok(Some(env)) => match session.hello(env) {
+        Ok(Some(env)) => match session.hello(env).await {
             Ok(welcome) => (welcome, None),
             Err(refused) => {
                 let (e, code) = *refused;

@@ -22,7 +22,7 @@ async fn a_devices_budget_is_shared_by_its_connections_and_refills() {
         c.rate_burst = 20.0;
     });
     let (mut one, token) = h.user("alice").await;
-    let mut two = h.connect(&token).unwrap();
+    let mut two = h.connect(&token).await.unwrap();
     // The registration was charged to the anonymous connection's budget:
     // the device's starts full.
     for i in 0..20 {
@@ -50,7 +50,7 @@ async fn failed_logins_are_throttled_per_account_one_more_a_minute() {
             device_name: String::new(),
         })
     };
-    let mut c = h.connect("").unwrap();
+    let mut c = h.connect("").await.unwrap();
     for _ in 0..3 {
         assert_eq!(c.refused(login("wrong guess 1")).await, ErrorCode::InvalidCredentials);
     }

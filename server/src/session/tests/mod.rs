@@ -77,16 +77,16 @@ impl Harness {
 
     /// A new connection from loopback that said Hello with `token` (empty:
     /// anonymous).
-    fn connect(&self, token: &str) -> Result<Conn, (ErrorCode, CloseCode)> {
+    async fn connect(&self, token: &str) -> Result<Conn, (ErrorCode, CloseCode)> {
         let mut c = self.connect_from(IpAddr::from([127, 0, 0, 1]));
-        c.hello(token)?;
+        c.hello(token).await?;
         Ok(c)
     }
 
     /// Registers `name` on a new connection, which stays logged in; returns
     /// it and the session token.
     async fn user(&self, name: &str) -> (Conn, String) {
-        let mut c = self.connect("").expect("anonymous hello");
+        let mut c = self.connect("").await.expect("anonymous hello");
         let auth = match c
             .call(Body::Register(v1::RegisterRequest {
                 username: name.into(),
@@ -112,14 +112,14 @@ struct Conn {
 
 impl Conn {
     /// Sends the Hello; the error and close code on refusal.
-    fn hello(&mut self, token: &str) -> Result<v1::Welcome, (ErrorCode, CloseCode)> {
+    async fn hello(&mut self, token: &str) -> Result<v1::Welcome, (ErrorCode, CloseCode)> {
         let hello = v1::Hello {
             versions: vec![1],
             token: token.into(),
             client: "harness".into(),
             ..Default::default()
         };
-        match self.session.hello(Envelope::new(0, Body::Hello(hello))) {
+        match self.session.hello(Envelope::new(0, Body::Hello(hello))).await {
             Ok(Envelope {
                 body: Some(Body::Welcome(w)),
                 ..

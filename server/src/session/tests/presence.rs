@@ -33,7 +33,7 @@ async fn a_reconnect_within_the_grace_period_is_never_seen_offline() {
     // Alice's connection is lost; she is back 1.9 s later.
     drop(alice);
     advance(Duration::from_millis(1_900)).await;
-    let alice = h.connect(&token).unwrap();
+    let alice = h.connect(&token).await.unwrap();
     advance(Duration::from_secs(10)).await;
     assert_eq!(bob.presence_events(), vec![], "no offline/online flicker");
 
@@ -59,7 +59,7 @@ async fn a_goodbye_ends_presence_at_once_and_a_return_is_announced() {
     settle().await;
     assert_eq!(bob.presence_events(), vec![("alice".to_owned(), false, closed_at)]);
 
-    let _alice = h.connect(&token).unwrap();
+    let _alice = h.connect(&token).await.unwrap();
     settle().await;
     assert_eq!(bob.presence_events(), vec![("alice".to_owned(), true, 0)]);
 }

@@ -11,7 +11,7 @@ fn whoami() -> Body {
 async fn a_token_works_until_its_lifetime_is_over_then_nowhere() {
     let h = Harness::new(|c| c.token_ttl_secs = 60);
     let (mut alice, token) = h.user("alice").await;
-    let mut second = h.connect(&token).expect("the token connects while valid");
+    let mut second = h.connect(&token).await.expect("the token connects while valid");
 
     advance(Duration::from_millis(59_999)).await;
     assert!(matches!(alice.call(whoami()).await, Body::Identity(_)));
@@ -30,7 +30,7 @@ async fn a_token_works_until_its_lifetime_is_over_then_nowhere() {
 
     // And a new connection with it is refused at its Hello.
     assert_eq!(
-        h.connect(&token).err(),
+        h.connect(&token).await.err(),
         Some((ErrorCode::Unauthenticated, CloseCode::LoggedOut))
     );
 }
@@ -38,7 +38,7 @@ async fn a_token_works_until_its_lifetime_is_over_then_nowhere() {
 #[tokio::test(start_paused = true)]
 async fn pong_tells_the_servers_wall_time() {
     let h = Harness::new(|_| {});
-    let mut c = h.connect("").unwrap();
+    let mut c = h.connect("").await.unwrap();
     advance(Duration::from_millis(1_234)).await;
     let Body::Pong(p) = c.call(Body::Ping(v1::PingRequest {})).await else {
         panic!("no pong")
@@ -63,7 +63,7 @@ async fn early_data_writes_wait_for_the_handshake() {
     };
 
     // A replay: the handshake never completes.
-    let mut early = h.connect(&token).unwrap();
+    let mut early = h.connect(&token).await.unwrap();
     early.session.set_early(true);
     let t0 = tokio::time::Instant::now();
     assert_eq!(early.refused(block()).await, ErrorCode::TooEarly);
@@ -74,7 +74,7 @@ async fn early_data_writes_wait_for_the_handshake() {
     assert_eq!(t1.elapsed(), Duration::ZERO);
 
     // A real client: the handshake completes 40 ms later.
-    let mut real = h.connect(&token).unwrap();
+    let mut real = h.connect(&token).await.unwrap();
     real.session.set_early(true);
     let session = real.session.clone();
     tokio::spawn(async move {
