@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::shutdown::Shutdown;
 
+/// How long a node trusts its cache of a session token in a cluster: a
+/// token revoked on another node stops opening connections here within it
+/// (connections already open are closed through the cluster at once).
+pub const SESSION_CACHE_TTL_CLUSTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// State shared by every connection of a server.
 pub struct Shared {
     /// The store.
@@ -69,6 +74,7 @@ impl Shared {
     /// Like [`Shared::new`], reading time from `clock` (tests pass a
     /// virtual one).
     pub fn with_clock(store: Arc<dyn Store>, config: Arc<Config>, media: Arc<MediaStore>, clock: Clock) -> Self {
+        let store_clustered = store.clustered();
         let hub = Arc::new(Hub::default());
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
         let fanout = Arc::new(Fanout::start(hub.clone(), shards, 16 * 1024, quip_protocol::MAX_FRAME));
@@ -105,7 +111,16 @@ impl Shared {
                 .build(),
             passwords: crate::passwords::PasswordPool::sized(config.password_workers, config.password_queue),
             config,
-            sessions: moka::sync::Cache::new(100_000),
+            // In a cluster another node may revoke a token: a cached entry
+            // lives for at most SESSION_CACHE_TTL_CLUSTER there.
+            sessions: if store_clustered {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(SESSION_CACHE_TTL_CLUSTER)
+                    .build()
+            } else {
+                moka::sync::Cache::new(100_000)
+            },
             members: moka::sync::Cache::new(100_000),
             device_limits: moka::sync::Cache::new(1_000_000),
             next_conn: AtomicU64::new(1),

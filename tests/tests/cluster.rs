@@ -1,0 +1,459 @@
+//! Several quipd processes on one real FoundationDB: what a client may rely
+//! on when its devices sit on different nodes (spec/protocol.md §21).
+#![cfg(feature = "fdb")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::PASSWORD;
+use common::daemon::{Daemon, free_port};
+use quip_client::{Client, ClientError, ConnectOptions};
+use quip_protocol::CloseCode;
+use quip_protocol::v1::{self, ErrorCode};
+use quip_server::testing::{FdbServer, unique_prefix};
+
+/// quipd nodes sharing one FoundationDB key prefix.
+struct Cluster {
+    nodes: Vec<Option<Daemon>>,
+    ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+    prefix: String,
+    /// More quipd flags, for every node.
+    extra: Vec<String>,
+    ca: PathBuf,
+    key: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes. The first generates the dev certificate; the others
+    /// serve the same one, so a client's TLS session is valid by name on
+    /// every node (as behind one DNS name).
+    async fn start(n: usize) -> Self {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with more quipd flags.
+    async fn start_with(n: usize, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = unique_prefix("cluster");
+        let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("node{i}"))).collect();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut c = Self {
+            nodes: (0..n).map(|_| None).collect(),
+            ports,
+            ca: dirs[0].join("dev-cert.pem"),
+            key: dirs[0].join("dev-key.pem"),
+            dirs,
+            prefix,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            _tmp: tmp,
+        };
+        c.nodes[0] = Some(c.spawn(0));
+        Daemon::ready(&c.dirs[0]).await;
+        for i in 1..n {
+            c.nodes[i] = Some(c.spawn(i));
+        }
+        for i in 0..n {
+            c.wait_serving(i).await;
+        }
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Daemon {
+        let fdb = FdbServer::shared();
+        let cluster_file = fdb.cluster_file().to_str().unwrap().to_owned();
+        let mut args = vec![
+            "--store".to_owned(),
+            "fdb".to_owned(),
+            "--fdb-cluster-file".to_owned(),
+            cluster_file,
+            "--fdb-prefix".to_owned(),
+            self.prefix.clone(),
+        ];
+        if i > 0 {
+            args.extend([
+                "--cert".to_owned(),
+                self.ca.to_str().unwrap().to_owned(),
+                "--key".to_owned(),
+                self.key.to_str().unwrap().to_owned(),
+            ]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&self.dirs[i], self.ports[i], &args)
+    }
+
+    /// Connect options for node `i` (a fresh TLS session cache).
+    fn opts(&self, i: usize) -> ConnectOptions {
+        ConnectOptions::new(format!("127.0.0.1:{}", self.ports[i]), Some(&self.ca)).unwrap()
+    }
+
+    async fn wait_serving(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.opts(i)).await {
+                Ok(c) => return c.close(),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("node {i} did not start: {e}"),
+            }
+        }
+    }
+
+    /// Registers `name` through node `i`; the connection stays logged in.
+    async fn user(&self, i: usize, name: &str) -> (Client, String) {
+        let c = Client::connect(&self.opts(i)).await.unwrap();
+        let token = c.register(name, PASSWORD, "phone").await.unwrap().token;
+        (c, token)
+    }
+
+    /// A new connection to node `i` with `token`.
+    async fn device(&self, i: usize, token: &str) -> Client {
+        Client::connect(&self.opts(i).token(token)).await.unwrap()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut d) = self.nodes[i].take() {
+            d.kill();
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.nodes[i] = Some(self.spawn(i));
+        self.wait_serving(i).await;
+    }
+}
+
+/// Messages of `chat` in `events`, as (seq, text).
+fn messages_in(events: &[v1::Event], chat: u64) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::event::Kind::Message(m)) if m.chat_id == chat => Some((
+                m.seq,
+                m.content.as_ref().map(|c| c.text.clone()).unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Collects pushed events until `done` says it has enough, or panics after 10 s.
+async fn collect_until(c: &Client, done: impl Fn(&[v1::Event]) -> bool) -> Vec<v1::Event> {
+    let mut events = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(&events) {
+            events.push(c.next_event().await.expect("connection open"));
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "not all events arrived; got {:?}", events.len());
+    events
+}
+
+/// Members of one group on three nodes write at once; a member on a third
+/// node gets every message live, exactly once, in seq order.
+#[tokio::test]
+async fn pushes_cross_nodes_once_each_in_commit_order() {
+    let cluster = Cluster::start(3).await;
+    let (alice, _) = cluster.user(0, "alice").await;
+    let (bob, _) = cluster.user(1, "bob").await;
+    let (carol, _) = cluster.user(2, "carol").await;
+    let chat = alice
+        .create_group("trio", &["bob", "carol"])
+        .await
+        .unwrap()
+        .info
+        .unwrap()
+        .chat_id;
+    const EACH: usize = 40;
+    let texts = |who: &str| (0..EACH).map(|i| format!("{who}-{i}")).collect::<Vec<_>>();
+    let (a_texts, c_texts) = (texts("a"), texts("c"));
+    let sends = async {
+        let a = futures::future::join_all(a_texts.iter().map(|t| alice.send_text_to_chat(chat, t)));
+        let c = futures::future::join_all(c_texts.iter().map(|t| carol.send_text_to_chat(chat, t)));
+        let (a, c) = tokio::join!(a, c);
+        a.into_iter().chain(c).map(|r| r.unwrap().seq).collect::<Vec<_>>()
+    };
+    let receive = collect_until(&bob, |e| messages_in(e, chat).len() >= 2 * EACH);
+    let (acked, events) = tokio::join!(sends, receive);
+    let got = messages_in(&events, chat);
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "pushed out of order or twice: {seqs:?}"
+    );
+    let acked: BTreeSet<u64> = acked.into_iter().collect();
+    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), acked, "pushed = acknowledged");
+    // Dense: the sends took every seq after the group's creation event.
+    assert_eq!(acked.len(), 2 * EACH);
+    assert_eq!(*acked.iter().max().unwrap() - *acked.iter().min().unwrap() + 1, 2 * EACH as u64);
+    // Each sender's messages in the order it sent them.
+    for who in ["a", "c"] {
+        let mine: Vec<usize> = got
+            .iter()
+            .filter_map(|(_, t)| t.strip_prefix(&format!("{who}-")).map(|n| n.parse().unwrap()))
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "{who}'s order");
+    }
+}
+
+/// An acknowledged write is visible at once from every node: a send, then
+/// a read receipt and an ack, each read back through another node.
+#[tokio::test]
+async fn an_acknowledged_write_is_read_back_on_every_node() {
+    let cluster = Cluster::start(3).await;
+    let (alice, _) = cluster.user(0, "alice").await;
+    let (bob, bob_token) = cluster.user(1, "bob").await;
+    for i in 0..20 {
+        let sent = alice.send_text("bob", &format!("m{i}")).await.unwrap();
+        let elsewhere = cluster.device(2, &bob_token).await;
+        let page = elsewhere.history("alice", 0, 1).await.unwrap();
+        assert_eq!(page.messages[0].seq, sent.seq, "send {i} not visible on node 2");
+        elsewhere.close();
+    }
+    let chat = alice.send_text("bob", "last").await.unwrap();
+    let pos = bob.receipt(chat.chat_id, v1::ReceiptKind::Read, chat.seq).await.unwrap();
+    assert!(pos > 0);
+    let acked = bob.ack(pos).await.unwrap();
+    let on_node0 = cluster.device(0, &bob_token).await;
+    let rest = on_node0.sync(100).await.unwrap();
+    assert!(rest.events.iter().all(|e| e.pos > acked), "sync on node 0 starts after the ack on node 1");
+    let chats = alice.chats().await.unwrap();
+    let bob_chat = chats.iter().find(|c| c.chat_id == chat.chat_id).unwrap();
+    assert_eq!(bob_chat.peer_read_seq, chat.seq, "the receipt made on node 1, read on node 0");
+}
+
+/// A logout on one node closes the device's connections on the others at
+/// once, and its token stops opening connections anywhere within 1 s.
+#[tokio::test]
+async fn a_revoked_token_stops_working_on_every_node() {
+    let cluster = Cluster::start(3).await;
+    let (alice, token) = cluster.user(0, "alice").await;
+    let on_node1 = cluster.device(1, &token).await;
+    assert_eq!(cluster.device(2, &token).await.whoami().await.unwrap().user, "alice");
+    let started = Instant::now();
+    alice.logout().await.unwrap();
+    let (code, _) = tokio::time::timeout(Duration::from_secs(2), on_node1.closed())
+        .await
+        .expect("the connection on node 1 was not closed");
+    assert_eq!(code, Some(CloseCode::LoggedOut));
+    let closed_after = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(1_100).saturating_sub(started.elapsed())).await;
+    for i in 0..3 {
+        let r = Client::connect(&cluster.opts(i).token(&token)).await;
+        let Err(e) = r else { panic!("a revoked token connected to node {i}") };
+        assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "node {i}: {e}");
+    }
+    eprintln!("revocation closed node 1's connection after {closed_after:?}");
+}
+
+/// A TLS session ticket from one node is refused by another without an
+/// error: the handshake completes as a full one and the client says Hello
+/// again; the next reconnect to that node resumes in 0-RTT.
+#[tokio::test]
+async fn a_ticket_from_another_node_falls_back_to_a_full_handshake() {
+    let cluster = Cluster::start(2).await;
+    let (_alice, token) = cluster.user(0, "alice").await;
+    let mut opts = cluster.opts(0).token(&token);
+    let first = Client::connect(&opts).await.unwrap();
+    first.whoami().await.unwrap();
+    first.close();
+    opts.server = format!("127.0.0.1:{}", cluster.ports[1]);
+    let other = Client::connect(&opts).await.unwrap();
+    assert!(!other.used_0rtt(), "node 1 cannot know node 0's ticket");
+    assert_eq!(other.whoami().await.unwrap().user, "alice");
+    other.close();
+    let again = Client::connect(&opts).await.unwrap();
+    assert!(again.used_0rtt(), "node 1's own ticket resumes in 0-RTT");
+    assert_eq!(again.whoami().await.unwrap().user, "alice");
+}
+
+/// A user who reconnects to another node within the grace period is never
+/// seen offline (the node that lost her stays silent, as the directory lists
+/// her elsewhere); gone for good, she is announced offline once.
+#[tokio::test]
+async fn a_reconnect_to_another_node_within_the_grace_period_is_never_seen_offline() {
+    let cluster = Cluster::start_with(2, &["--presence-grace-secs", "1"]).await;
+    let (bob, _) = cluster.user(0, "bob").await;
+    let (alice, token) = cluster.user(0, "alice").await;
+    let chat = alice.send_text("bob", "hi").await.unwrap().chat_id;
+    collect_until(&bob, |e| !messages_in(e, chat).is_empty()).await;
+    // Alice's phone loses node 0 without a goodbye and comes back on node 1.
+    alice.connection().close(CloseCode::ServerShutdown.code().into(), b"network gone");
+    let alice = cluster.device(1, &token).await;
+    let offline = |within: Duration| {
+        let bob = &bob;
+        async move {
+            tokio::time::timeout(within, async {
+                loop {
+                    let e = bob.next_event().await.expect("open");
+                    if let Some(v1::event::Kind::Presence(p)) = e.kind
+                        && p.user == "alice"
+                        && !p.online
+                    {
+                        return p;
+                    }
+                }
+            })
+            .await
+        }
+    };
+    // Three grace periods: node 0 would have announced her offline by now.
+    let r = offline(Duration::from_secs(3)).await;
+    assert!(r.is_err(), "alice was seen offline: {:?}", r.unwrap());
+    let seen = bob.presence(&["alice"]).await.unwrap();
+    assert!(seen[0].online, "online on node 1, asked on node 0");
+    // Gone for good: node 1 announces it after the grace period.
+    alice.connection().close(CloseCode::ServerShutdown.code().into(), b"network gone");
+    let p = offline(Duration::from_secs(5)).await.expect("offline announced");
+    assert!(p.last_seen_ms > 0);
+}
+
+/// Senders on three nodes write into one group while nodes are killed with
+/// SIGKILL and restarted: every acknowledged message is stored exactly once,
+/// the group's seqs are dense, and each sender's messages keep its order.
+/// (A sender whose node dies resends the same client_msg_id through
+/// another node until it is acknowledged.)
+#[tokio::test]
+async fn node_kills_lose_and_duplicate_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let names = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    let mut tokens = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        tokens.push(cluster.user(i % 3, n).await.1);
+    }
+    let (owner, _) = cluster.user(0, "owner").await;
+    let chat = owner
+        .create_group("hot", &names)
+        .await
+        .unwrap()
+        .info
+        .unwrap()
+        .chat_id;
+    owner.close();
+
+    const EACH: usize = 60;
+    let ports = cluster.ports.clone();
+    let ca = cluster.ca.clone();
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for (s, token) in tokens.iter().enumerate() {
+        let (token, ports, ca, retries) = (token.clone(), ports.clone(), ca.clone(), retries.clone());
+        senders.push(tokio::spawn(async move {
+            let mut node = s % 3;
+            let mut client: Option<Client> = None;
+            let mut acked = Vec::new();
+            for i in 0..EACH {
+                let req = v1::SendRequest {
+                    chat_id: chat,
+                    client_msg_id: format!("s{s}-{i}"),
+                    content: Some(v1::Content {
+                        text: format!("s{s}-{i}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    assert!(Instant::now() < deadline, "s{s}-{i} never acknowledged");
+                    if client.is_none() {
+                        let opts = ConnectOptions::new(format!("127.0.0.1:{}", ports[node]), Some(&ca))
+                            .unwrap()
+                            .token(&token);
+                        match tokio::time::timeout(Duration::from_secs(3), Client::connect(&opts)).await {
+                            Ok(Ok(c)) => client = Some(c),
+                            _ => {
+                                node = (node + 1) % 3;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let c = client.as_ref().unwrap();
+                    match tokio::time::timeout(Duration::from_secs(5), c.send(req.clone())).await {
+                        Ok(Ok(r)) => {
+                            acked.push((i, r.seq));
+                            break;
+                        }
+                        Ok(Err(ClientError::Server { code, .. })) if code != ErrorCode::Unavailable => {
+                            panic!("s{s}-{i} refused: {code:?}")
+                        }
+                        _ => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            client = None;
+                            node = (node + 1) % 3;
+                        }
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    // Kill a node every 700 ms (round robin), restarting the previous one.
+    let mut kills = 0;
+    let mut down: Option<usize> = None;
+    while !senders.iter().all(|h| h.is_finished()) && kills < 6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Some(d) = down.take() {
+            cluster.restart(d).await;
+        }
+        let victim = kills % 3;
+        cluster.kill(victim);
+        down = Some(victim);
+        kills += 1;
+    }
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for (s, h) in senders.into_iter().enumerate() {
+        for (i, seq) in h.await.unwrap() {
+            acked.insert(format!("s{s}-{i}"), seq);
+        }
+    }
+    if let Some(d) = down {
+        cluster.restart(d).await;
+    }
+    assert_eq!(acked.len(), names.len() * EACH);
+
+    // Read the whole group back through one node.
+    let reader = cluster.device(1, &tokens[0]).await;
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = reader.history_after(chat, after, 200).await.unwrap();
+        let Some(last) = page.messages.last().map(|m| m.seq) else { break };
+        for m in &page.messages {
+            if let Some(c) = &m.content {
+                stored.push((m.seq, c.text.clone()));
+            }
+        }
+        after = last;
+    }
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, t) in &stored {
+        *count.entry(t.as_str()).or_default() += 1;
+    }
+    for (text, seq) in &acked {
+        assert_eq!(count.get(text.as_str()), Some(&1), "{text} (acked at seq {seq}) stored {:?} times", count.get(text.as_str()));
+        assert!(stored.contains(&(*seq, text.clone())), "{text} not at its acknowledged seq {seq}");
+    }
+    assert_eq!(stored.len(), acked.len(), "nothing stored that was never sent");
+    let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs not dense");
+    for s in 0..names.len() {
+        let order: Vec<u64> = (0..EACH).map(|i| acked[&format!("s{s}-{i}")]).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "s{s}'s messages out of order");
+    }
+    eprintln!(
+        "{} messages acknowledged across {kills} node kills; {} sends retried",
+        acked.len(),
+        retries.load(Ordering::Relaxed)
+    );
+}
