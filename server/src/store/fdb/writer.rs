@@ -220,7 +220,14 @@ impl Writer {
     /// The attempts of one batch until it commits or fails. On return
     /// `batch` holds its jobs, in queue order. `Ok`: the keys written.
     fn commit_batch(&self, pending: &mut VecDeque<Job>, batch: &mut Vec<Job>) -> Result<u64, StoreError> {
-        let mut tr = self.db.create_trx().map_err(store_error)?;
+        let mut tr = match self.db.create_trx() {
+            Ok(tr) => tr,
+            Err(e) => {
+                // Fail one job, so that the writer makes progress.
+                batch.extend(pending.pop_front());
+                return Err(store_error(e));
+            }
+        };
         let mut generation = 0u32;
         loop {
             // A void attempt's jobs run again, first and in order.
