@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::daemon::{Daemon, free_port, quipd};
 use common::*;
 use quip_client::{Client, ConnectOptions};
+use quip_protocol::v1;
 use quip_server::Config;
 use quip_server::store::StoreKind;
 use quip_server::testing::{FdbServer, unique_prefix};
@@ -97,8 +98,9 @@ fn options(port: u16, ca: &Path) -> ConnectOptions {
 }
 
 /// Two `quipd --store fdb` processes, each with a data directory of its
-/// own, on one prefix: what one writes, the other reads; and a node killed
-/// with SIGKILL and started again lost nothing acknowledged.
+/// own, on one prefix: what one writes, the other reads; one send retried
+/// through both nodes at once is stored once; and a node killed with
+/// SIGKILL and started again lost nothing acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_quipd_processes_share_one_cluster() {
     quipd_with_fdb();
@@ -135,12 +137,29 @@ async fn two_quipd_processes_share_one_cluster() {
     let taken = connect(&options(port2, &ca2)).await;
     assert!(taken.register("alice", PASSWORD, "x").await.is_err());
 
+    // The same send (one client_msg_id) through both nodes at once, as a
+    // client that reconnected elsewhere and retried would: one message.
+    let alice2 = connect(&options(port2, &ca2).token(token.clone())).await;
+    let retried = v1::SendRequest {
+        to_user: "bob".into(),
+        client_msg_id: quip_client::new_client_msg_id(),
+        content: Some(v1::Content {
+            text: "sent twice".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(alice.send(retried.clone()), alice2.send(retried));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.seq, b.seq), (3, 3), "one seq for one client_msg_id");
+    assert!(a.duplicate != b.duplicate, "exactly one of them stored it");
+
     // SIGKILL node 1, start it again: alice's token and both messages are there.
     node1.kill();
     let node1 = Daemon::start(dir1.path(), port1, &args);
     let alice = connect(&options(port1, &ca1).token(token)).await;
     let history = alice.history("bob", 0, 10).await.unwrap();
     let texts: Vec<&str> = history.messages.iter().map(text).collect();
-    assert_eq!(texts, vec!["through node two", "through node one"]);
+    assert_eq!(texts, vec!["sent twice", "through node two", "through node one"]);
     drop((node1, node2));
 }
