@@ -13,7 +13,8 @@
 //! - `layout.rs`: keys under a tuple-layer prefix, values over 100 kB in parts.
 //! - `read.rs`: point reads issued together ([`ReadTxn::get_many`] is one
 //!   round trip), ranges, large values put back together.
-//! - `writer.rs`: group commit, retries, `commit_unknown_result`.
+//! - `writer.rs`: group commit, retries, `commit_unknown_result`;
+//!   `job.rs`: one closure's overlay over the batch's transaction.
 //! - `network.rs`: FoundationDB's client thread, once per process.
 //!
 //! # Blocking
@@ -31,6 +32,7 @@
 //! node, versionstamped per-user logs (each user's log head is a conflict
 //! point), and invalidation of other nodes' session caches.
 
+mod job;
 mod layout;
 mod network;
 mod read;
