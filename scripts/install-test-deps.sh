@@ -3,8 +3,12 @@
 # machine: Debian's Chromium (the web client's browser test drives it; test
 # tools' own browser downloads are not used), Node.js with the web/ npm
 # packages at their locked versions (esbuild, protobufjs, playwright-core),
-# and s3s-fs from crates.io, a real S3-protocol server the media tests run
-# on loopback.
+# s3s-fs from crates.io, a real S3-protocol server the media tests run
+# on loopback, and for the FoundationDB store (cargo feature fdb) Debian's
+# libclang-dev (the foundationdb crate's bindgen) and FoundationDB itself
+# (fdbserver, fdbcli, libfdb_c.so), which no registry these machines reach
+# carries: the prebuilt copy in shared/fdb/ installs into /opt/foundationdb
+# in seconds (QUIP_FDB_BUILD names its build.sh elsewhere).
 # Idempotent: does nothing when all of it is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,24 @@ S3S_FS_VERSION=0.14.1 # the newest that builds with rustc 1.95
 if ! "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
   echo "installing s3s-fs $S3S_FS_VERSION (cargo install; a few minutes)"
   cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --quiet
+fi
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+  echo "installing libclang-dev (Debian package; the foundationdb crate's bindgen)"
+  apt_install libclang-dev
+fi
+# FoundationDB: found on the library path, under $FDB_DIST or in
+# /opt/foundationdb (the order scripts/test.sh and the build scripts use).
+if ! ldconfig -p 2>/dev/null | grep -q 'libfdb_c\.so ' &&
+  [ ! -f "${FDB_DIST:-/nonexistent}/lib/libfdb_c.so" ] &&
+  [ ! -f /opt/foundationdb/lib/libfdb_c.so ]; then
+  fdb_build="${QUIP_FDB_BUILD:-$PWD/../shared/fdb/build.sh}"
+  [ -f "$fdb_build" ] || fdb_build=/work/shared/fdb/build.sh
+  if [ ! -f "$fdb_build" ]; then
+    echo "FoundationDB is not installed and no shared/fdb/build.sh was found (set QUIP_FDB_BUILD)" >&2
+    exit 1
+  fi
+  echo "installing FoundationDB into /opt/foundationdb ($fdb_build)"
+  sudo_ bash "$fdb_build"
 fi
 if ! (cd web && npm ls --silent >/dev/null 2>&1); then
   echo "installing web/ npm packages (npm ci)"

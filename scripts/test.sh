@@ -3,12 +3,70 @@
 # rustfmt and clippy) and a Debian machine: scripts/install-test-deps.sh
 # installs Chromium, Node.js and the web client's npm packages for the
 # browser test. Rust code builds from crates.io alone (protobuf schemas are
-# compiled by protox, in pure Rust: no protoc needed).
+# compiled by protox, in pure Rust: no protoc needed). Everything is built
+# with the FoundationDB store (cargo feature fdb), whose tests run on a
+# throw-away fdbserver: the install script installs FoundationDB too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== test dependencies"
 ./scripts/install-test-deps.sh
+
+# FoundationDB's client library: the library path, $FDB_DIST, or
+# /opt/foundationdb. The foundationdb crate links against it (and reads
+# FDB_CLIENT_LIB_PATH only on its first build); quipd and the test binaries
+# find it again at run time through an rpath (server/build.rs).
+if [ -z "${FDB_CLIENT_LIB_PATH:-}" ]; then
+  if ldconfig -p 2>/dev/null | grep -q 'libfdb_c\.so '; then
+    :
+  elif [ -f "${FDB_DIST:-/nonexistent}/lib/libfdb_c.so" ]; then
+    export FDB_CLIENT_LIB_PATH="$FDB_DIST/lib"
+  elif [ -f /opt/foundationdb/lib/libfdb_c.so ]; then
+    export FDB_CLIENT_LIB_PATH=/opt/foundationdb/lib
+  else
+    echo "!! FoundationDB is not installed: the fdb feature cannot build, so no FoundationDB test would run; run scripts/install-test-deps.sh" >&2
+    exit 1
+  fi
+fi
+# quip-server's FoundationDB store and the integration tests that run on it.
+FDB_FEATURES=(--features quip-server/fdb,quip-tests/fdb)
+
+fdb_bin() {
+  if command -v "$1" >/dev/null 2>&1; then
+    command -v "$1"
+  elif [ -x "${FDB_DIST:-/nonexistent}/bin/$1" ]; then
+    echo "$FDB_DIST/bin/$1"
+  else
+    echo "/opt/foundationdb/bin/$1"
+  fi
+}
+# One throw-away single-process fdbserver for the whole run: a free loopback
+# port, a temporary directory, `configure new single memory`; stopped by pid
+# on exit. The tests find it through QUIP_TEST_FDB_CLUSTER_FILE (without it,
+# each test process would start its own: quip_server::testing).
+start_test_fdb() {
+  fdb_dir="$(mktemp -d -t quip-fdb.XXXXXX)"
+  mkdir -p "$fdb_dir/data"
+  trap 'kill "${fdb_pid:-}" 2>/dev/null; rm -rf "$fdb_dir"' EXIT
+  local port try
+  for try in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 40000))
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi # taken
+    echo "test:quip$RANDOM@127.0.0.1:$port" >"$fdb_dir/fdb.cluster"
+    "$(fdb_bin fdbserver)" -p "127.0.0.1:$port" -C "$fdb_dir/fdb.cluster" \
+      -d "$fdb_dir/data" -L "$fdb_dir" >/dev/null 2>&1 &
+    fdb_pid=$!
+    if "$(fdb_bin fdbcli)" -C "$fdb_dir/fdb.cluster" --exec 'configure new single memory' --timeout 30 >/dev/null 2>&1 &&
+      "$(fdb_bin fdbcli)" -C "$fdb_dir/fdb.cluster" --exec 'status minimal' --timeout 30 | grep -q 'The database is available'; then
+      export QUIP_TEST_FDB_CLUSTER_FILE="$fdb_dir/fdb.cluster"
+      echo "test fdbserver: pid $fdb_pid, 127.0.0.1:$port"
+      return 0
+    fi
+    kill "$fdb_pid" 2>/dev/null || true
+  done
+  echo "!! could not start a test fdbserver (logs in $fdb_dir): the FoundationDB tests cannot run" >&2
+  return 1
+}
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -23,22 +81,25 @@ cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 echo "== web client (web/dist must be what web/src builds to)"
 ./web/build.sh --check
 echo "== clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${FDB_FEATURES[@]}" -- -D warnings
+# The default build (no FoundationDB) must stay clean too.
+cargo clippy -p quip-server --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"
-cargo build --locked -p quip-bench -p quip-server
+cargo build --locked -p quip-bench -p quip-server --features quip-server/fdb
 ./target/debug/quip-bench disk --seconds 1
 ./target/debug/quip-bench throughput --users 20 --messages 20
 ./target/debug/quip-bench latency --users 10 --rate 100 --seconds 1
 ./target/debug/quip-bench sync --messages 200
 ./target/debug/quip-bench fanout --members 8 --rate 20 --seconds 1
-cargo test --locked -p quip-bench --benches   # each Criterion micro-benchmark once
+cargo test --locked -p quip-bench --benches --features quip-server/fdb   # each Criterion micro-benchmark once
 ./target/debug/quip-bench connections --connections 50 --users 2 --idle-seconds 1
 echo "== tests"
+start_test_fdb
 if command -v cargo-nextest >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so the summary closes the log.
-  cargo test --workspace --locked --doc
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --doc "${FDB_FEATURES[@]}"
+  cargo nextest run --workspace --locked --no-fail-fast "${FDB_FEATURES[@]}"
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast "${FDB_FEATURES[@]}"
 fi

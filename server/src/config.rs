@@ -15,7 +15,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 // `<data-dir>` and `[::]:4433` are meant literally, not as HTML or links.
 #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Parser)]
-#[command(name = "quipd", version, about, long_about)]
+#[command(name = "quipd", version = VERSION, about, long_about)]
 pub struct Config {
     /// UDP address for QUIC. Use 0.0.0.0:4433 (or [::]:4433) to accept remote clients.
     #[arg(long, env = "QUIP_LISTEN", default_value = "127.0.0.1:4433")]
@@ -37,11 +37,30 @@ pub struct Config {
     #[arg(long, env = "QUIP_DATA_DIR", default_value = "quip-data")]
     pub data_dir: PathBuf,
 
+    /// Where the data lives: embedded (a database in the data directory,
+    /// see --store-engine) or fdb (a FoundationDB cluster that several
+    /// quipd nodes may share, see --fdb-cluster-file; needs a quipd built
+    /// with --features fdb). Media, certificate and node secret stay in the
+    /// data directory either way.
+    #[arg(long, env = "QUIP_STORE", value_enum, default_value_t = crate::store::StoreKind::Embedded)]
+    pub store: crate::store::StoreKind,
+
     /// Storage engine in the data directory. Default: lsm, or redb when the
     /// directory already holds a redb database (quip.redb) from an older
     /// quipd.
     #[arg(long, env = "QUIP_STORE_ENGINE", value_enum)]
     pub store_engine: Option<crate::store::EngineKind>,
+
+    /// FoundationDB cluster file, with --store fdb. Default: FoundationDB's
+    /// own (the FDB_CLUSTER_FILE variable, else /etc/foundationdb/fdb.cluster).
+    #[arg(long, env = "QUIP_FDB_CLUSTER_FILE")]
+    pub fdb_cluster_file: Option<PathBuf>,
+
+    /// Name of the key prefix (a tuple-layer subspace) quipd keeps its data
+    /// under, with --store fdb. Nodes of one Quip cluster use the same name;
+    /// other names share the FoundationDB cluster without seeing each other.
+    #[arg(long, env = "QUIP_FDB_PREFIX", default_value = "quip")]
+    pub fdb_prefix: String,
 
     /// The node secret that QUIC's stateless-reset and Retry-token keys
     /// derive from (32 bytes or more; created 0600 with random content if
@@ -239,6 +258,13 @@ pub struct Config {
     pub log: String,
 }
 
+/// `quipd --version`: says whether this build can use FoundationDB.
+const VERSION: &str = if cfg!(feature = "fdb") {
+    concat!(env!("CARGO_PKG_VERSION"), " (with FoundationDB)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 fn parse_max_body(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     if (1..=quip_protocol::MAX_BODY_LIMIT).contains(&n) {
@@ -296,6 +322,9 @@ mod tests {
             assert_eq!(c.max_group_members, 256);
             assert_eq!(c.log, "info");
             assert_eq!(c.store_engine, None);
+            assert_eq!(c.store, crate::store::StoreKind::Embedded);
+            assert_eq!(c.fdb_cluster_file, None);
+            assert_eq!(c.fdb_prefix, "quip");
             assert_eq!(c.media_s3_bucket, None);
             assert!(!c.no_https);
             return;
@@ -308,6 +337,9 @@ mod tests {
             .env("QUIP_MAX_GROUP_MEMBERS", "3")
             .env("QUIP_LOG", "trace")
             .env("QUIP_STORE_ENGINE", "redb")
+            .env("QUIP_STORE", "fdb")
+            .env("QUIP_FDB_CLUSTER_FILE", "/nonexistent/fdb.cluster")
+            .env("QUIP_FDB_PREFIX", "other")
             .env("QUIP_MEDIA_S3_BUCKET", "bucket")
             .env("QUIP_NO_HTTPS", "true")
             .output()

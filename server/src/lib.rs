@@ -8,7 +8,8 @@
 //!        hub.rs: push to online devices ◄── service/: domain logic over Txn
 //!                                                        │
 //!                                          store/: Store trait; group commit
-//!                                                  over fjall (LSM) or redb
+//!                                                  over fjall (LSM) or redb,
+//!                                                  or FoundationDB (feature fdb)
 //! ```
 //!
 //! # Layout
@@ -23,6 +24,7 @@
 //!   on one FoundationDB (directory, inboxes, node liveness).
 //! - [`service`]: accounts, messages, receipts, the per-user log.
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
+//!   `testing` (feature `fdb`, hidden): a throw-away FoundationDB server for tests.
 //! - [`media`]: media bytes in an object store, streamed in and out.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
 //!   grace periods, last seen.
@@ -48,6 +50,9 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod store;
+#[cfg(feature = "fdb")]
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 
 pub use config::Config;

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let server = Server::bind(config.clone())?;
-    tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), "quipd listening (QUIC, ALPN quip/1)");
+    tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), store = ?config.store, "quipd listening (QUIC, ALPN quip/1)");
     if let Some(https) = server.https_addr() {
         tracing::info!(addr = %https, "HTTPS listening: web client at https://{https}/, WebSocket at /v1/ws");
     }

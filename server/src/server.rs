@@ -72,8 +72,10 @@ impl Server {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let secret_path = (config.secret_file.clone()).unwrap_or_else(|| config.data_dir.join(secret::DEFAULT_FILE));
         let secret = secret::NodeSecret::load_or_create(&secret_path)?;
-        let store = crate::store::open_in(&config.data_dir, config.store_engine, config.write_queue)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let store = crate::store::open(&config).with_context(|| match config.store {
+            crate::store::StoreKind::Embedded => format!("opening the store in {}", config.data_dir.display()),
+            crate::store::StoreKind::Fdb => format!("opening the FoundationDB store (prefix {:?})", config.fdb_prefix),
+        })?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
 
         let mut tls = tls::server_config(&id, ALPN)?;

@@ -127,6 +127,7 @@ impl<E: Engine> Store for GroupCommit<E> {
             keys_written: self.counters.keys.load(Ordering::Relaxed),
             commit_micros: self.counters.commit_micros.load(Ordering::Relaxed),
             max_commit_micros: self.counters.max_commit_micros.load(Ordering::Relaxed),
+            ..StoreStats::default()
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The behaviour every [`Store`] backend must show, as public async checks.
 //!
 //! Each backend's tests call [`run_all`]; each check works under its own key
-//! prefix, so they can share one store. A FoundationDB backend runs the same
-//! checks against a real cluster when one is configured.
+//! prefix, so they can share one store, and first clears what an earlier
+//! run left there, so they can run on a store that already holds data:
+//! [`run_all_on_used_store`] runs them twice over keys placed right next to
+//! each check's own, which must stay unseen and untouched. The FoundationDB
+//! backend runs the same checks against a real cluster.
 
 use super::{Store, StoreError, Txn, enqueue_write, enqueue_write_then, read, write};
 
@@ -26,6 +29,18 @@ fn k(prefix: &str, i: u32) -> Vec<u8> {
     key
 }
 
+/// Clears every key in `[begin, end)`: a check's fixtures from an earlier run.
+async fn reset(store: &dyn Store, begin: &'static [u8], end: &'static [u8]) {
+    write(store, move |t| {
+        for (key, _) in t.range(begin, end, usize::MAX, false)? {
+            t.clear(&key);
+        }
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Runs every check.
 pub async fn run_all(store: &dyn Store) {
     point_reads_and_writes(store).await;
@@ -37,6 +52,61 @@ pub async fn run_all(store: &dyn Store) {
     durable_callbacks_run_in_queue_order(store).await;
     concurrent_increments_are_serializable(store).await;
     queued_writes_read_every_earlier_write(store).await;
+    batched_reads(store).await;
+    large_values(store).await;
+}
+
+/// Keys just outside the ranges the checks use (each check's prefix with
+/// its last byte one lower or higher, and the prefix without its slash),
+/// with values small and large.
+fn neighbours() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tags: [&[u8]; 11] = [
+        b"pt/", b"rg/", b"ryw/", b"rb/", b"lat/", b"ord/", b"cb/", b"ctr/", b"q/", b"gm/", b"big/",
+    ];
+    let mut keys = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let stem = &tag[..tag.len() - 1];
+        let mut below = tag.to_vec();
+        *below.last_mut().unwrap() -= 1; // "rg."
+        let mut above = tag.to_vec();
+        *above.last_mut().unwrap() += 1; // "rg0"
+        above.extend_from_slice(b"\x00neighbour");
+        for key in [stem.to_vec(), below, above] {
+            let value = if i % 3 == 0 {
+                big_value(150_001, i as u8)
+            } else {
+                vec![i as u8; 3]
+            };
+            keys.push((key, value));
+        }
+    }
+    keys
+}
+
+/// Runs every check twice on a store that already holds data next to the
+/// checks' own keys, then checks that data is still as it was.
+pub async fn run_all_on_used_store(store: &dyn Store) {
+    let around = neighbours();
+    let kept = around.clone();
+    write(store, move |t| {
+        for (k, v) in &kept {
+            t.set(k, v);
+        }
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    run_all(store).await;
+    run_all(store).await;
+    let keys: Vec<Vec<u8>> = around.iter().map(|(k, _)| k.clone()).collect();
+    let found = read(store, |t| {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        Ok::<_, TestError>(t.get_many(&keys)?)
+    })
+    .unwrap();
+    for ((key, value), found) in around.iter().zip(found) {
+        assert_eq!(found.as_ref(), Some(value), "neighbour {} changed", key.escape_ascii());
+    }
 }
 
 /// Set, get, overwrite, clear.
@@ -62,6 +132,7 @@ pub async fn point_reads_and_writes(store: &dyn Store) {
 
 /// Ranges are half-open, ordered, limited, and reversible.
 pub async fn range_reads(store: &dyn Store) {
+    reset(store, b"rg/", b"rg0").await;
     write(store, |t| {
         for i in 0..10 {
             t.set(&k("rg/", i), &i.to_be_bytes());
@@ -95,6 +166,7 @@ pub async fn range_reads(store: &dyn Store) {
 
 /// Inside a write, reads see the write's own sets and clears, in ranges too.
 pub async fn read_your_writes(store: &dyn Store) {
+    reset(store, b"ryw/", b"ryw0").await;
     write(store, |t| {
         for i in 0..4 {
             t.set(&k("ryw/", i), b"old");
@@ -125,6 +197,7 @@ pub async fn read_your_writes(store: &dyn Store) {
 /// A write that fails stores nothing, even when it shares a commit with
 /// writes that succeed.
 pub async fn rollback_leaves_no_trace(store: &dyn Store) {
+    reset(store, b"rb/", b"rb0").await;
     let ok1 = enqueue_write(store, |t| {
         t.set(b"rb/ok1", b"1");
         Ok::<_, TestError>(())
@@ -177,6 +250,7 @@ pub async fn later_writes_read_what_earlier_commits_left(store: &dyn Store) {
         .await
         .unwrap();
     }
+    reset(store, b"lat/", b"lat0").await;
     set(store, b"lat/k", Some(b"a")).await;
     assert_eq!(get(store, b"lat/k").await.as_deref(), Some(&b"a"[..]));
     set(store, b"lat/k", Some(b"b")).await;
@@ -199,6 +273,7 @@ pub async fn later_writes_read_what_earlier_commits_left(store: &dyn Store) {
 
 /// Writes enqueued one after another apply in that order.
 pub async fn writes_apply_in_queue_order(store: &dyn Store) {
+    reset(store, b"ord/", b"ord0").await;
     let mut pending = Vec::new();
     for i in 0..50u32 {
         pending.push(
@@ -257,6 +332,7 @@ pub async fn durable_callbacks_run_in_queue_order(store: &dyn Store) {
 
 /// Many tasks incrementing one counter lose no update.
 pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
+    reset(store, b"ctr/", b"ctr0").await;
     let n = 64u64;
     let futs = (0..n).map(|_| async {
         write(store, |t| {
@@ -285,6 +361,7 @@ pub async fn concurrent_increments_are_serializable(store: &dyn Store) {
 /// case step by step) or durable; deletions and rollbacks included.
 pub async fn queued_writes_read_every_earlier_write(store: &dyn Store) {
     use std::collections::BTreeSet;
+    reset(store, b"q/", b"q0").await;
     let n = 120u32;
     // The model: which keys exist before write i runs.
     let mut model = BTreeSet::new();
@@ -333,4 +410,141 @@ pub async fn queued_writes_read_every_earlier_write(store: &dyn Store) {
             assert_eq!(got, Ok(expected[i].clone()), "write {i}");
         }
     }
+}
+
+/// `get_many` answers like a `get` per key, in order, duplicates and absent
+/// keys included; inside a write it sees the write's own sets and clears
+/// and what earlier queued writes left.
+pub async fn batched_reads(store: &dyn Store) {
+    reset(store, b"gm/", b"gm0").await;
+    write(store, |t| {
+        t.set(b"gm/a", b"1");
+        t.set(b"gm/b", b"2");
+        t.set(b"gm/c", b"3");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let (got, none) = read(store, |t| {
+        Ok::<_, TestError>((
+            t.get_many(&[b"gm/a", b"gm/missing", b"gm/c", b"gm/a"])?,
+            t.get_many(&[])?,
+        ))
+    })
+    .unwrap();
+    let v = |s: &[u8]| Some(s.to_vec());
+    assert_eq!(got, vec![v(b"1"), None, v(b"3"), v(b"1")]);
+    assert!(none.is_empty());
+    // Queued back to back: the second reads the first's writes, and its own.
+    let first = enqueue_write(store, |t| {
+        t.set(b"gm/d", b"4");
+        t.clear(b"gm/b");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let second = enqueue_write(store, |t| {
+        t.set(b"gm/e", b"5");
+        t.clear(b"gm/a");
+        t.set(b"gm/c", b"33");
+        Ok::<_, TestError>(t.get_many(&[b"gm/a", b"gm/b", b"gm/c", b"gm/d", b"gm/e", b"gm/f"])?)
+    })
+    .await
+    .unwrap();
+    first.wait().await.unwrap();
+    assert_eq!(
+        second.wait().await.unwrap(),
+        vec![None, None, v(b"33"), v(b"4"), v(b"5"), None]
+    );
+    let after = read(store, |t| Ok::<_, TestError>(t.get_many(&[b"gm/a", b"gm/c", b"gm/e"])?)).unwrap();
+    assert_eq!(after, vec![None, v(b"33"), v(b"5")]);
+}
+
+/// A value of `len` bytes that differs from others of the same length.
+fn big_value(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Values far larger than FoundationDB's 100 kB (a message can be 256 KiB)
+/// read back whole through `get`, `get_many` and ranges, keep range order
+/// and limits, and can shrink, grow and go.
+pub async fn large_values(store: &dyn Store) {
+    reset(store, b"big/", b"big0").await;
+    let (a, c) = (big_value(300_000, 1), big_value(250_001, 2));
+    let (a2, c2) = (a.clone(), c.clone());
+    write(store, move |t| {
+        t.set(b"big/a", &a2);
+        t.set(b"big/b", b"small");
+        t.set(b"big/c", &c2);
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let keys = |rows: &[(Vec<u8>, Vec<u8>)]| rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let (one, many, all, last, first_two) = read(store, |t| {
+        Ok::<_, TestError>((
+            t.get(b"big/a")?,
+            t.get_many(&[b"big/c", b"big/b", b"big/a"])?,
+            t.range(b"big/", b"big0", 100, false)?,
+            t.range(b"big/", b"big0", 1, true)?,
+            t.range(b"big/", b"big0", 2, false)?,
+        ))
+    })
+    .unwrap();
+    assert!(one.as_ref() == Some(&a), "get of a 300 kB value");
+    assert!(many == vec![Some(c.clone()), Some(b"small".to_vec()), Some(a.clone())]);
+    assert_eq!(
+        keys(&all),
+        vec![b"big/a".to_vec(), b"big/b".to_vec(), b"big/c".to_vec()]
+    );
+    assert!(all[0].1 == a && all[1].1 == b"small" && all[2].1 == c, "range values");
+    assert!(
+        last.len() == 1 && last[0].0 == b"big/c" && last[0].1 == c,
+        "reverse range, limit 1"
+    );
+    assert_eq!(keys(&first_two), vec![b"big/a".to_vec(), b"big/b".to_vec()]);
+    // Shrink a, grow b, shrink c while staying large, add d; a queued write
+    // right behind reads them all back.
+    let (b, c3, d) = (big_value(400_000, 3), big_value(120_000, 4), big_value(100_000, 5));
+    let (b2, c4, d2) = (b.clone(), c3.clone(), d.clone());
+    let change = enqueue_write(store, move |t| {
+        t.set(b"big/a", b"tiny");
+        t.set(b"big/b", &b2);
+        t.set(b"big/c", &c4);
+        t.set(b"big/d", &d2);
+        // Its own large writes, read back before commit.
+        Ok::<_, TestError>(t.get(b"big/b")?.map(|v| v.len()))
+    })
+    .await
+    .unwrap();
+    let check = enqueue_write(store, |t| {
+        Ok::<_, TestError>((
+            t.range(b"big/", b"big0", usize::MAX, false)?,
+            t.get_many(&[b"big/a", b"big/d"])?,
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(change.wait().await.unwrap(), Some(400_000));
+    let (rows, got) = check.wait().await.unwrap();
+    let want = [
+        (b"big/a".to_vec(), b"tiny".to_vec()),
+        (b"big/b".to_vec(), b),
+        (b"big/c".to_vec(), c3),
+        (b"big/d".to_vec(), d.clone()),
+    ];
+    assert!(rows == want, "a queued write read the large values back wrong");
+    assert!(got == vec![Some(b"tiny".to_vec()), Some(d)]);
+    write(store, |t| {
+        t.clear(b"big/b");
+        t.clear(b"big/d");
+        Ok::<_, TestError>(())
+    })
+    .await
+    .unwrap();
+    let left = read(store, |t| {
+        Ok::<_, TestError>(t.range(b"big/", b"big0", usize::MAX, true)?)
+    })
+    .unwrap();
+    assert_eq!(keys(&left), vec![b"big/c".to_vec(), b"big/a".to_vec()]);
 }

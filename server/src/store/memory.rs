@@ -144,6 +144,7 @@ mod tests {
     #[tokio::test]
     async fn conformance_suite() {
         conformance::run_all(&MemoryStore::new()).await;
+        conformance::run_all_on_used_store(&MemoryStore::new()).await;
     }
 
     /// A panicking closure stores nothing and fails only itself; the store

@@ -17,10 +17,21 @@
 //!
 //! A closure that returns [`Outcome::Rollback`] leaves no trace, even when it
 //! shares a commit with others (group commit).
+//!
+//! # Backends
+//! - [`lsm`] and [`btree`]: the embedded engines in the data directory,
+//!   under the group-commit writer of [`commit`].
+//! - `fdb` (with the `fdb` cargo feature): a FoundationDB cluster, which
+//!   several quipd nodes can share.
+//! - [`memory`]: a map in memory, for unit tests.
+//!
+//! [`open`] picks one from the configuration.
 
 pub mod btree;
 pub mod commit;
 pub mod conformance;
+#[cfg(feature = "fdb")]
+pub mod fdb;
 pub mod lsm;
 pub mod memory;
 mod overlay;
@@ -40,8 +51,47 @@ pub enum EngineKind {
     Redb,
 }
 
+/// Where a quipd keeps its data (`--store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreKind {
+    /// An embedded engine in the data directory (`--store-engine`).
+    #[default]
+    Embedded,
+    /// A FoundationDB cluster (`--fdb-cluster-file`, `--fdb-prefix`), which
+    /// several quipd nodes may share. Needs a quipd built with the `fdb`
+    /// cargo feature.
+    Fdb,
+}
+
+/// What a quipd built without the `fdb` feature says to `--store fdb`.
+pub const NO_FDB_SUPPORT: &str = "this quipd was built without FoundationDB support: build with --features fdb";
+
 /// File name of a redb database in a data directory.
 const REDB_FILE: &str = "quip.redb";
+
+/// Opens the store the configuration names: the embedded one in the data
+/// directory ([`open_in`]), or a FoundationDB cluster.
+pub fn open(config: &crate::Config) -> Result<Arc<dyn Store>, StoreError> {
+    match config.store {
+        StoreKind::Embedded => open_in(&config.data_dir, config.store_engine, config.write_queue),
+        StoreKind::Fdb => open_fdb(config),
+    }
+}
+
+#[cfg(feature = "fdb")]
+fn open_fdb(config: &crate::Config) -> Result<Arc<dyn Store>, StoreError> {
+    let options = fdb::FdbOptions {
+        cluster_file: config.fdb_cluster_file.clone(),
+        prefix: config.fdb_prefix.clone(),
+        queue: config.write_queue,
+    };
+    Ok(Arc::new(fdb::FdbStore::open(&options)?))
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(_: &crate::Config) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Backend(NO_FDB_SUPPORT.into()))
+}
 
 /// Opens the embedded store in the data directory `dir`: `engine`, or when
 /// `None` the engine the directory already holds (lsm for a new one).
@@ -102,6 +152,15 @@ pub trait ReadTxn {
     /// Up to `limit` pairs with `begin <= key < end`, ascending, or descending
     /// when `reverse` (then the `limit` highest keys of the range).
     fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// The values at `keys`, in the same order (a key may appear twice).
+    /// Like a `get` per key, but a networked backend issues them all at
+    /// once: one round trip instead of one per key. The default does the
+    /// gets one after another, which costs nothing extra in memory or on a
+    /// local disk.
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
 }
 
 /// A read-write transaction.
@@ -158,7 +217,9 @@ pub trait Store: Send + Sync + 'static {
     /// error, `on_durable` is dropped without being called.
     fn enqueue(&self, job: WriteFn, on_durable: OnDurable) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Runs `f` in a read-only snapshot on the calling thread.
+    /// Runs `f` in a read-only snapshot on the calling thread. A networked
+    /// backend may run `f` again from the start, in a fresh snapshot, after
+    /// a transient error: `f` must keep only what its last run produced.
     fn read(&self, f: &mut dyn FnMut(&mut dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError>;
 
     /// Finishes every queued write, then refuses new ones.
@@ -197,6 +258,12 @@ pub struct StoreStats {
     pub commit_micros: u64,
     /// The longest single commit, microseconds.
     pub max_commit_micros: u64,
+    /// Commits the backend rejected for a conflict with another writer's
+    /// commit (FoundationDB's `not_committed`); their batches were run again.
+    /// Always 0 for the embedded engines, which have a single writer.
+    pub conflicts: u64,
+    /// Batches run again for any transient error, conflicts included.
+    pub retries: u64,
 }
 
 /// A queued typed write; [`wait`](Self::wait) gives its result once durable.
@@ -321,6 +388,28 @@ mod tests {
             let store = open_in(dir.path(), Some(engine), 1024).unwrap();
             conformance::run_all(&*store).await;
         }
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_on_a_used_store() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_in(dir.path(), Some(engine), 1024).unwrap();
+            conformance::run_all_on_used_store(&*store).await;
+        }
+    }
+
+    /// `--store fdb` on a quipd built without the feature says how to get it.
+    #[cfg(not(feature = "fdb"))]
+    #[test]
+    fn fdb_without_the_feature_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config {
+            store: StoreKind::Fdb,
+            ..crate::Config::for_tests(dir.path())
+        };
+        let err = open(&config).err().expect("no FoundationDB in this build");
+        assert!(err.to_string().contains(NO_FDB_SUPPORT), "{err}");
     }
 
     #[tokio::test]

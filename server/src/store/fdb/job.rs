@@ -1,0 +1,189 @@
+//! One write closure's run inside a batch: its own overlay over the batch's
+//! FoundationDB transaction, and how its writes go into that transaction.
+//!
+//! The closure's reads see its own writes first, then the transaction (the
+//! writes of the batch-mates before it, through FoundationDB's
+//! read-your-writes, then the database); its writes stay in the overlay
+//! until it returns, so a rollback or a panic leaves nothing. It also notes
+//! which keys it saw stored without parts, whose writes then need no
+//! clearing of a parts range ([`super::layout`]).
+
+use std::collections::HashSet;
+
+use foundationdb::{FdbError, Transaction};
+
+use super::layout::{self, Layout};
+use super::read::{ReadError, Reads, store_error};
+use crate::store::overlay::{Writes, merged};
+use crate::store::{KeyValue, Outcome, ReadTxn, StoreError, Txn, WriteFn};
+
+/// How one closure's run ended.
+pub(super) enum Run {
+    /// It committed these writes; it saw these keys stored without parts.
+    Commit(Writes, HashSet<Vec<u8>>),
+    Rollback,
+    /// It wrote something the store cannot take (a key too long).
+    Refused(StoreError),
+    /// A read failed in FoundationDB: the attempt is void.
+    Failed(FdbError),
+}
+
+pub(super) fn run_job(reads: &Reads<'_>, f: &mut WriteFn) -> Run {
+    let mut txn = JobTxn {
+        reads,
+        writes: Writes::new(),
+        no_parts: HashSet::new(),
+        error: None,
+        refused: None,
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut txn))).unwrap_or_else(|_| {
+        tracing::error!("write closure panicked; its writes are discarded");
+        Outcome::Rollback
+    });
+    if let Some(e) = txn.error {
+        return Run::Failed(e);
+    }
+    match (outcome, txn.refused) {
+        (Outcome::Rollback, _) => Run::Rollback,
+        (Outcome::Commit, Some(e)) => Run::Refused(e),
+        (Outcome::Commit, None) => Run::Commit(txn.writes, txn.no_parts),
+    }
+}
+
+/// One closure's view of its batch: its own writes over the transaction.
+struct JobTxn<'a> {
+    reads: &'a Reads<'a>,
+    writes: Writes,
+    /// Keys whose stored row this closure read and found without parts:
+    /// writing them needs no clearing of a parts range.
+    no_parts: HashSet<Vec<u8>>,
+    /// The first FoundationDB error a read met; it voids the attempt even
+    /// if the closure swallows it.
+    error: Option<FdbError>,
+    /// Why the store cannot take this closure's writes.
+    refused: Option<StoreError>,
+}
+
+impl JobTxn<'_> {
+    fn noted<T>(&mut self, r: Result<T, ReadError>) -> Result<T, StoreError> {
+        r.map_err(|e| match e {
+            ReadError::Fdb(e) => {
+                self.error.get_or_insert(e);
+                store_error(e)
+            }
+            ReadError::Store(e) => e,
+        })
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        if key.len() > layout::max_key(self.reads.layout) {
+            self.refused.get_or_insert(StoreError::Backend(format!(
+                "key of {} bytes: FoundationDB keys are limited to {}",
+                key.len(),
+                layout::max_key(self.reads.layout)
+            )));
+            return;
+        }
+        self.writes.insert(key.to_vec(), value);
+    }
+}
+
+impl ReadTxn for JobTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_many(&[key])?.pop().flatten())
+    }
+
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        let mut missed = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.writes.get(key) {
+                Some(v) => values.push(v.clone()),
+                None => {
+                    values.push(None);
+                    missed.push((i, *key));
+                }
+            }
+        }
+        if missed.is_empty() {
+            return Ok(values);
+        }
+        let wanted: Vec<&[u8]> = missed.iter().map(|(_, k)| *k).collect();
+        let r = self.reads.get_many(&wanted);
+        for ((i, key), (value, large)) in missed.into_iter().zip(self.noted(r)?) {
+            if !large {
+                self.no_parts.insert(key.to_vec());
+            }
+            values[i] = value;
+        }
+        Ok(values)
+    }
+
+    fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
+        if begin >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Enough stored rows that, after this closure's own writes shadow
+        // or delete some, `limit` are left (or the range is exhausted).
+        let shadowed = self.writes.range(begin, end).count();
+        let r = self.reads.range(begin, end, limit.saturating_add(shadowed), reverse);
+        let rows = self.noted(r)?;
+        let mut stored = Vec::with_capacity(rows.len());
+        for (kv, large) in rows {
+            if !large {
+                self.no_parts.insert(kv.0.clone());
+            }
+            stored.push(Ok(kv));
+        }
+        merged(Box::new(stored.into_iter()), &self.writes, begin, end, reverse)
+            .take(limit)
+            .collect()
+    }
+}
+
+impl Txn for JobTxn<'_> {
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.write(key, Some(value.to_vec()));
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.write(key, None);
+    }
+}
+
+/// About how many bytes `writes` add to a transaction: keys (twice, for the
+/// write conflict ranges), values, and the parts' keys and clears.
+pub(super) fn size(layout: &Layout, writes: &Writes) -> usize {
+    writes
+        .iter()
+        .map(|(k, v)| {
+            let key = layout.data_key(k).len();
+            let value = v.as_ref().map_or(0, Vec::len);
+            4 * key + 16 + value + value.div_ceil(layout::PART) * (2 * key + 16)
+        })
+        .sum()
+}
+
+/// Puts one closure's writes into the transaction; returns how many keys.
+pub(super) fn apply(tr: &Transaction, layout: &Layout, writes: Writes, no_parts: &HashSet<Vec<u8>>) -> u64 {
+    let mut keys = 0;
+    for (key, value) in writes {
+        keys += 1;
+        if !no_parts.contains(&key) {
+            let (begin, end) = layout.parts_range(&key);
+            tr.clear_range(&begin, &end);
+        }
+        let row = layout.data_key(&key);
+        match value {
+            None => tr.clear(&row),
+            Some(value) => {
+                let (head, parts) = layout::encode(&value);
+                tr.set(&row, &head);
+                for (i, part) in parts.enumerate() {
+                    tr.set(&layout.part_key(&key, i as u32), part);
+                }
+            }
+        }
+    }
+    keys
+}
