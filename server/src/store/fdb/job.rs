@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use foundationdb::options::MutationType;
 use foundationdb::{FdbError, Transaction};
 
 use super::layout::{self, Layout};
@@ -17,10 +18,20 @@ use super::read::{ReadError, Reads, store_error};
 use crate::store::overlay::{Writes, merged};
 use crate::store::{KeyValue, Outcome, ReadTxn, StoreError, Txn, WriteFn};
 
+/// Writes that are mutations rather than values: applied after the
+/// closure's plain writes, and never read back by it.
+#[derive(Default)]
+pub(super) struct Mutations {
+    /// `ADD`s: (key, delta).
+    pub(super) adds: Vec<(Vec<u8>, i64)>,
+    /// Versionstamped keys: (prefix, value).
+    pub(super) stamped: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// How one closure's run ended.
 pub(super) enum Run {
     /// It committed these writes; it saw these keys stored without parts.
-    Commit(Writes, HashSet<Vec<u8>>),
+    Commit(Writes, HashSet<Vec<u8>>, Mutations),
     Rollback,
     /// It wrote something the store cannot take (a key too long).
     Refused(StoreError),
@@ -33,6 +44,7 @@ pub(super) fn run_job(reads: &Reads<'_>, f: &mut WriteFn) -> Run {
         reads,
         writes: Writes::new(),
         no_parts: HashSet::new(),
+        mutations: Mutations::default(),
         error: None,
         refused: None,
     };
@@ -46,7 +58,7 @@ pub(super) fn run_job(reads: &Reads<'_>, f: &mut WriteFn) -> Run {
     match (outcome, txn.refused) {
         (Outcome::Rollback, _) => Run::Rollback,
         (Outcome::Commit, Some(e)) => Run::Refused(e),
-        (Outcome::Commit, None) => Run::Commit(txn.writes, txn.no_parts),
+        (Outcome::Commit, None) => Run::Commit(txn.writes, txn.no_parts, txn.mutations),
     }
 }
 
@@ -57,6 +69,7 @@ struct JobTxn<'a> {
     /// Keys whose stored row this closure read and found without parts:
     /// writing them needs no clearing of a parts range.
     no_parts: HashSet<Vec<u8>>,
+    mutations: Mutations,
     /// The first FoundationDB error a read met; it voids the attempt even
     /// if the closure swallows it.
     error: Option<FdbError>,
@@ -149,19 +162,79 @@ impl Txn for JobTxn<'_> {
     fn clear(&mut self, key: &[u8]) {
         self.write(key, None);
     }
+
+    /// FoundationDB's `ADD` on the data row. The row holds the inline
+    /// header byte (0x00) then the value, and `ADD` adds little-endian, so
+    /// the parameter is the delta shifted one byte up: the header stays 0x00
+    /// and the eight value bytes take the sum (an absent row counts as 0).
+    fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        if self.writes.get(key).is_some() {
+            return Err(StoreError::Backend(
+                "atomic_add on a key this write also sets: not supported".into(),
+            ));
+        }
+        self.mutations.adds.push((key.to_vec(), delta));
+        Ok(())
+    }
+
+    fn set_versionstamped(&mut self, prefix: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if value.len() >= layout::VALUE_LIMIT {
+            return Err(StoreError::Backend(format!(
+                "a versionstamped value of {} bytes: FoundationDB values are limited to {} and these cannot be split",
+                value.len(),
+                layout::VALUE_LIMIT
+            )));
+        }
+        self.mutations.stamped.push((prefix.to_vec(), value.to_vec()));
+        Ok(())
+    }
 }
 
 /// About how many bytes `writes` add to a transaction: keys (twice, for the
 /// write conflict ranges), values, and the parts' keys and clears.
-pub(super) fn size(layout: &Layout, writes: &Writes) -> usize {
-    writes
+pub(super) fn size(layout: &Layout, writes: &Writes, mutations: &Mutations) -> usize {
+    let plain: usize = writes
         .iter()
         .map(|(k, v)| {
             let key = layout.data_key(k).len();
             let value = v.as_ref().map_or(0, Vec::len);
             4 * key + 16 + value + value.div_ceil(layout::PART) * (2 * key + 16)
         })
-        .sum()
+        .sum();
+    let adds: usize = mutations.adds.iter().map(|(k, _)| 2 * layout.data_key(k).len() + 25).sum();
+    let stamped: usize = mutations
+        .stamped
+        .iter()
+        .map(|(p, v)| 2 * (layout.data_key(p).len() + 16) + v.len() + 1)
+        .sum();
+    plain + adds + stamped
+}
+
+/// Puts one closure's mutations into the transaction. `order` numbers the
+/// versionstamped keys of the whole transaction (their last two bytes), so
+/// two of them never get the same key.
+pub(super) fn apply_mutations(tr: &Transaction, layout: &Layout, mutations: Mutations, order: &mut u16) -> u64 {
+    let mut keys = 0;
+    for (key, delta) in mutations.adds {
+        let mut param = [0u8; 9];
+        param[1..].copy_from_slice(&delta.to_le_bytes());
+        tr.atomic_op(&layout.data_key(&key), &param, MutationType::Add);
+        keys += 1;
+    }
+    for (prefix, value) in mutations.stamped {
+        let mut key = layout.data_key(&prefix);
+        let offset = u32::try_from(key.len()).expect("key length fits u32");
+        key.extend_from_slice(&[0u8; 10]);
+        key.extend_from_slice(&order.to_be_bytes());
+        key.extend_from_slice(&offset.to_le_bytes());
+        *order = order.wrapping_add(1);
+        let mut row = Vec::with_capacity(value.len() + 1);
+        row.push(0x00); // inline (see layout.rs)
+        row.extend_from_slice(&value);
+        tr.atomic_op(&key, &row, MutationType::SetVersionstampedKey);
+        keys += 1;
+    }
+    keys
 }
 
 /// Puts one closure's writes into the transaction; returns how many keys.

@@ -182,6 +182,38 @@ impl Store for FdbStore {
     fn stats(&self) -> StoreStats {
         self.counters.stats()
     }
+
+    /// A watch set in a transaction that first reads the key: if the value
+    /// is no longer `seen`, at once; else when FoundationDB reports a change
+    /// (a watch fires on any write of the key after the transaction's read
+    /// version, so nothing between the caller's read and this one is lost:
+    /// a change there makes the value differ here). Large values (in parts)
+    /// are never watched: they count as changed.
+    fn watch(&self, key: &[u8], seen: Option<Vec<u8>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let row = self.layout.data_key(key);
+        let key = key.to_vec();
+        Box::pin(async move {
+            let tr = self.db.create_trx().map_err(store_error)?;
+            let now = tr.get(&row, false).await.map_err(store_error)?;
+            let same = match (now.as_deref(), seen.as_deref()) {
+                (None, None) => true,
+                (Some(stored), Some(seen)) => {
+                    matches!(layout::decode(&key, stored)?, layout::Row::Inline(v) if v == seen)
+                }
+                _ => false,
+            };
+            if !same {
+                return Ok(());
+            }
+            let fired = tr.watch(&row);
+            tr.commit().await.map_err(|e| store_error(*e))?;
+            fired.await.map_err(store_error)
+        })
+    }
+
+    fn clustered(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use foundationdb::{Database, FdbError, RangeOption, Transaction, TransactionComm
 use futures::executor::block_on;
 use tokio::sync::{mpsc, oneshot};
 
-use super::job::{Run, apply, run_job, size};
+use super::job::{Run, apply, apply_mutations, run_job, size};
 use super::layout::Layout;
 use super::read::{Reads, store_error};
 use crate::store::{OnDurable, StoreError, StoreStats, WriteFn};
@@ -288,6 +288,7 @@ impl Writer {
         };
         let started = Instant::now();
         let (mut bytes, mut keys) = (0usize, 0u64);
+        let mut order = 0u16;
         while batch.len() < MAX_BATCH && started.elapsed() < BATCH_TIME {
             let Some(mut job) = pending.pop_front() else { break };
             match run_job(&reads, &mut job.f) {
@@ -297,8 +298,8 @@ impl Writer {
                 }
                 Run::Rollback => job.result = Ok(()),
                 Run::Refused(e) => job.result = Err(e),
-                Run::Commit(writes, no_parts) => {
-                    let size = size(&self.layout, &writes);
+                Run::Commit(writes, no_parts, mutations) => {
+                    let size = size(&self.layout, &writes, &mutations);
                     if size > MAX_JOB_BYTES {
                         job.result = Err(StoreError::Backend(format!(
                             "one write of {size} bytes: more than FoundationDB transactions can hold \
@@ -309,6 +310,7 @@ impl Writer {
                         break;
                     } else {
                         keys += apply(tr, &self.layout, writes, &no_parts);
+                        keys += apply_mutations(tr, &self.layout, mutations, &mut order);
                         bytes += size;
                         job.result = Ok(());
                     }
