@@ -28,8 +28,9 @@ if [ -z "${FDB_CLIENT_LIB_PATH:-}" ]; then
     exit 1
   fi
 fi
-# quip-server's FoundationDB store and the integration tests that run on it.
-FDB_FEATURES=(--features quip-server/fdb,quip-tests/fdb)
+# quip-server's FoundationDB store, the integration tests that run on it,
+# and the benchmark's cluster scenario.
+FDB_FEATURES=(--features quip-server/fdb,quip-tests/fdb,quip-bench/fdb)
 
 fdb_bin() {
   if command -v "$1" >/dev/null 2>&1; then
@@ -86,16 +87,17 @@ cargo clippy --workspace --all-targets --locked "${FDB_FEATURES[@]}" -- -D warni
 cargo clippy -p quip-server --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== benchmark smoke (tiny sizes; figures are not checked)"
-cargo build --locked -p quip-bench -p quip-server --features quip-server/fdb
+start_test_fdb
+cargo build --locked -p quip-bench -p quip-server --features quip-server/fdb,quip-bench/fdb
 ./target/debug/quip-bench disk --seconds 1
 ./target/debug/quip-bench throughput --users 20 --messages 20
 ./target/debug/quip-bench latency --users 10 --rate 100 --seconds 1
 ./target/debug/quip-bench sync --messages 200
 ./target/debug/quip-bench fanout --members 8 --rate 20 --seconds 1
-cargo test --locked -p quip-bench --benches --features quip-server/fdb   # each Criterion micro-benchmark once
+./target/debug/quip-bench cluster --fdb-cluster-file "$QUIP_TEST_FDB_CLUSTER_FILE" --messages 20
+cargo test --locked -p quip-bench --benches --features quip-server/fdb,quip-bench/fdb   # each Criterion micro-benchmark once
 ./target/debug/quip-bench connections --connections 50 --users 2 --idle-seconds 1
 echo "== tests"
-start_test_fdb
 if command -v cargo-nextest >/dev/null 2>&1; then
   # nextest does not run doctests; run them first so the summary closes the log.
   cargo test --workspace --locked --doc "${FDB_FEATURES[@]}"

@@ -6,11 +6,13 @@
 //! Clients and server share the machine: figures are for "server and load
 //! generator on one box", the setting the targets in benches/README.md use.
 
+mod cluster;
 mod harness;
 mod probes;
 mod scenarios;
 mod table;
 
+use cluster::*;
 use harness::*;
 use probes::*;
 use scenarios::*;
@@ -130,6 +132,27 @@ enum Scenario {
         #[arg(long)]
         stdout: bool,
     },
+    /// One hot group written from several quipd nodes (in this process) on
+    /// one FoundationDB cluster: msgs/s, send-to-ack latency, the latency of
+    /// pushes that cross nodes, and conflicts and retries per 1,000 sends.
+    /// Needs a quip-bench built with `--features quip-server/fdb`.
+    Cluster {
+        /// The FoundationDB cluster file (a key prefix of its own is used).
+        #[arg(long)]
+        fdb_cluster_file: std::path::PathBuf,
+        /// quipd nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Group members; all but the first send, spread over the nodes.
+        #[arg(long, default_value_t = 7)]
+        members: usize,
+        /// Messages each sender sends.
+        #[arg(long, default_value_t = 300)]
+        messages: usize,
+        /// Sends each sender keeps in flight.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+    },
     /// A device offline while K messages arrive; time from reconnect until
     /// it has them all.
     Sync {
@@ -168,6 +191,19 @@ async fn main() -> anyhow::Result<()> {
         report(cli.json, "disk", params, figures, summary);
         return Ok(());
     }
+    if let Scenario::Cluster {
+        fdb_cluster_file,
+        nodes,
+        members,
+        messages,
+        window,
+    } = &cli.scenario
+    {
+        let (name, params, figures, summary) =
+            hot_group(fdb_cluster_file, *nodes, *members, *messages, *window).await?;
+        report(cli.json, name, params, figures, summary);
+        return Ok(());
+    }
     let bench = Bench::start(cli.store_engine).await?;
     let (name, params, figures, summary) = match cli.scenario {
         Scenario::Throughput {
@@ -178,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
         Scenario::Sync { messages } => sync(&bench, messages).await?,
         Scenario::Fanout { members, rate, seconds } => fanout(&bench, members, rate, seconds).await?,
-        Scenario::Connections { .. } | Scenario::Table { .. } | Scenario::Disk { .. } => {
+        Scenario::Connections { .. } | Scenario::Table { .. } | Scenario::Disk { .. } | Scenario::Cluster { .. } => {
             unreachable!("handled above")
         }
     };

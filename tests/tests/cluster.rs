@@ -137,10 +137,9 @@ fn messages_in(events: &[v1::Event], chat: u64) -> Vec<(u64, String)> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(v1::event::Kind::Message(m)) if m.chat_id == chat && m.group_event.is_none() => Some((
-                m.seq,
-                m.content.as_ref().map(|c| c.text.clone()).unwrap_or_default(),
-            )),
+            Some(v1::event::Kind::Message(m)) if m.chat_id == chat && m.group_event.is_none() => {
+                Some((m.seq, m.content.as_ref().map(|c| c.text.clone()).unwrap_or_default()))
+            }
             _ => None,
         })
         .collect()
@@ -192,10 +191,17 @@ async fn pushes_cross_nodes_once_each_in_commit_order() {
         "pushed out of order or twice: {seqs:?}"
     );
     let acked: BTreeSet<u64> = acked.into_iter().collect();
-    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), acked, "pushed = acknowledged");
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        acked,
+        "pushed = acknowledged"
+    );
     // Dense: the sends took every seq after the group's creation event.
     assert_eq!(acked.len(), 2 * EACH);
-    assert_eq!(*acked.iter().max().unwrap() - *acked.iter().min().unwrap() + 1, 2 * EACH as u64);
+    assert_eq!(
+        *acked.iter().max().unwrap() - *acked.iter().min().unwrap() + 1,
+        2 * EACH as u64
+    );
     // Each sender's messages in the order it sent them.
     for who in ["a", "c"] {
         let mine: Vec<usize> = got
@@ -221,15 +227,24 @@ async fn an_acknowledged_write_is_read_back_on_every_node() {
         elsewhere.close();
     }
     let chat = alice.send_text("bob", "last").await.unwrap();
-    let pos = bob.receipt(chat.chat_id, v1::ReceiptKind::Read, chat.seq).await.unwrap();
+    let pos = bob
+        .receipt(chat.chat_id, v1::ReceiptKind::Read, chat.seq)
+        .await
+        .unwrap();
     assert!(pos > 0);
     let acked = bob.ack(pos).await.unwrap();
     let on_node0 = cluster.device(0, &bob_token).await;
     let rest = on_node0.sync(100).await.unwrap();
-    assert!(rest.events.iter().all(|e| e.pos > acked), "sync on node 0 starts after the ack on node 1");
+    assert!(
+        rest.events.iter().all(|e| e.pos > acked),
+        "sync on node 0 starts after the ack on node 1"
+    );
     let chats = alice.chats().await.unwrap();
     let bob_chat = chats.iter().find(|c| c.chat_id == chat.chat_id).unwrap();
-    assert_eq!(bob_chat.peer_read_seq, chat.seq, "the receipt made on node 1, read on node 0");
+    assert_eq!(
+        bob_chat.peer_read_seq, chat.seq,
+        "the receipt made on node 1, read on node 0"
+    );
 }
 
 /// A logout on one node closes the device's connections on the others at
@@ -250,7 +265,9 @@ async fn a_revoked_token_stops_working_on_every_node() {
     tokio::time::sleep(Duration::from_millis(1_100).saturating_sub(started.elapsed())).await;
     for i in 0..3 {
         let r = Client::connect(&cluster.opts(i).token(&token)).await;
-        let Err(e) = r else { panic!("a revoked token connected to node {i}") };
+        let Err(e) = r else {
+            panic!("a revoked token connected to node {i}")
+        };
         assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "node {i}: {e}");
     }
     eprintln!("revocation closed node 1's connection after {closed_after:?}");
@@ -288,7 +305,9 @@ async fn a_reconnect_to_another_node_within_the_grace_period_is_never_seen_offli
     let chat = alice.send_text("bob", "hi").await.unwrap().chat_id;
     collect_until(&bob, |e| !messages_in(e, chat).is_empty()).await;
     // Alice's phone loses node 0 without a goodbye and comes back on node 1.
-    alice.connection().close(CloseCode::ServerShutdown.code().into(), b"network gone");
+    alice
+        .connection()
+        .close(CloseCode::ServerShutdown.code().into(), b"network gone");
     let alice = cluster.device(1, &token).await;
     let offline = |within: Duration| {
         let bob = &bob;
@@ -313,7 +332,9 @@ async fn a_reconnect_to_another_node_within_the_grace_period_is_never_seen_offli
     let seen = bob.presence(&["alice"]).await.unwrap();
     assert!(seen[0].online, "online on node 1, asked on node 0");
     // Gone for good: node 1 announces it after the grace period.
-    alice.connection().close(CloseCode::ServerShutdown.code().into(), b"network gone");
+    alice
+        .connection()
+        .close(CloseCode::ServerShutdown.code().into(), b"network gone");
     let p = offline(Duration::from_secs(5)).await.expect("offline announced");
     assert!(p.last_seen_ms > 0);
 }
@@ -332,13 +353,7 @@ async fn node_kills_lose_and_duplicate_nothing() {
         tokens.push(cluster.user(i % 3, n).await.1);
     }
     let (owner, _) = cluster.user(0, "owner").await;
-    let chat = owner
-        .create_group("hot", &names)
-        .await
-        .unwrap()
-        .info
-        .unwrap()
-        .chat_id;
+    let chat = owner.create_group("hot", &names).await.unwrap().info.unwrap().chat_id;
     owner.close();
 
     const EACH: usize = 150;
@@ -421,7 +436,10 @@ async fn node_kills_lose_and_duplicate_nothing() {
         cluster.restart(d).await;
     }
     assert_eq!(acked.len(), names.len() * EACH);
-    assert!(kills >= 3, "the senders finished before the nodes were killed ({kills} kills)");
+    assert!(
+        kills >= 3,
+        "the senders finished before the nodes were killed ({kills} kills)"
+    );
 
     // Read the whole group back through one node.
     let reader = cluster.device(1, &tokens[0]).await;
@@ -429,7 +447,9 @@ async fn node_kills_lose_and_duplicate_nothing() {
     let mut after = 0;
     loop {
         let page = reader.history_after(chat, after, 200).await.unwrap();
-        let Some(last) = page.messages.last().map(|m| m.seq) else { break };
+        let Some(last) = page.messages.last().map(|m| m.seq) else {
+            break;
+        };
         for m in &page.messages {
             if let Some(c) = &m.content {
                 stored.push((m.seq, c.text.clone()));
@@ -442,8 +462,16 @@ async fn node_kills_lose_and_duplicate_nothing() {
         *count.entry(t.as_str()).or_default() += 1;
     }
     for (text, seq) in &acked {
-        assert_eq!(count.get(text.as_str()), Some(&1), "{text} (acked at seq {seq}) stored {:?} times", count.get(text.as_str()));
-        assert!(stored.contains(&(*seq, text.clone())), "{text} not at its acknowledged seq {seq}");
+        assert_eq!(
+            count.get(text.as_str()),
+            Some(&1),
+            "{text} (acked at seq {seq}) stored {:?} times",
+            count.get(text.as_str())
+        );
+        assert!(
+            stored.contains(&(*seq, text.clone())),
+            "{text} not at its acknowledged seq {seq}"
+        );
     }
     assert_eq!(stored.len(), acked.len(), "nothing stored that was never sent");
     let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();

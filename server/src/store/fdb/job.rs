@@ -201,7 +201,11 @@ pub(super) fn size(layout: &Layout, writes: &Writes, mutations: &Mutations) -> u
             4 * key + 16 + value + value.div_ceil(layout::PART) * (2 * key + 16)
         })
         .sum();
-    let adds: usize = mutations.adds.iter().map(|(k, _)| 2 * layout.data_key(k).len() + 25).sum();
+    let adds: usize = mutations
+        .adds
+        .iter()
+        .map(|(k, _)| 2 * layout.data_key(k).len() + 25)
+        .sum();
     let stamped: usize = mutations
         .stamped
         .iter()

@@ -432,7 +432,10 @@ async fn versionstamped_keys_follow_commit_order_across_nodes() {
     let values: Vec<[u8; 2]> = rows.iter().map(|(_, v)| [v[0], v[1]]).collect();
     let expected: Vec<[u8; 2]> = (0..20u8).flat_map(|i| [[i, 0], [i, 1]]).collect();
     assert_eq!(values, expected);
-    assert!(rows.iter().all(|(k, _)| k.len() == 2 + 12), "prefix, 10-byte stamp, 2-byte order");
+    assert!(
+        rows.iter().all(|(k, _)| k.len() == 2 + 12),
+        "prefix, 10-byte stamp, 2-byte order"
+    );
 }
 
 /// A watch resolves at once when the value already moved on, and otherwise
@@ -460,7 +463,10 @@ async fn a_watch_fires_on_a_change_made_by_another_node() {
         .await
         .expect("the watch fired")
         .unwrap();
-    assert!(started.elapsed() >= std::time::Duration::from_millis(90), "fired before the change");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(90),
+        "fired before the change"
+    );
     changer.await.unwrap();
     // Stale `seen`: at once.
     tokio::time::timeout(std::time::Duration::from_millis(500), a.watch(b"bell", None))

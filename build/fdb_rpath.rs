@@ -1,6 +1,9 @@
-//! With the `fdb` feature: where the linker finds libfdb_c.so, and an rpath
-//! so `quipd` and the test binaries find it at run time without
-//! LD_LIBRARY_PATH. Without the feature it does nothing.
+//! The build script of quip-server, quip-tests and quip-bench. With their
+//! `fdb` feature: where the linker finds libfdb_c.so, and an rpath so
+//! `quipd`, the test binaries and `quip-bench` find it at run time without
+//! LD_LIBRARY_PATH (a dependency's link arguments do not carry over to the
+//! binaries of the crates that use it, so each crate sets its own). Without
+//! the feature it does nothing.
 
 use std::path::Path;
 
