@@ -134,7 +134,7 @@ fuzz_target!(|input: Input| {
         let closer = Closer::new();
         let (tx, _rx) = quip_server::hub::push_queue(16);
         let session = Session::new(w.shared.clone(), closer, tx, "127.0.0.1".parse().unwrap());
-        match session.hello(env) {
+        match session.hello(env).await {
             Ok(welcome) => {
                 assert_eq!(welcome.id, id);
                 let Some(Body::Welcome(wel)) = welcome.body else {

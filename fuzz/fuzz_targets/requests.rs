@@ -254,7 +254,7 @@ async fn run(input: Input) {
                 background: false,
             }),
         );
-        assert!(matches!(s.hello(hello), Ok(ref w) if matches!(w.body, Some(Body::Welcome(_)))));
+        assert!(matches!(s.hello(hello).await, Ok(ref w) if matches!(w.body, Some(Body::Welcome(_)))));
         sessions.push(s);
     }
     for (n, (who, op)) in input.steps.into_iter().take(64).enumerate() {

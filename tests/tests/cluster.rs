@@ -273,6 +273,38 @@ async fn a_revoked_token_stops_working_on_every_node() {
     eprintln!("revocation closed node 1's connection after {closed_after:?}");
 }
 
+/// What else crosses nodes: two users on two nodes writing to each other
+/// for the first time at once get one direct chat; a typing indicator and a
+/// channel post reach a device on another node.
+#[tokio::test]
+async fn direct_chats_typing_and_channel_posts_cross_nodes() {
+    let cluster = Cluster::start(2).await;
+    let (alice, _) = cluster.user(0, "alice").await;
+    let (bob, _) = cluster.user(1, "bob").await;
+    let (a, b) = tokio::join!(alice.send_text("bob", "hi bob"), bob.send_text("alice", "hi alice"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.chat_id, b.chat_id, "two nodes racing made two direct chats");
+    assert_eq!(a.seq.max(b.seq), 2);
+
+    alice.typing(a.chat_id).await.unwrap();
+    let events = collect_until(&bob, |e| {
+        e.iter()
+            .any(|e| matches!(&e.kind, Some(v1::event::Kind::Typing(t)) if t.user == "alice"))
+    })
+    .await;
+    assert!(!events.is_empty());
+
+    let channel = alice.create_channel("news").await.unwrap().info.unwrap().chat_id;
+    bob.subscribe(channel, false).await.unwrap();
+    let post = alice.send_text_to_chat(channel, "extra, extra").await.unwrap();
+    collect_until(&bob, |e| {
+        e.iter().any(|e| {
+            matches!(&e.kind, Some(v1::event::Kind::Advanced(adv)) if adv.chat_id == channel && adv.seq == post.seq)
+        })
+    })
+    .await;
+}
+
 /// A TLS session ticket from one node is refused by another without an
 /// error: the handshake completes as a full one and the client says Hello
 /// again; the next reconnect to that node resumes in 0-RTT.

@@ -25,12 +25,12 @@
 //! a local cluster, to be revisited (an async read, or reads on a blocking
 //! pool) before latency to the cluster grows.
 //!
-//! # Not done yet
-//! This store keeps the contract of the trait, so one quipd runs on it as
-//! on the embedded engines. What several nodes on one cluster still lack
-//! (spec/storage.md §6): live delivery to devices connected to another
-//! node, versionstamped per-user logs (each user's log head is a conflict
-//! point), and invalidation of other nodes' session caches.
+//! # Clusters
+//! Atomic adds, versionstamped keys and watches ([`Txn::atomic_add`],
+//! [`Txn::set_versionstamped`], [`Store::watch`]) are what
+//! [`crate::cluster`] builds cross-node push on. What is not done yet is in
+//! spec/storage.md §6.1: versionstamped per-user logs (each user's log head
+//! is a conflict point), a chat owner for hot groups, typed unavailability.
 
 mod job;
 mod layout;
@@ -52,6 +52,8 @@ pub use writer::Fault;
 use self::layout::Layout;
 use self::read::{Reads, Snapshot, store_error};
 use self::writer::{Cmd, Counters, Writer};
+#[cfg(doc)]
+use super::Txn;
 use super::{BoxFuture, OnDurable, ReadTxn, Store, StoreError, StoreStats, WriteFn};
 
 /// How long one transaction may take, retries included, before it fails
