@@ -35,6 +35,7 @@ pub mod fdb;
 pub mod lsm;
 pub mod memory;
 mod overlay;
+mod writes;
 
 use std::future::Future;
 use std::pin::Pin;
