@@ -28,6 +28,11 @@ if [ -z "${FDB_CLIENT_LIB_PATH:-}" ]; then
     exit 1
   fi
 fi
+# Every binary that links quip-server with the feature (the client's tests
+# do, through a dev-dependency) finds the library at run time; the rpath of
+# build/fdb_rpath.rs covers only the crates that have an fdb feature.
+FDB_LIB_DIR="${FDB_CLIENT_LIB_PATH:-/opt/foundationdb/lib}"
+export LD_LIBRARY_PATH="$FDB_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # quip-server's FoundationDB store, the integration tests that run on it,
 # and the benchmark's cluster scenario.
 FDB_FEATURES=(--features quip-server/fdb,quip-tests/fdb,quip-bench/fdb)
