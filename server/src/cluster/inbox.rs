@@ -28,6 +28,17 @@ const INLINE_CONTENT: usize = 8 << 10;
 pub fn split(txn: &mut dyn Txn, d: Delivery, live: &[u64]) -> Result<BTreeMap<u64, InboxRecord>, ServiceError> {
     let mut out: BTreeMap<u64, InboxRecord> = BTreeMap::new();
     let mut whereabouts: HashMap<u64, Vec<u64>> = HashMap::new();
+    // Every recipient's directory entry in one round trip.
+    let mut users: Vec<u64> = d
+        .events
+        .iter()
+        .map(|n| n.user_id)
+        .chain(d.watch.iter().map(|w| w.0))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let keys: Vec<Vec<u8>> = users.iter().map(|&u| keys::whereabouts(u)).collect();
+    txn.prefetch(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     let mut nodes_of = |txn: &mut dyn Txn, user: u64| -> Result<Vec<u64>, ServiceError> {
         if let Some(n) = whereabouts.get(&user) {
             return Ok(n.clone());

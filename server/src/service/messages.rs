@@ -272,6 +272,9 @@ pub fn fan_out(
         seq: msg.seq,
         receipt: None,
     };
+    // One round trip for every member's log head on a networked store.
+    let heads: Vec<Vec<u8>> = members.iter().map(|&m| keys::log_head(m)).collect();
+    txn.prefetch(&heads.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     let mut out = Vec::with_capacity(members.len());
     for &member in members {
         let skip_device = skip.and_then(|(u, d)| (u == member).then_some(d));

@@ -193,6 +193,8 @@ fn scan_aggregate(txn: &mut dyn ReadTxn, chat_id: u64, members: &[u64]) -> Resul
         read_min: u64::MAX,
         read_at_min: 0,
     };
+    let cursors: Vec<Vec<u8>> = members.iter().map(|&uid| keys::cursor(chat_id, uid)).collect();
+    txn.prefetch(&cursors.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     for &uid in members {
         let Some(c) = records::get::<CursorRecord>(txn, &keys::cursor(chat_id, uid))? else {
             continue;

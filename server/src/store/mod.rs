@@ -162,6 +162,16 @@ pub trait ReadTxn {
     fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         keys.iter().map(|key| self.get(key)).collect()
     }
+
+    /// Says that `keys` are about to be read one by one: a networked store
+    /// fetches them together now (one round trip) and answers the reads
+    /// from its transaction's cache, so code that reads per member of a
+    /// group costs O(1) round trips however large the group. The default,
+    /// for local engines whose reads are cheap, does nothing.
+    fn prefetch(&mut self, keys: &[&[u8]]) -> Result<(), StoreError> {
+        let _ = keys;
+        Ok(())
+    }
 }
 
 /// A read-write transaction.

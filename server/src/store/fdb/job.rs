@@ -132,6 +132,12 @@ impl ReadTxn for JobTxn<'_> {
         Ok(values)
     }
 
+    /// FoundationDB's transaction caches what it read, so the reads that
+    /// follow are answered without a round trip.
+    fn prefetch(&mut self, keys: &[&[u8]]) -> Result<(), StoreError> {
+        self.get_many(keys).map(drop)
+    }
+
     fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
         if begin >= end || limit == 0 {
             return Ok(Vec::new());

@@ -217,6 +217,11 @@ impl ReadTxn for Snapshot<'_> {
         Ok(self.noted(r)?.into_iter().map(|(v, _)| v).collect())
     }
 
+    /// Snapshot reads are cached by the transaction too.
+    fn prefetch(&mut self, keys: &[&[u8]]) -> Result<(), StoreError> {
+        self.get_many(keys).map(drop)
+    }
+
     fn range(&mut self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, StoreError> {
         let r = self.reads.range(begin, end, limit, reverse);
         Ok(self.noted(r)?.into_iter().map(|(kv, _)| kv).collect())
