@@ -62,6 +62,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_FDB_PREFIX", default_value = "quip")]
     pub fdb_prefix: String,
 
+    /// Milliseconds a FoundationDB transaction may take, retries included,
+    /// before the request fails with UNAVAILABLE (retry after 1 s), with
+    /// --store fdb: how long requests wait while the cluster is down or
+    /// recovering.
+    #[arg(long, env = "QUIP_FDB_TIMEOUT_MS", default_value_t = 10_000)]
+    pub fdb_timeout_ms: u32,
+
     /// The node secret that QUIC's stateless-reset and Retry-token keys
     /// derive from (32 bytes or more; created 0600 with random content if
     /// missing). Default: <data-dir>/secret. Keeping it across restarts lets

@@ -28,6 +28,8 @@ pub struct FdbServer {
     processes: Option<(Child, Child)>,
     dir: Option<PathBuf>,
     cluster_file: PathBuf,
+    /// Its port (0 for a server this process did not start).
+    port: u16,
 }
 
 /// Names a running cluster's file for [`FdbServer::shared`] to use.
@@ -49,6 +51,7 @@ impl FdbServer {
                 processes: None,
                 dir: None,
                 cluster_file: file.into(),
+                port: 0,
             },
             None => Self::start().unwrap_or_else(|e| panic!("starting a test FoundationDB server: {e}")),
         })
@@ -82,40 +85,12 @@ impl FdbServer {
         let cluster_file = dir.join("fdb.cluster");
         let id: u64 = rand::random();
         std::fs::write(&cluster_file, format!("test:{id:016x}@127.0.0.1:{port}\n")).map_err(|e| e.to_string())?;
-        let server = Command::new(fdbserver)
-            .arg("-p")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-C")
-            .arg(&cluster_file)
-            .arg("-d")
-            .arg(dir.join("data"))
-            .arg("-L")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", fdbserver.display()))?;
-        // Kills the server and removes its files once this process is gone.
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(
-                "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 1; done; \
-                 kill -9 \"$2\" 2>/dev/null; sleep 1; rm -rf \"$3\"",
-            )
-            .arg("fdb-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(server.id().to_string())
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("sh: {e}"))?;
+        let (server, watchdog) = spawn(fdbserver, port, &dir, &cluster_file)?;
         let mut s = Self {
             processes: Some((server, watchdog)),
             dir: Some(dir.clone()),
             cluster_file,
+            port,
         };
         s.configure(&dir)?;
         Ok(s)
@@ -167,6 +142,36 @@ impl FdbServer {
         ))
     }
 
+    /// Kills the server (SIGKILL), keeping its data directory: to its
+    /// clients the cluster is gone.
+    pub fn stop(&mut self) {
+        if let Some((server, watchdog)) = &mut self.processes {
+            // The watchdog first: it would remove the data once the server is gone.
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        self.processes = None;
+    }
+
+    /// Starts a stopped server again on its port and data, and waits until
+    /// the database is available (it recovers what it had committed).
+    pub fn restart(&mut self) -> Result<(), String> {
+        let dir = self.dir.clone().ok_or("not a server this process started")?;
+        if self.processes.is_none() {
+            self.processes = Some(spawn(&binary("fdbserver")?, self.port, &dir, &self.cluster_file)?);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.cli("status minimal", 5)?.contains("The database is available") {
+            if Instant::now() > deadline {
+                return Err(format!("fdbserver did not come back; logs in {}", dir.display()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// The cluster file clients connect with.
     pub fn cluster_file(&self) -> &Path {
         &self.cluster_file
@@ -185,6 +190,42 @@ impl Drop for FdbServer {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Starts `fdbserver` on `port` with its data in `dir`, and a watchdog that
+/// kills it and removes `dir` once this process is gone.
+fn spawn(fdbserver: &Path, port: u16, dir: &Path, cluster_file: &Path) -> Result<(Child, Child), String> {
+    let server = Command::new(fdbserver)
+        .arg("-p")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-C")
+        .arg(cluster_file)
+        .arg("-d")
+        .arg(dir.join("data"))
+        .arg("-L")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", fdbserver.display()))?;
+    // Kills the server and removes its files once this process is gone.
+    let watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 1; done; \
+             kill -9 \"$2\" 2>/dev/null; sleep 1; rm -rf \"$3\"",
+        )
+        .arg("fdb-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(server.id().to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sh: {e}"))?;
+    Ok((server, watchdog))
 }
 
 /// A key prefix no other test of this process (or of another run on the

@@ -163,3 +163,90 @@ async fn two_quipd_processes_share_one_cluster() {
     assert_eq!(texts, vec!["sent twice", "through node two", "through node one"]);
     drop((node1, node2));
 }
+
+/// FoundationDB stopped under load and started again: while it is gone,
+/// sends fail with UNAVAILABLE (typed, with a retry delay; never INTERNAL),
+/// `/healthz` says 503 "store unavailable"; once it is back, quipd serves
+/// again without a restart, and every acknowledged message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foundationdb_outage_is_unavailable_then_service_resumes() {
+    let mut fdb = tokio::task::spawn_blocking(|| FdbServer::start().expect("a private fdbserver"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        store: StoreKind::Fdb,
+        fdb_cluster_file: Some(fdb.cluster_file().to_path_buf()),
+        fdb_prefix: unique_prefix("outage"),
+        fdb_timeout_ms: 1_500,
+        ..Config::for_tests(dir.path())
+    };
+    let server = TestServer::start_with(config).await;
+    let (alice, _) = server.user("alice").await;
+    let (bob, _) = server.user("bob").await;
+    let send = |i: usize| {
+        alice.send(v1::SendRequest {
+            to_user: "bob".into(),
+            client_msg_id: format!("m{i}"),
+            content: Some(v1::Content {
+                text: format!("m{i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        send(i).await.unwrap();
+        acked.push(i);
+    }
+    let fdb = tokio::task::spawn_blocking(move || {
+        fdb.stop();
+        fdb
+    })
+    .await
+    .unwrap();
+    let health = common::https::get(&server, "/healthz").await;
+    assert_eq!(health.status, 503);
+    assert!(String::from_utf8_lossy(&health.body).contains("store unavailable"));
+    // Message 20 while the cluster is gone: typed, with a retry delay.
+    match send(20).await {
+        Err(quip_client::ClientError::Server {
+            code, retry_after_ms, ..
+        }) => {
+            assert_eq!(code, v1::ErrorCode::Unavailable);
+            assert!(retry_after_ms > 0);
+        }
+        other => panic!("a send during the outage answered {other:?}"),
+    }
+    let mut fdb = fdb;
+    let fdb = tokio::task::spawn_blocking(move || {
+        fdb.restart().expect("fdbserver restarts");
+        fdb
+    })
+    .await
+    .unwrap();
+    // Back: the unacknowledged send retried with its client_msg_id, then more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 20..40 {
+        loop {
+            match send(i).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(e.code(), Some(v1::ErrorCode::Unavailable), "{e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("quipd did not recover: {e}"),
+            }
+        }
+        acked.push(i);
+    }
+    assert_eq!(common::https::get(&server, "/healthz").await.status, 200);
+    let history = bob.history("alice", 0, 100).await.unwrap();
+    let mut texts: Vec<String> = history.messages.iter().map(|m| text(m).to_owned()).collect();
+    texts.reverse();
+    let expected: Vec<String> = acked.iter().map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected, "every acknowledged message once, in order");
+    server.stop().await;
+    drop(fdb);
+}

@@ -4,6 +4,9 @@ use quip_protocol::v1::{self, ErrorCode};
 
 use crate::store::StoreError;
 
+/// The retry delay a client is given while the store is unavailable.
+pub const STORE_RETRY_MS: u32 = 1_000;
+
 /// Why a request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -92,7 +95,7 @@ impl ServiceError {
             Self::TooEarly => ErrorCode::TooEarly,
             Self::HashMismatch { .. } => ErrorCode::HashMismatch,
             Self::UploadIncomplete { .. } => ErrorCode::UploadIncomplete,
-            Self::Store(StoreError::Closed) => ErrorCode::Unavailable,
+            Self::Store(StoreError::Closed | StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -100,8 +103,11 @@ impl ServiceError {
     /// The wire form.
     pub fn to_wire(&self) -> v1::Error {
         let mut e = v1::Error::new(self.code(), self.to_string());
-        if let Self::RateLimited { retry_after_ms } = self {
-            e.retry_after_ms = *retry_after_ms;
+        match self {
+            Self::RateLimited { retry_after_ms } => e.retry_after_ms = *retry_after_ms,
+            // Worth a retry soon: the cluster recovers by itself.
+            Self::Store(StoreError::Unavailable(_)) => e.retry_after_ms = STORE_RETRY_MS,
+            _ => {}
         }
         e
     }

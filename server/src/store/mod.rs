@@ -85,6 +85,7 @@ fn open_fdb(config: &crate::Config) -> Result<Arc<dyn Store>, StoreError> {
         cluster_file: config.fdb_cluster_file.clone(),
         prefix: config.fdb_prefix.clone(),
         queue: config.write_queue,
+        timeout_ms: config.fdb_timeout_ms,
     };
     Ok(Arc::new(fdb::FdbStore::open(&options)?))
 }
@@ -119,6 +120,12 @@ pub enum StoreError {
     /// The store is shut down and accepts no more work.
     #[error("store is closed")]
     Closed,
+    /// The store cannot be reached now (a FoundationDB cluster down or
+    /// recovering past the transaction timeout). A write either did not
+    /// happen or, where the message says so, may have: retrying it is safe,
+    /// as every write a client can retry is idempotent.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The backend cannot do this (versionstamps and watches need
     /// FoundationDB: a cluster cannot run on an embedded store).
     #[error("not supported by this store: {0}")]

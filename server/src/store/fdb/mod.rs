@@ -56,10 +56,11 @@ use self::writer::{Cmd, Counters, Writer};
 use super::Txn;
 use super::{BoxFuture, OnDurable, ReadTxn, Store, StoreError, StoreStats, WriteFn};
 
-/// How long one transaction may take, retries included, before it fails
-/// with `transaction_timed_out` (FoundationDB's default is forever: a
-/// request would hang while the cluster is unreachable).
-pub const TXN_TIMEOUT_MS: i32 = 10_000;
+/// The default of how long one transaction may take, retries included,
+/// before it fails with `transaction_timed_out` (FoundationDB's default is
+/// forever: a request would hang while the cluster is unreachable);
+/// `--fdb-timeout-ms` sets it.
+pub const TXN_TIMEOUT_MS: u32 = 10_000;
 
 /// Where a [`FdbStore`] keeps its data.
 #[derive(Debug, Clone)]
@@ -71,6 +72,8 @@ pub struct FdbOptions {
     pub prefix: String,
     /// Writes waiting for the writer before senders wait (backpressure).
     pub queue: usize,
+    /// How long one transaction may take, retries included (ms).
+    pub timeout_ms: u32,
 }
 
 /// A [`Store`] in a FoundationDB cluster (see the module docs).
@@ -98,7 +101,8 @@ impl FdbStore {
         let described = path.unwrap_or("the default cluster file");
         let db = Database::new(path)
             .map_err(|e| StoreError::Backend(format!("opening FoundationDB with {described}: {e}")))?;
-        db.set_option(DatabaseOption::TransactionTimeout(TXN_TIMEOUT_MS))
+        let timeout = i32::try_from(options.timeout_ms).unwrap_or(i32::MAX);
+        db.set_option(DatabaseOption::TransactionTimeout(timeout))
             .map_err(store_error)?;
         let layout = Layout::new(&options.prefix);
         let stale = writer::clear_stale_markers(&db, &layout)

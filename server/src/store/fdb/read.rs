@@ -39,7 +39,20 @@ impl From<StoreError> for ReadError {
 
 /// A FoundationDB error as the store reports it.
 pub(super) fn store_error(e: FdbError) -> StoreError {
-    StoreError::Backend(format!("FoundationDB error {}: {e}", e.code()))
+    if unavailable(e) {
+        StoreError::Unavailable(format!("FoundationDB error {}: {e}", e.code()))
+    } else {
+        StoreError::Backend(format!("FoundationDB error {}: {e}", e.code()))
+    }
+}
+
+/// Errors that mean the cluster could not serve in time rather than that
+/// the request was wrong: the transaction timed out (its retries included),
+/// or a transient error outlived the retries.
+pub(super) fn unavailable(e: FdbError) -> bool {
+    const TIMED_OUT: i32 = 1004;
+    const TRANSACTION_TIMED_OUT: i32 = 1031;
+    matches!(e.code(), TIMED_OUT | TRANSACTION_TIMED_OUT) || e.is_retryable()
 }
 
 /// Reads of store keys through one transaction.

@@ -18,6 +18,7 @@ fn open(prefix: &str) -> FdbStore {
         cluster_file: Some(FdbServer::shared().cluster_file().to_path_buf()),
         prefix: prefix.to_string(),
         queue: 1024,
+        timeout_ms: TXN_TIMEOUT_MS,
     })
     .unwrap()
 }

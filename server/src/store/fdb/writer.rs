@@ -254,7 +254,7 @@ impl Writer {
                                 Ok(true) => return Ok(keys),
                                 Ok(false) => generation += 1,
                                 Err(e) => {
-                                    return Err(StoreError::Backend(format!(
+                                    return Err(StoreError::Unavailable(format!(
                                         "FoundationDB commit result unknown ({}), and checking it failed ({}): \
                                          the writes may or may not be stored",
                                         failed.error(),

@@ -34,6 +34,9 @@ use crate::transport::{web, ws};
 
 mod media_api;
 
+/// How long `/healthz` waits for its store read.
+const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The WebSocket endpoint's path.
 pub const WS_PATH: &str = "/v1/ws";
 
@@ -137,10 +140,20 @@ async fn websocket(
 }
 
 /// `GET /healthz`: 200 while serving, 503 once shutting down.
+///
+/// It also reads from the store (within [`HEALTH_STORE_TIMEOUT`]): a node
+/// that cannot reach its FoundationDB cluster serves nothing useful, and a
+/// load balancer should send clients elsewhere.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let version = env!("CARGO_PKG_VERSION");
+    let store = shared.store.clone();
+    let probe =
+        tokio::task::spawn_blocking(move || crate::store::read(&*store, |t| t.get(&crate::keys::counter("user"))));
+    let store_ok = matches!(tokio::time::timeout(HEALTH_STORE_TIMEOUT, probe).await, Ok(Ok(Ok(_))));
     let (status, state) = if shared.shutdown.started() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if !store_ok {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
     } else {
         (StatusCode::OK, "ok")
     };
