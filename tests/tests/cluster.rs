@@ -212,6 +212,89 @@ async fn pushes_cross_nodes_once_each_in_commit_order() {
     }
 }
 
+/// A 50-member group with members on all three nodes: every member gets
+/// every message once, in the same order everywhere; delivery receipts from
+/// members on every node reach the senders as the group's "delivered to
+/// everyone" tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifty_member_group_spread_over_three_nodes_agrees_on_everything() {
+    let cluster = Cluster::start_with(3, &["--registrations-per-ip-burst", "1000"]).await;
+    const MEMBERS: usize = 50;
+    let mut members = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        members.push(cluster.user(i % 3, &format!("member{i:02}")).await.0);
+    }
+    let names: Vec<String> = (1..MEMBERS).map(|i| format!("member{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let chat = members[0]
+        .create_group("fifty", &refs)
+        .await
+        .unwrap()
+        .info
+        .unwrap()
+        .chat_id;
+    // Ten messages from a member on each node, at once.
+    const EACH: usize = 10;
+    let senders = [0usize, 1, 2];
+    let texts: Vec<Vec<String>> = senders
+        .iter()
+        .map(|s| (0..EACH).map(|i| format!("from{s}-{i}")).collect())
+        .collect();
+    let sends = futures::future::join_all(senders.iter().zip(&texts).map(|(&s, t)| {
+        let c = &members[s];
+        async move {
+            let mut last = 0;
+            for text in t {
+                last = c.send_text_to_chat(chat, text).await.unwrap().seq;
+            }
+            last
+        }
+    }));
+    let total = senders.len() * EACH;
+    // A sender's own device is not pushed its own messages (it has the
+    // acknowledgement): senders expect the others'.
+    let receivers = futures::future::join_all(members.iter().enumerate().map(|(i, c)| {
+        let expected = if senders.contains(&i) { total - EACH } else { total };
+        collect_until(c, move |e| messages_in(e, chat).len() >= expected)
+    }));
+    let (lasts, received) = tokio::join!(sends, receivers);
+    let order: Vec<(u64, String)> = messages_in(&received[MEMBERS - 1], chat);
+    assert_eq!(order.len(), total);
+    assert!(
+        order.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "dense and in order: {order:?}"
+    );
+    for (i, events) in received.iter().enumerate() {
+        let mine = format!("from{i}-");
+        let expected: Vec<&(u64, String)> = order.iter().filter(|(_, t)| !t.starts_with(&mine)).collect();
+        let got = messages_in(events, chat);
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            expected,
+            "member {i} (node {}) saw another order",
+            i % 3
+        );
+    }
+    // Everyone confirms delivery of the last message; the receipts of all
+    // three nodes' members add up to "delivered to everyone" for the sender
+    // on node 0.
+    let last = *lasts.iter().max().unwrap();
+    futures::future::join_all(
+        members
+            .iter()
+            .map(|c| async move { c.receipt(chat, v1::ReceiptKind::Delivered, last).await.unwrap() }),
+    )
+    .await;
+    let ticks = collect_until(&members[0], |e| {
+        e.iter().any(|e| {
+            matches!(&e.kind, Some(v1::event::Kind::Receipt(r))
+                if r.everyone && r.kind == v1::ReceiptKind::Delivered as i32 && r.seq >= lasts[0])
+        })
+    })
+    .await;
+    assert!(!ticks.is_empty());
+}
+
 /// An acknowledged write is visible at once from every node: a send, then
 /// a read receipt and an ack, each read back through another node.
 #[tokio::test]
