@@ -103,10 +103,20 @@ cargo build --locked -p quip-bench -p quip-server --features quip-server/fdb,qui
 cargo test --locked -p quip-bench --benches --features quip-server/fdb,quip-bench/fdb   # each Criterion micro-benchmark once
 ./target/debug/quip-bench connections --connections 50 --users 2 --idle-seconds 1
 echo "== tests"
+# The integration suite twice: first with every test server's data in
+# FoundationDB (QUIP_TEST_STORE=fdb: a one-node cluster, so every push
+# goes through the node's inbox), then as is, on the embedded store, with
+# the rest of the workspace. The cluster and FoundationDB-specific binaries
+# choose their stores themselves and run once.
 if command -v cargo-nextest >/dev/null 2>&1; then
+  echo "== integration tests on FoundationDB"
+  QUIP_TEST_STORE=fdb cargo nextest run -p quip-tests --locked --no-fail-fast --features quip-tests/fdb \
+    -E 'not binary(cluster) and not binary(fdb)'
+  echo "== all tests"
   # nextest does not run doctests; run them first so the summary closes the log.
   cargo test --workspace --locked --doc "${FDB_FEATURES[@]}"
   cargo nextest run --workspace --locked --no-fail-fast "${FDB_FEATURES[@]}"
 else
+  QUIP_TEST_STORE=fdb cargo test -p quip-tests --locked --no-fail-fast --features quip-tests/fdb
   cargo test --workspace --locked --no-fail-fast "${FDB_FEATURES[@]}"
 fi

@@ -229,12 +229,18 @@ pub struct NodeRecord {
     pub addr: String,
 }
 
-/// `where/{user_id}`: the nodes holding the user's connections, sorted.
+/// `where/{user_id}`: the nodes holding the user's connections, and those
+/// on which the user counts as online; both sorted.
 #[derive(Clone, PartialEq, Message)]
 pub struct WhereRecord {
-    /// Node ids.
+    /// Nodes holding a connection of the user (background ones included):
+    /// where pushes go.
     #[prost(uint64, repeated, tag = "1")]
     pub nodes: Vec<u64>,
+    /// Nodes on which the user is online (a foreground connection, or the
+    /// grace period after one was lost): presence.
+    #[prost(uint64, repeated, tag = "2")]
+    pub present: Vec<u64>,
 }
 
 /// `inbox/{node}{versionstamp}`: what one commit (or one transient event)
@@ -256,6 +262,10 @@ pub struct InboxRecord {
     /// Devices whose connections must close (revoked tokens).
     #[prost(message, repeated, tag = "5")]
     pub closes: Vec<DeviceClose>,
+    /// Messages the events refer to ([`InboxEvent::message`]): a group
+    /// send's message once, not once per member.
+    #[prost(message, repeated, tag = "6")]
+    pub messages: Vec<quip_protocol::v1::Message>,
 }
 
 /// A log event in an [`InboxRecord`].
@@ -273,6 +283,10 @@ pub struct InboxEvent {
     /// A device that already has it (0: none).
     #[prost(uint32, tag = "4")]
     pub skip_device: u32,
+    /// For a message event: 1 + its index in [`InboxRecord::messages`]
+    /// (then `event` carries only the position); 0: `event` is whole.
+    #[prost(uint32, tag = "5")]
+    pub message: u32,
 }
 
 /// A channel subscription change in an [`InboxRecord`].

@@ -374,10 +374,31 @@ async fn bad_group_requests_get_typed_errors_and_lose_nothing() {
 }
 
 /// Keys the store wrote for one post (nothing else runs meanwhile).
+/// The fewest keys one of three posts wrote: on a FoundationDB store the
+/// node's own writes (its heartbeat every second) may fall in a window.
 async fn writes_per_post(server: &TestServer, admin: &Client, chat: u64, text: &str) -> u64 {
-    let before = server.store.stats().keys_written;
-    admin.send_text_to_chat(chat, text).await.unwrap();
-    server.store.stats().keys_written - before
+    let mut fewest = u64::MAX;
+    for i in 0..3 {
+        let before = settled_keys_written(server).await;
+        admin.send_text_to_chat(chat, &format!("{text} {i}")).await.unwrap();
+        fewest = fewest.min(settled_keys_written(server).await - before);
+    }
+    fewest
+}
+
+/// Keys written so far, once nothing has been written for 150 ms: on a
+/// FoundationDB store the node clears what it pushed from its inbox in a
+/// write of its own, after the post's.
+async fn settled_keys_written(server: &TestServer) -> u64 {
+    let mut last = server.store.stats().keys_written;
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let now = server.store.stats().keys_written;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 #[tokio::test]
@@ -429,7 +450,10 @@ async fn channel_post_costs_the_same_writes_for_thousands_of_subscribers() {
     assert_eq!(admin.chat_info(chat).await.unwrap().member_count, 3002);
     let with_many = writes_per_post(&server, &admin, chat, "many").await;
     assert_eq!(with_two, with_many, "a post's writes do not grow with subscribers");
-    assert!(with_many <= 4, "{with_many} keys for one post");
+    // msg/, chat/, cur/, idem/; in a cluster (FoundationDB) also the inbox
+    // entry and doorbell of each live node, and the entry's clearing.
+    let bound = if server.store.clustered() { 7 } else { 4 };
+    assert!(with_many <= bound, "{with_many} keys for one post");
 
     // An offline subscriber pulls: forwards from its read cursor.
     let late = server.connect_as(&users[42].1).await;
@@ -440,9 +464,12 @@ async fn channel_post_costs_the_same_writes_for_thousands_of_subscribers() {
         (ChatKind::Channel as i32, "news", 3002)
     );
     let page = late.history_after(chat, c.my_read_seq, 100).await.unwrap();
-    assert_eq!(page.messages.iter().map(text).collect::<Vec<_>>(), vec!["many"]);
+    assert_eq!(
+        page.messages.iter().map(text).collect::<Vec<_>>(),
+        vec!["many 0", "many 1", "many 2"]
+    );
     let all = late.history_after(chat, 0, 100).await.unwrap();
-    assert_eq!(all.messages.len(), 4, "created event and three posts");
+    assert_eq!(all.messages.len(), 8, "created event and seven posts");
 
     // Subscribers cannot post; an unsubscribed reader stops hearing posts.
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The session directory: `where/{user}` lists the nodes holding the
-//! user's connections (see the module docs of [`crate::cluster`]).
+//! user's connections, and those on which the user counts as online (see
+//! the module docs of [`crate::cluster`]).
 
 use prost::Message as _;
 
@@ -16,29 +17,65 @@ pub fn nodes_of(txn: &mut dyn ReadTxn, user: u64) -> Result<Vec<u64>, ServiceErr
     Ok(records::get::<WhereRecord>(txn, &keys::whereabouts(user))?.map_or_else(Vec::new, |r| r.nodes))
 }
 
-/// Sets whether `node` is listed for `user`; whether that changed anything.
+/// The nodes on which `user` counts as online.
+pub fn present_on(txn: &mut dyn ReadTxn, user: u64) -> Result<Vec<u64>, ServiceError> {
+    Ok(records::get::<WhereRecord>(txn, &keys::whereabouts(user))?.map_or_else(Vec::new, |r| r.present))
+}
+
+/// Sets whether `node` is listed for `user` (it holds a connection);
+/// whether that changed anything.
 pub fn set_listed(txn: &mut dyn Txn, user: u64, node: u64, listed: bool) -> Result<bool, ServiceError> {
+    update(txn, user, node, |rec| set_in(&mut rec.nodes, node, listed))
+}
+
+/// Sets whether `user` counts as online on `node`; the other nodes on which
+/// they do.
+pub fn set_present(txn: &mut dyn Txn, user: u64, node: u64, present: bool) -> Result<Vec<u64>, ServiceError> {
+    let mut others = Vec::new();
+    update(txn, user, node, |rec| {
+        let changed = set_in(&mut rec.present, node, present);
+        others = rec.present.iter().copied().filter(|&n| n != node).collect();
+        changed
+    })?;
+    Ok(others)
+}
+
+/// Adds `node` to or removes it from a sorted list; whether it changed.
+fn set_in(list: &mut Vec<u64>, node: u64, on: bool) -> bool {
+    match (on, list.binary_search(&node)) {
+        (true, Err(i)) => list.insert(i, node),
+        (false, Ok(i)) => {
+            list.remove(i);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Reads `user`'s record, lets `change` edit it, writes it back if it
+/// changed (clearing it once empty), keeping `nodeusr/` in step.
+fn update(
+    txn: &mut dyn Txn,
+    user: u64,
+    node: u64,
+    change: impl FnOnce(&mut WhereRecord) -> bool,
+) -> Result<bool, ServiceError> {
     let key = keys::whereabouts(user);
     let mut rec: WhereRecord = records::get(txn, &key)?.unwrap_or_default();
-    match (listed, rec.nodes.binary_search(&node)) {
-        (true, Err(i)) => {
-            rec.nodes.insert(i, node);
-            txn.set(&key, &rec.encode_to_vec());
-            txn.set(&keys::node_user(node, user), b"");
-            Ok(true)
-        }
-        (false, Ok(i)) => {
-            rec.nodes.remove(i);
-            if rec.nodes.is_empty() {
-                txn.clear(&key);
-            } else {
-                txn.set(&key, &rec.encode_to_vec());
-            }
-            txn.clear(&keys::node_user(node, user));
-            Ok(true)
-        }
-        _ => Ok(false),
+    if !change(&mut rec) {
+        return Ok(false);
     }
+    if rec.nodes.is_empty() && rec.present.is_empty() {
+        txn.clear(&key);
+    } else {
+        txn.set(&key, &rec.encode_to_vec());
+    }
+    if rec.nodes.contains(&node) || rec.present.contains(&node) {
+        txn.set(&keys::node_user(node, user), b"");
+    } else {
+        txn.clear(&keys::node_user(node, user));
+    }
+    Ok(true)
 }
 
 /// Brings `user`'s entry in line with this node's hub, durably. The hub is
@@ -67,6 +104,7 @@ pub fn forget_node(txn: &mut dyn Txn, dead: u64, limit: usize) -> Result<usize, 
             continue;
         };
         set_listed(txn, user, dead, false)?;
+        set_present(txn, user, dead, false)?;
         txn.clear(k);
     }
     Ok(rows.len())

@@ -23,11 +23,16 @@ const BATCH: usize = 256;
 /// limit, and a batch of sends a byte budget).
 const INLINE_CONTENT: usize = 8 << 10;
 
+/// Largest inbox entry written, in bytes: inside FoundationDB's value
+/// limit (100,000), which versionstamped values cannot be split around. A
+/// delivery for more is written as several entries, in order.
+const ENTRY_BYTES: usize = 64 << 10;
+
 /// Splits a delivery by the nodes its recipients are on (read from the
-/// directory in `txn`); a channel post goes to every node in `live`.
-pub fn split(txn: &mut dyn Txn, d: Delivery, live: &[u64]) -> Result<BTreeMap<u64, InboxRecord>, ServiceError> {
-    let mut out: BTreeMap<u64, InboxRecord> = BTreeMap::new();
-    let mut whereabouts: HashMap<u64, Vec<u64>> = HashMap::new();
+/// directory in `txn`), as inbox entries in push order: several per node
+/// when one would be too large. A channel post goes to every node in `live`.
+pub fn split(txn: &mut dyn Txn, d: Delivery, live: &[u64]) -> Result<Vec<(u64, InboxRecord)>, ServiceError> {
+    let mut per: BTreeMap<u64, Packer> = BTreeMap::new();
     // Every recipient's directory entry in one round trip.
     let mut users: Vec<u64> = d
         .events
@@ -39,44 +44,127 @@ pub fn split(txn: &mut dyn Txn, d: Delivery, live: &[u64]) -> Result<BTreeMap<u6
     users.dedup();
     let keys: Vec<Vec<u8>> = users.iter().map(|&u| keys::whereabouts(u)).collect();
     txn.prefetch(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-    let mut nodes_of = |txn: &mut dyn Txn, user: u64| -> Result<Vec<u64>, ServiceError> {
-        if let Some(n) = whereabouts.get(&user) {
-            return Ok(n.clone());
-        }
-        let n = directory::nodes_of(txn, user)?;
-        whereabouts.insert(user, n.clone());
-        Ok(n)
-    };
+    let mut whereabouts: HashMap<u64, Vec<u64>> = HashMap::with_capacity(users.len());
+    for u in users {
+        whereabouts.insert(u, directory::nodes_of(txn, u)?);
+    }
     for (user_id, chat_id, on) in d.watch {
-        for node in nodes_of(txn, user_id)? {
-            out.entry(node)
-                .or_default()
-                .watch
-                .push(WatchChange { user_id, chat_id, on });
+        for &node in &whereabouts[&user_id] {
+            per.entry(node).or_default().watch(WatchChange { user_id, chat_id, on });
         }
     }
     for n in d.events {
-        let nodes = nodes_of(txn, n.user_id)?;
+        let nodes = &whereabouts[&n.user_id];
         if nodes.is_empty() {
             continue;
         }
-        let event = InboxEvent {
-            user_id: n.user_id,
-            chat_id: n.chat_id,
-            event: Some(slim_event(n.event)),
-            skip_device: n.skip_device.unwrap_or(0),
-        };
-        for node in nodes {
-            out.entry(node).or_default().events.push(event.clone());
+        let skip_device = n.skip_device.unwrap_or(0);
+        match n.event.kind {
+            Some(v1::event::Kind::Message(m)) => {
+                let m = slim_message(m);
+                for &node in nodes {
+                    per.entry(node)
+                        .or_default()
+                        .message_event(n.user_id, n.chat_id, n.event.pos, skip_device, &m);
+                }
+            }
+            kind => {
+                let event = InboxEvent {
+                    user_id: n.user_id,
+                    chat_id: n.chat_id,
+                    event: Some(v1::Event { pos: n.event.pos, kind }),
+                    skip_device,
+                    message: 0,
+                };
+                for &node in nodes {
+                    per.entry(node).or_default().event(event.clone());
+                }
+            }
         }
     }
     if let Some(post) = d.channel_post {
         let post = slim_message(post);
         for &node in live {
-            out.entry(node).or_default().channel_post = Some(post.clone());
+            per.entry(node).or_default().post(post.clone());
         }
     }
-    Ok(out)
+    Ok(per
+        .into_iter()
+        .flat_map(|(node, p)| p.finish().into_iter().map(move |r| (node, r)))
+        .collect())
+}
+
+/// Packs one node's share of a delivery into inbox entries of at most
+/// [`ENTRY_BYTES`], each message stored once per entry however many
+/// members' events refer to it.
+#[derive(Default)]
+struct Packer {
+    done: Vec<InboxRecord>,
+    current: InboxRecord,
+    bytes: usize,
+    /// (chat, seq) → 1 + index in `current.messages`.
+    messages: HashMap<(u64, u64), u32>,
+}
+
+impl Packer {
+    fn room(&mut self, bytes: usize) {
+        if self.bytes > 0 && self.bytes + bytes > ENTRY_BYTES {
+            self.done.push(std::mem::take(&mut self.current));
+            self.messages.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
+
+    fn watch(&mut self, w: WatchChange) {
+        self.room(32);
+        self.current.watch.push(w);
+    }
+
+    fn event(&mut self, e: InboxEvent) {
+        self.room(e.encoded_len() + 4);
+        self.current.events.push(e);
+    }
+
+    fn message_event(&mut self, user_id: u64, chat_id: u64, pos: u64, skip_device: u32, m: &v1::Message) {
+        let key = (m.chat_id, m.seq);
+        let size = if self.messages.contains_key(&key) {
+            0
+        } else {
+            m.encoded_len() + 8
+        };
+        self.room(size + 40);
+        let index = match self.messages.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.current.messages.push(m.clone());
+                let i = u32::try_from(self.current.messages.len()).unwrap_or(u32::MAX);
+                self.messages.insert(key, i);
+                i
+            }
+        };
+        self.current.events.push(InboxEvent {
+            user_id,
+            chat_id,
+            event: Some(v1::Event { pos, kind: None }),
+            skip_device,
+            message: index,
+        });
+    }
+
+    fn post(&mut self, m: v1::Message) {
+        self.room(m.encoded_len() + 8);
+        self.current.channel_post = Some(m);
+        // One post per entry: a later unit must not overwrite it.
+        self.bytes = ENTRY_BYTES;
+    }
+
+    fn finish(mut self) -> Vec<InboxRecord> {
+        if self.bytes > 0 {
+            self.done.push(self.current);
+        }
+        self.done
+    }
 }
 
 /// Appends `record` to `node`'s inbox and rings its doorbell.
@@ -120,15 +208,8 @@ pub fn send_close(txn: &mut dyn Txn, me: u64, close: &DeviceClose) -> Result<(),
     Ok(())
 }
 
-/// A message event without its content when the content is large (see
-/// [`INLINE_CONTENT`]).
-fn slim_event(mut e: v1::Event) -> v1::Event {
-    if let Some(v1::event::Kind::Message(m)) = e.kind {
-        e.kind = Some(v1::event::Kind::Message(slim_message(m)));
-    }
-    e
-}
-
+/// A message without its content when the content is large (see
+/// [`INLINE_CONTENT`]); the receiving node reads it back from `msg/`.
 fn slim_message(mut m: v1::Message) -> v1::Message {
     if m.content.as_ref().is_some_and(|c| c.encoded_len() > INLINE_CONTENT) {
         m.content = None;
@@ -149,14 +230,8 @@ fn fill_message(txn: &mut dyn ReadTxn, m: &mut v1::Message) -> Result<(), Servic
 }
 
 fn fill(txn: &mut dyn ReadTxn, record: &mut InboxRecord) -> Result<(), ServiceError> {
-    for e in &mut record.events {
-        if let Some(v1::Event {
-            kind: Some(v1::event::Kind::Message(m)),
-            ..
-        }) = &mut e.event
-        {
-            fill_message(txn, m)?;
-        }
+    for m in &mut record.messages {
+        fill_message(txn, m)?;
     }
     if let Some(m) = &mut record.channel_post {
         fill_message(txn, m)?;
@@ -237,10 +312,15 @@ impl Node {
                 .events
                 .into_iter()
                 .filter_map(|e| {
+                    let mut event = e.event?;
+                    if e.message > 0 {
+                        let m = record.messages.get(usize::try_from(e.message - 1).ok()?)?;
+                        event.kind = Some(v1::event::Kind::Message(m.clone()));
+                    }
                     Some(Notification {
                         user_id: e.user_id,
                         chat_id: e.chat_id,
-                        event: e.event?,
+                        event,
                         skip_device: (e.skip_device != 0).then_some(e.skip_device),
                     })
                 })

@@ -170,15 +170,18 @@ impl Node {
         directory::sync(self, user).await
     }
 
-    /// Whether another node than this one holds connections of `user`.
-    pub fn elsewhere(&self, user: u64) -> Result<bool, ServiceError> {
-        let nodes = store::read(&*self.store, |t| directory::nodes_of(t, user))?;
-        Ok(nodes.iter().any(|&n| n != self.id))
+    /// Records that `user` came online here or went offline here; whether
+    /// they count as online on another node (then that node speaks for
+    /// them and this one announces nothing).
+    pub async fn presence_changed(&self, user: u64, online: bool) -> Result<bool, ServiceError> {
+        let me = self.id;
+        let others = store::write(&*self.store, move |t| directory::set_present(t, user, me, online)).await?;
+        Ok(!others.is_empty())
     }
 
-    /// Whether any node holds connections of `user`.
-    pub fn listed_anywhere(&self, user: u64) -> Result<bool, ServiceError> {
-        Ok(!store::read(&*self.store, |t| directory::nodes_of(t, user))?.is_empty())
+    /// Whether `user` counts as online on any node.
+    pub fn online_anywhere(&self, user: u64) -> Result<bool, ServiceError> {
+        Ok(!store::read(&*self.store, |t| directory::present_on(t, user))?.is_empty())
     }
 
     fn live_nodes(&self) -> Arc<[u64]> {

@@ -121,11 +121,11 @@ async fn publish(
             Change::Offline { user, last_seen } => (user, false, clock.wall_ms_at(last_seen)),
         };
         if let Some(node) = cluster.get() {
-            match node.elsewhere(user) {
+            match node.presence_changed(user, online).await {
                 // Online on another node: that node speaks for the user.
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read the cluster directory"),
+                Err(e) => tracing::warn!(error = %e, "could not update presence in the cluster directory"),
             }
         }
         if !online {

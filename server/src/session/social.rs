@@ -9,7 +9,7 @@ impl Session {
         let live = &shared.liveness;
         // In a cluster, online here or on any node the directory lists.
         let cluster = shared.cluster.get();
-        let online = |u: u64| live.is_online(u) || cluster.is_some_and(|n| n.listed_anywhere(u).unwrap_or(false));
+        let online = |u: u64| live.is_online(u) || cluster.is_some_and(|n| n.online_anywhere(u).unwrap_or(false));
         let users = store::read(&*shared.store, |t| presence::lookup(t, &actor, &r.users, &online))?;
         Ok(Reply::Ready(Envelope::new(
             id,

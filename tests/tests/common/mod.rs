@@ -35,7 +35,17 @@ impl TestServer {
         Self::start_with(Config::for_tests(dir)).await
     }
 
-    pub async fn start_with(config: Config) -> Self {
+    /// With `QUIP_TEST_STORE=fdb` (and a build with the `fdb` feature) the
+    /// server keeps its data in FoundationDB instead of the data directory,
+    /// under a key prefix derived from the data directory's path, so a test
+    /// that restarts a server on the same directory finds its data again:
+    /// the whole suite runs on either store.
+    pub async fn start_with(mut config: Config) -> Self {
+        if config.store == quip_server::store::StoreKind::Embedded
+            && std::env::var("QUIP_TEST_STORE").as_deref() == Ok("fdb")
+        {
+            on_foundationdb(&mut config);
+        }
         let data_dir = config.data_dir.clone();
         // A restarted server must wait for the old one to release the store file.
         let server = {
@@ -204,4 +214,21 @@ pub fn message_texts(events: &[v1::Event]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// Puts `config`'s data in the shared test FoundationDB (see
+/// [`TestServer::start_with`]).
+#[cfg(feature = "fdb")]
+fn on_foundationdb(config: &mut Config) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.data_dir.hash(&mut h);
+    config.store = quip_server::store::StoreKind::Fdb;
+    config.fdb_cluster_file = Some(quip_server::testing::FdbServer::shared().cluster_file().to_path_buf());
+    config.fdb_prefix = format!("suite-{}-{:016x}", std::process::id(), h.finish());
+}
+
+#[cfg(not(feature = "fdb"))]
+fn on_foundationdb(_: &mut Config) {
+    panic!("QUIP_TEST_STORE=fdb needs the tests built with --features quip-tests/fdb");
 }
