@@ -8,7 +8,10 @@
 //! - **Directory** ([`directory`]): `where/{user}` lists the nodes holding
 //!   the user's connections. A node adds itself, durably, before it
 //!   welcomes the user's first connection there, and removes itself after
-//!   the last one ends.
+//!   the last one ends. Apart from that it lists the nodes on which the
+//!   user counts as online (a foreground connection, or its grace period),
+//!   written by each node's presence publisher: a node whose user went
+//!   offline announces nothing while another node lists them online.
 //! - **Inboxes** ([`inbox`]): a write that has something to push (a
 //!   message, a receipt, a group change) reads the directory entries of its
 //!   recipients *in its own transaction* and appends, in that same
