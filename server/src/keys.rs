@@ -172,6 +172,12 @@ pub fn doorbell(node: u64) -> Vec<u8> {
     cat(b"bell/", &[&node.to_be_bytes()])
 }
 
+/// `thr/{kind}/{subject}` → `BucketRecord`: a budget every node of a
+/// cluster shares (kind `login-user`, `login-ip`, `register-ip`).
+pub fn throttle(kind: &str, subject: &[u8]) -> Vec<u8> {
+    cat(b"thr/", &[kind.as_bytes(), b"/", subject])
+}
+
 /// The chat id from a [`user_chat`] key.
 pub fn chat_of_user_chat(key: &[u8]) -> Option<u64> {
     key.get(key.len().checked_sub(8)?..)?
@@ -268,7 +274,7 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 26] = [
+        let tags: [&[u8]; 27] = [
             b"user/",
             b"uid/",
             b"sess/",
@@ -295,6 +301,7 @@ mod tests {
             b"inbox/",
             b"bell/",
             b"loghead/",
+            b"thr/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

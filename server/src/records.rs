@@ -337,6 +337,18 @@ pub struct DeviceClose {
     pub reason: String,
 }
 
+/// `thr/{kind}/{subject}`: a token bucket shared by every node
+/// (`service::throttle`).
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct BucketRecord {
+    /// Tokens left at `at_ms`.
+    #[prost(double, tag = "1")]
+    pub tokens: f64,
+    /// When `tokens` was computed, ms since the epoch.
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+}
+
 /// Decodes a stored record, naming the key on failure.
 pub fn decode<M: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt {

@@ -388,6 +388,25 @@ async fn direct_chats_typing_and_channel_posts_cross_nodes() {
     .await;
 }
 
+/// Failed logins spread over three nodes share one budget: with 3 allowed
+/// per account, the fourth attempt is refused on whichever node it lands,
+/// even with the right password (per node it would take nine).
+#[tokio::test]
+async fn failed_logins_are_throttled_across_the_cluster() {
+    let cluster = Cluster::start_with(3, &["--login-failures-per-account", "3"]).await;
+    cluster.user(0, "alice").await;
+    for i in 0..3 {
+        let c = Client::connect(&cluster.opts(i)).await.unwrap();
+        let e = c.login("alice", "wrong guess here", "x").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "attempt {i}: {e}");
+    }
+    for i in 0..3 {
+        let c = Client::connect(&cluster.opts(i)).await.unwrap();
+        let e = c.login("alice", PASSWORD, "x").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::RateLimited), "node {i}: {e}");
+    }
+}
+
 /// A TLS session ticket from one node is refused by another without an
 /// error: the handshake completes as a full one and the client says Hello
 /// again; the next reconnect to that node resumes in 0-RTT.
@@ -594,6 +613,23 @@ async fn node_kills_lose_and_duplicate_nothing() {
     for s in 0..names.len() {
         let order: Vec<u64> = (0..EACH).map(|i| acked[&format!("s{s}-{i}")]).collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "s{s}'s messages out of order");
+    }
+    // Every sender's log, read from scratch by a new device (on another
+    // node than most of its sends): dense positions 1..=head, each of the
+    // group's messages exactly once, in seq order.
+    for (s, name) in names.iter().enumerate() {
+        let fresh = Client::connect(&cluster.opts((s + 1) % 3)).await.unwrap();
+        fresh.login(name, PASSWORD, "audit").await.unwrap();
+        let mut tracker = quip_client::AckTracker::default();
+        let events = fresh.sync_all(&mut tracker).await.unwrap();
+        let positions: Vec<u64> = events.iter().map(|e| e.pos).collect();
+        assert_eq!(
+            positions,
+            (1..=positions.len() as u64).collect::<Vec<_>>(),
+            "{name}'s log positions are not dense"
+        );
+        let seqs: Vec<u64> = messages_in(&events, chat).iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(), "{name}'s log");
     }
     eprintln!(
         "{} messages acknowledged across {kills} node kills; {} sends retried",

@@ -27,6 +27,7 @@ pub mod media;
 pub mod messages;
 pub mod presence;
 pub mod receipts;
+pub mod throttle;
 
 #[cfg(test)]
 mod tests;

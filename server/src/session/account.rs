@@ -69,7 +69,7 @@ impl Session {
         if store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?.is_some() {
             return Err(ServiceError::UsernameTaken(r.username));
         }
-        self.shared.charge_registration(self.peer)?;
+        self.shared.charge_registration(self.peer).await?;
         let pw = r.password;
         let phc = self
             .shared
@@ -88,7 +88,7 @@ impl Session {
     pub(super) async fn login(self: &Arc<Self>, id: u64, r: v1::LoginRequest) -> Result<Reply, ServiceError> {
         self.ensure_anonymous()?;
         accounts::validate_device_name(&r.device_name)?;
-        let reservation = self.shared.reserve_login(&r.username, self.peer)?;
+        let reservation = self.shared.reserve_login(&r.username, self.peer).await?;
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
         let user_id = user.as_ref().map(|u| u.id);
         let pw = r.password;
@@ -105,12 +105,12 @@ impl Session {
             })
             .await;
         match ok {
-            Ok(true) => reservation.refund(),
+            Ok(true) => reservation.refund().await,
             // A wrong password keeps the reserved cost.
             Ok(false) => return Err(ServiceError::InvalidCredentials),
             // Not checked (queue full, or the pool failed): not a failure.
             Err(e) => {
-                reservation.refund();
+                reservation.refund().await;
                 return Err(e);
             }
         }

@@ -8,6 +8,7 @@ use crate::hub::Hub;
 use crate::media::MediaStore;
 use crate::presence::Liveness;
 use crate::ratelimit::TokenBucket;
+use crate::service::throttle::{self, Budget};
 use crate::service::{Actor, ServiceError, accounts};
 use crate::store::{self, Store};
 use std::sync::atomic::AtomicU64;
@@ -236,12 +237,34 @@ impl Shared {
 
     /// Reserves a failed login's cost before the password is checked: one
     /// token from the account's budget and one from the address's, taken
-    /// atomically (under each bucket's lock), so parallel attempts cannot all
-    /// pass a check made before any of them is charged. Refused with
-    /// `RATE_LIMITED`, before any hashing, while either is empty. The
-    /// reservation is given back by [`LoginReservation::refund`] when the
-    /// password was right.
-    pub(super) fn reserve_login(&self, user: &str, ip: std::net::IpAddr) -> Result<LoginReservation, ServiceError> {
+    /// atomically, so parallel attempts cannot all pass a check made before
+    /// any of them is charged. Refused with `RATE_LIMITED`, before any
+    /// hashing, while either is empty. The reservation is given back by
+    /// [`LoginReservation::refund`] when the password was right.
+    ///
+    /// On one node the buckets are in memory, under their locks. In a
+    /// cluster they are in the store ([`throttle`]), taken in one
+    /// transaction, so the budgets hold across every node: an attacker
+    /// spreading guesses over N nodes does not get N budgets.
+    pub(super) async fn reserve_login(
+        &self,
+        user: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<LoginReservation, ServiceError> {
+        if self.cluster.get().is_some() {
+            let keys = [
+                crate::keys::throttle("login-user", user.as_bytes()),
+                crate::keys::throttle("login-ip", &ip_bytes(ip)),
+            ];
+            let budgets = self.login_budgets();
+            take_shared(&*self.store, &keys, budgets, self.clock.wall_ms()).await?;
+            return Ok(LoginReservation::Shared {
+                store: self.store.clone(),
+                keys,
+                budgets,
+                clock: self.clock,
+            });
+        }
         let now = self.clock.now();
         let [account, address] = self.login_buckets(user, ip);
         account
@@ -253,23 +276,43 @@ impl Shared {
             account.lock().expect("limiter lock").refund();
             return Err(rate_limited(wait));
         }
-        Ok(LoginReservation([account, address]))
+        Ok(LoginReservation::Local([account, address]))
     }
 
     /// Charges a registration to the client address's budget, refusing
-    /// with `RATE_LIMITED` when it is spent.
-    pub(super) fn charge_registration(&self, ip: std::net::IpAddr) -> Result<(), ServiceError> {
-        let now = self.clock.now();
+    /// with `RATE_LIMITED` when it is spent (in a cluster, the budget every
+    /// node shares).
+    pub(super) async fn charge_registration(&self, ip: std::net::IpAddr) -> Result<(), ServiceError> {
         let c = &self.config;
+        let budget = Budget {
+            per_sec: c.registrations_per_ip_per_hour / 3600.0,
+            burst: f64::from(c.registrations_per_ip_burst),
+        };
+        if self.cluster.get().is_some() {
+            let key = crate::keys::throttle("register-ip", &ip_bytes(ip));
+            return take_shared(&*self.store, &[key], [budget], self.clock.wall_ms()).await;
+        }
+        let now = self.clock.now();
         let bucket = self.registrations_ip.get_with(ip, || {
-            Arc::new(Mutex::new(TokenBucket::new(
-                c.registrations_per_ip_per_hour / 3600.0,
-                f64::from(c.registrations_per_ip_burst),
-                now,
-            )))
+            Arc::new(Mutex::new(TokenBucket::new(budget.per_sec, budget.burst, now)))
         });
         let mut bucket = bucket.lock().expect("limiter lock");
         bucket.try_take(now).map_err(rate_limited)
+    }
+
+    /// The failed-login budgets: per account, per address.
+    fn login_budgets(&self) -> [Budget; 2] {
+        let c = &self.config;
+        [
+            Budget {
+                per_sec: 1.0 / 60.0,
+                burst: f64::from(c.login_failures_per_account),
+            },
+            Budget {
+                per_sec: 1.0 / 10.0,
+                burst: f64::from(c.login_failures_per_ip),
+            },
+        ]
     }
 
     pub(super) fn login_buckets(&self, user: &str, ip: std::net::IpAddr) -> [Arc<Mutex<TokenBucket>>; 2] {
@@ -295,14 +338,74 @@ impl Shared {
 }
 
 /// A login attempt's reserved cost, charged unless refunded.
-pub(super) struct LoginReservation([Arc<Mutex<TokenBucket>>; 2]);
+pub(super) enum LoginReservation {
+    /// This node's buckets.
+    Local([Arc<Mutex<TokenBucket>>; 2]),
+    /// The cluster's buckets, in the store.
+    Shared {
+        store: Arc<dyn Store>,
+        keys: [Vec<u8>; 2],
+        budgets: [Budget; 2],
+        clock: Clock,
+    },
+}
 
 impl LoginReservation {
     /// The password was right: the attempt does not count as a failure.
-    pub(super) fn refund(self) {
-        for bucket in self.0 {
-            bucket.lock().expect("limiter lock").refund();
+    pub(super) async fn refund(self) {
+        match self {
+            Self::Local(buckets) => {
+                for bucket in buckets {
+                    bucket.lock().expect("limiter lock").refund();
+                }
+            }
+            Self::Shared {
+                store,
+                keys,
+                budgets,
+                clock,
+            } => {
+                let now = clock.wall_ms();
+                let r = store::write(&*store, move |t| {
+                    for (key, budget) in keys.iter().zip(budgets) {
+                        throttle::refund(t, key, budget, now)?;
+                    }
+                    Ok::<_, ServiceError>(())
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "could not refund a login's throttle reservation");
+                }
+            }
         }
+    }
+}
+
+/// Takes a token from each bucket at `keys` in one transaction: all or
+/// none (a refusal rolls the others back).
+async fn take_shared<const N: usize>(
+    store: &dyn Store,
+    keys: &[Vec<u8>; N],
+    budgets: [Budget; N],
+    now_ms: i64,
+) -> Result<(), ServiceError> {
+    let keys = keys.clone();
+    store::write(store, move |t| {
+        for (key, budget) in keys.iter().zip(budgets) {
+            if let Err(wait) = throttle::take(t, key, budget, now_ms)? {
+                return Err(ServiceError::RateLimited { retry_after_ms: wait });
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// An address as bytes, for throttle keys.
+fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 
