@@ -69,25 +69,8 @@ async fn failed_logins_are_throttled_per_account_one_more_a_minute() {
 #[tokio::test(start_paused = true)]
 async fn typing_indicators_beyond_the_rate_are_refused() {
     let h = Harness::new(|c| c.typing_rate = 2.0);
-    let (bob, _) = h.user("bob").await;
-    let (mut alice, _) = h.user("alice").await;
-    let Body::Sent(sent) = alice
-        .call(Body::Send(v1::SendRequest {
-            to_user: "bob".into(),
-            client_msg_id: "m1".into(),
-            content: Some(v1::Content {
-                text: "hi".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
-        .await
-    else {
-        panic!("send failed")
-    };
-    settle().await;
-    bob.events();
-    let typing = || Body::Typing(v1::TypingRequest { chat_id: sent.chat_id });
+    let (mut alice, bob, _, chat_id) = h.contacts().await;
+    let typing = || Body::Typing(v1::TypingRequest { chat_id });
     // A burst of 3, then one per half second.
     for _ in 0..3 {
         assert!(matches!(alice.call(typing()).await, Body::TypingSent(_)));

@@ -102,6 +102,32 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Alice and Bob, contacts (Alice wrote to Bob), both connected, Bob's
+    /// pushes so far drained; Alice's token and their chat.
+    async fn contacts(&self) -> (Conn, Conn, String, u64) {
+        let (bob, _) = self.user("bob").await;
+        let (mut alice, token) = self.user("alice").await;
+        let sent = alice
+            .call(Body::Send(v1::SendRequest {
+                to_user: "bob".into(),
+                client_msg_id: "m1".into(),
+                content: Some(v1::Content {
+                    text: "hi".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await;
+        let Body::Sent(sent) = sent else {
+            panic!("send failed: {sent:?}")
+        };
+        settle().await;
+        bob.events();
+        (alice, bob, token, sent.chat_id)
+    }
+}
+
 /// One connection's session, as a transport would drive it.
 struct Conn {
     session: Arc<Session>,

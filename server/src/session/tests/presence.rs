@@ -3,32 +3,10 @@
 use super::*;
 use crate::presence::Ended;
 
-/// Alice and Bob, contacts (Alice wrote to Bob), both online; Bob's
-/// presence events so far drained.
-async fn contacts(h: &Harness) -> (Conn, Conn, String) {
-    let (bob, _) = h.user("bob").await;
-    let (mut alice, token) = h.user("alice").await;
-    let sent = alice
-        .call(Body::Send(v1::SendRequest {
-            to_user: "bob".into(),
-            client_msg_id: "m1".into(),
-            content: Some(v1::Content {
-                text: "hi".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
-        .await;
-    assert!(matches!(sent, Body::Sent(_)), "{sent:?}");
-    settle().await;
-    bob.events();
-    (alice, bob, token)
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_reconnect_within_the_grace_period_is_never_seen_offline() {
     let h = Harness::new(|c| c.presence_grace_secs = 2.0);
-    let (alice, bob, token) = contacts(&h).await;
+    let (alice, bob, token, _) = h.contacts().await;
 
     // Alice's connection is lost; she is back 1.9 s later.
     drop(alice);
@@ -52,7 +30,7 @@ async fn a_reconnect_within_the_grace_period_is_never_seen_offline() {
 #[tokio::test(start_paused = true)]
 async fn a_goodbye_ends_presence_at_once_and_a_return_is_announced() {
     let h = Harness::new(|c| c.presence_grace_secs = 30.0);
-    let (alice, bob, token) = contacts(&h).await;
+    let (alice, bob, token, _) = h.contacts().await;
     advance(Duration::from_millis(250)).await;
     let closed_at = h.shared.clock.wall_ms();
     alice.session.disconnect(Ended::Closed);
