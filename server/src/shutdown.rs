@@ -37,16 +37,7 @@ impl Shutdown {
 
     /// Resolves once the drain has started.
     pub async fn wait_started(&self) {
-        loop {
-            let notified = self.start.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a start in between wakes it.
-            notified.as_mut().enable();
-            if self.started.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
+        until(&self.start, || self.started.load(Ordering::SeqCst)).await;
     }
 
     /// Counts a connection in; pair with [`Shutdown::leave`].
@@ -68,15 +59,22 @@ impl Shutdown {
 
     /// Resolves once no connection is left.
     pub async fn all_gone(&self) {
-        loop {
-            let notified = self.gone.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if self.live.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
+        until(&self.gone, || self.live.load(Ordering::SeqCst) == 0).await;
+    }
+}
+
+/// Resolves once `done` holds, re-checking whenever `notify` wakes waiters.
+/// The waiter registers before each check, so a wake-up in between is not
+/// lost.
+async fn until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
         }
+        notified.await;
     }
 }
 
