@@ -178,6 +178,11 @@ pub fn throttle(kind: &str, subject: &[u8]) -> Vec<u8> {
     cat(b"thr/", &[kind.as_bytes(), b"/", subject])
 }
 
+/// The range of every [`throttle`] key.
+pub fn throttles() -> (Vec<u8>, Vec<u8>) {
+    (b"thr/".to_vec(), b"thr0".to_vec())
+}
+
 /// The chat id from a [`user_chat`] key.
 pub fn chat_of_user_chat(key: &[u8]) -> Option<u64> {
     key.get(key.len().checked_sub(8)?..)?

@@ -347,6 +347,9 @@ pub struct BucketRecord {
     /// When `tokens` was computed, ms since the epoch.
     #[prost(int64, tag = "2")]
     pub at_ms: i64,
+    /// When the bucket will be full again (then the record can go).
+    #[prost(int64, tag = "3")]
+    pub full_at_ms: i64,
 }
 
 /// Decodes a stored record, naming the key on failure.

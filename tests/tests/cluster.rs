@@ -407,6 +407,36 @@ async fn failed_logins_are_throttled_across_the_cluster() {
     }
 }
 
+/// A node killed right after it acknowledged a write does not take the
+/// write's push with it: the push was committed with the write into the
+/// recipient's node's inbox, and that node delivers it.
+#[tokio::test]
+async fn a_push_outlives_the_node_that_committed_it() {
+    let mut cluster = Cluster::start(2).await;
+    let (bob, _) = cluster.user(1, "bob").await;
+    for i in 0..3 {
+        let (alice, _) = match i {
+            0 => cluster.user(0, "alice").await,
+            _ => {
+                cluster.restart(0).await;
+                let c = Client::connect(&cluster.opts(0)).await.unwrap();
+                c.login("alice", PASSWORD, "phone").await.unwrap();
+                (c, String::new())
+            }
+        };
+        let text = format!("last words {i}");
+        let sent = alice.send_text("bob", &text).await.unwrap();
+        cluster.kill(0); // at once after the acknowledgement
+        let events = collect_until(&bob, |e| {
+            e.iter()
+                .any(|e| matches!(&e.kind, Some(v1::event::Kind::Message(m)) if m.seq == sent.seq))
+        })
+        .await;
+        let got = messages_in(&events, sent.chat_id);
+        assert_eq!(got.last(), Some(&(sent.seq, text)));
+    }
+}
+
 /// A TLS session ticket from one node is refused by another without an
 /// error: the handshake completes as a full one and the client says Hello
 /// again; the next reconnect to that node resumes in 0-RTT.

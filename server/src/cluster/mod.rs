@@ -76,6 +76,8 @@ pub struct Node {
     /// Nodes with a fresh heartbeat, for channel posts (every node may have
     /// watchers). Refreshed with each heartbeat.
     live: Mutex<Arc<[u64]>>,
+    /// Where the next sweep of throttle buckets starts (`None`: the start).
+    sweep_from: Mutex<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -104,6 +106,7 @@ impl Node {
             clock,
             max_frame,
             live: Mutex::new(Arc::from(Vec::new())),
+            sweep_from: Mutex::new(None),
         });
         nodes::register(&node, &addr).await?;
         tokio::spawn(nodes::heartbeat(Arc::downgrade(&node), addr));

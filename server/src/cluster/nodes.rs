@@ -95,7 +95,29 @@ async fn refresh(node: &Node) -> Result<(), ServiceError> {
             bury(node, id).await?;
         }
     }
+    // The lowest live node sweeps refilled throttle buckets, a step a beat.
+    if live.first() == Some(&node.id) {
+        sweep_throttles(node).await?;
+    }
     *node.live.lock().expect("live nodes lock") = Arc::from(live);
+    Ok(())
+}
+
+/// Clears up to [`BURY_STEP`] refilled throttle buckets, going on from where
+/// the last sweep stopped.
+async fn sweep_throttles(node: &Node) -> Result<(), ServiceError> {
+    let from = node
+        .sweep_from
+        .lock()
+        .expect("sweep cursor lock")
+        .clone()
+        .unwrap_or_else(|| keys::throttles().0);
+    let now = node.clock.wall_ms();
+    let next = store::write(&*node.store, move |t| {
+        crate::service::throttle::sweep(t, &from, now, BURY_STEP)
+    })
+    .await?;
+    *node.sweep_from.lock().expect("sweep cursor lock") = next;
     Ok(())
 }
 

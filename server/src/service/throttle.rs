@@ -9,9 +9,9 @@
 //! of a second moves a refill by a second).
 //!
 //! A bucket's key exists only while the bucket is not full: a refund that
-//! fills it clears it. Keys of failed attempts stay until a later charge or
-//! refund finds them; their number is bounded by the attempts the
-//! per-address budget lets through (a sweep of refilled ones is to come).
+//! fills it clears it, and [`sweep`] (run by one node of the cluster)
+//! clears the ones that have refilled since, so failed attempts with made-up
+//! names do not leave keys behind for good.
 
 use prost::Message as _;
 
@@ -43,8 +43,35 @@ pub fn take(txn: &mut dyn Txn, key: &[u8], budget: Budget, now_ms: i64) -> Resul
         }));
     }
     b.tokens -= 1.0;
+    b.full_at_ms = full_at(&b, budget);
     txn.set(key, &b.encode_to_vec());
     Ok(Ok(()))
+}
+
+/// When a bucket in state `b` is full again.
+fn full_at(b: &BucketRecord, budget: Budget) -> i64 {
+    let missing = (budget.burst.max(1.0) - b.tokens).max(0.0);
+    let ms = (missing / budget.per_sec.max(f64::MIN_POSITIVE) * 1000.0).ceil();
+    b.at_ms
+        .saturating_add(if ms >= i64::MAX as f64 { i64::MAX } else { ms as i64 })
+}
+
+/// Clears up to `limit` buckets at or after `from` that are full again by
+/// `now_ms`; returns where to go on (`None`: the end was reached).
+pub fn sweep(txn: &mut dyn Txn, from: &[u8], now_ms: i64, limit: usize) -> Result<Option<Vec<u8>>, ServiceError> {
+    let (_, end) = crate::keys::throttles();
+    let rows = txn.range(from, &end, limit, false)?;
+    for (k, v) in &rows {
+        let b: BucketRecord = records::decode(k, v)?;
+        if b.full_at_ms <= now_ms {
+            txn.clear(k);
+        }
+    }
+    Ok((rows.len() == limit).then(|| {
+        let mut next = rows.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        next.push(0);
+        next
+    }))
 }
 
 /// Gives a token back (an attempt that turned out not to count).
@@ -55,6 +82,7 @@ pub fn refund(txn: &mut dyn Txn, key: &[u8], budget: Budget, now_ms: i64) -> Res
         // Full again, as if never touched: a right password leaves no key.
         txn.clear(key);
     } else {
+        b.full_at_ms = full_at(&b, budget);
         txn.set(key, &b.encode_to_vec());
     }
     Ok(())
@@ -66,6 +94,7 @@ fn refilled(txn: &mut dyn Txn, key: &[u8], budget: Budget, now_ms: i64) -> Resul
     let mut b = records::get::<BucketRecord>(txn, key)?.unwrap_or(BucketRecord {
         tokens: burst,
         at_ms: now_ms,
+        full_at_ms: now_ms,
     });
     let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
     b.tokens = (b.tokens + elapsed * budget.per_sec).min(burst);
