@@ -243,6 +243,12 @@ pub struct Config {
     #[arg(long, env = "QUIP_MEDIA_S3_BUCKET")]
     pub media_s3_bucket: Option<String>,
 
+    /// The local media directory, when no S3 bucket is named. Default:
+    /// <data-dir>/media. Nodes of a cluster must share their media: one
+    /// bucket, or one directory (a file system every node mounts).
+    #[arg(long, env = "QUIP_MEDIA_DIR", conflicts_with = "media_s3_bucket")]
+    pub media_dir: Option<PathBuf>,
+
     /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, s3s…);
     /// default: AWS for --media-s3-region. http:// URLs are allowed.
     #[arg(long, env = "QUIP_MEDIA_S3_ENDPOINT", requires = "media_s3_bucket")]

@@ -88,7 +88,10 @@ impl MediaStore {
                 Arc::new(b.build().context("configuring the S3 media bucket")?)
             }
             None => {
-                let dir = config.data_dir.join("media");
+                let dir = config
+                    .media_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("media"));
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 Arc::new(
                     object_store::local::LocalFileSystem::new_with_prefix(&dir)

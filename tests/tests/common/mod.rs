@@ -28,6 +28,13 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Every node's address: `addr` alone, or with `QUIP_TEST_STORE=fdb3`
+    /// three nodes of one cluster, which [`TestServer::options`] takes in
+    /// turn.
+    nodes: Vec<String>,
+    next_node: std::sync::atomic::AtomicUsize,
+    /// The other nodes' stop signals and tasks.
+    others: Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
 impl TestServer {
@@ -40,12 +47,36 @@ impl TestServer {
     /// under a key prefix derived from the data directory's path, so a test
     /// that restarts a server on the same directory finds its data again:
     /// the whole suite runs on either store.
+    ///
+    /// With `QUIP_TEST_STORE=fdb3` it starts three nodes of one cluster on
+    /// that prefix (the first's certificate serves all three), and every new
+    /// connection goes to the next node, round robin: the same assertions
+    /// must hold with a test's clients spread over a cluster.
     pub async fn start_with(mut config: Config) -> Self {
-        if config.store == quip_server::store::StoreKind::Embedded
-            && std::env::var("QUIP_TEST_STORE").as_deref() == Ok("fdb")
-        {
+        let mode = std::env::var("QUIP_TEST_STORE").unwrap_or_default();
+        let embedded = config.store == quip_server::store::StoreKind::Embedded;
+        if embedded && (mode == "fdb" || mode == "fdb3") {
             on_foundationdb(&mut config);
         }
+        let mut node = Self::start_one(config.clone()).await;
+        if embedded && mode == "fdb3" {
+            for i in 1..3 {
+                let mut c = config.clone();
+                c.data_dir = config.data_dir.join(format!("node{i}"));
+                c.cert = Some(node.ca.clone());
+                c.key = Some(config.data_dir.join("dev-key.pem"));
+                // A cluster's nodes share their media (spec §21).
+                c.media_dir = Some(config.data_dir.join("media"));
+                let other = Self::start_one(c).await;
+                node.nodes.push(other.addr.clone());
+                let Self { stop, task, .. } = other;
+                node.others.push((stop.expect("running"), task.expect("running")));
+            }
+        }
+        node
+    }
+
+    async fn start_one(config: Config) -> Self {
         let data_dir = config.data_dir.clone();
         // A restarted server must wait for the old one to release the store file.
         let server = {
@@ -64,13 +95,20 @@ impl TestServer {
         };
         let addr = server.local_addr().to_string();
         let https = server.https_addr().expect("tests run with HTTPS");
-        let ca = server.dev_cert().expect("dev cert").clone();
+        let ca = server
+            .dev_cert()
+            .cloned()
+            .or_else(|| config.cert.clone())
+            .expect("dev cert");
         let store = server.store();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Self {
+            nodes: vec![addr.clone()],
+            next_node: std::sync::atomic::AtomicUsize::new(0),
+            others: Vec::new(),
             addr,
             https,
             ca,
@@ -81,10 +119,16 @@ impl TestServer {
         }
     }
 
+    /// How many nodes serve this test (3 with `QUIP_TEST_STORE=fdb3`).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Options to reach this server. Keep-alives every 250 ms, so tests may
     /// shorten the server's idle timeout to a second.
     pub fn options(&self) -> ConnectOptions {
-        self.options_at(&self.addr)
+        let i = self.next_node.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.options_at(&self.nodes[i % self.nodes.len()])
     }
 
     /// Options to reach this server at another address (a relay in front).
@@ -149,8 +193,17 @@ impl TestServer {
 
     pub async fn stop(mut self) {
         self.stop.take().map(|s| s.send(()));
+        let others = std::mem::take(&mut self.others);
+        let mut tasks = Vec::new();
+        for (stop, task) in others {
+            let _ = stop.send(());
+            tasks.push(task);
+        }
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
         }
     }
 }
