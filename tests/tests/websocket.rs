@@ -322,12 +322,19 @@ impl Conn {
         }
     }
 
+    /// The next event other than presence (announced asynchronously, so it
+    /// may or may not fall into the script: see `common::next_event`).
     async fn next_event(&self) -> v1::Event {
-        let e = match self {
-            Conn::Quic(c) => tokio::time::timeout(T, c.next_event()).await,
-            Conn::Ws(c) => tokio::time::timeout(T, c.next_event()).await,
-        };
-        e.expect("event in time").expect("connection open")
+        loop {
+            let e = match self {
+                Conn::Quic(c) => tokio::time::timeout(T, c.next_event()).await,
+                Conn::Ws(c) => tokio::time::timeout(T, c.next_event()).await,
+            };
+            let e = e.expect("event in time").expect("connection open");
+            if !matches!(e.kind, Some(v1::event::Kind::Presence(_))) {
+                return e;
+            }
+        }
     }
 }
 
