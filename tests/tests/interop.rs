@@ -142,7 +142,13 @@ async fn an_s2n_quic_client_talks_to_quipd() {
 
     // quinn → s2n-quic, pushed on a server-opened lane.
     bob.send_text("alice", "hello back").await.unwrap();
-    let e = alice.next_event().await;
+    // Presence is asynchronous: bob's "online" may come first.
+    let e = loop {
+        let e = alice.next_event().await;
+        if !matches!(e.kind, Some(v1::event::Kind::Presence(_))) {
+            break e;
+        }
+    };
     let Some(v1::event::Kind::Message(m)) = e.kind else {
         panic!("{e:?}")
     };

@@ -120,11 +120,17 @@ fn send_to(user: &str, text: &str, id: &str) -> Body {
     })
 }
 
+/// The next event other than presence (asynchronous: see `common::next_event`).
 async fn ws_event(c: &WsClient) -> v1::Event {
-    tokio::time::timeout(T, c.next_event())
-        .await
-        .expect("event in time")
-        .expect("open")
+    loop {
+        let e = tokio::time::timeout(T, c.next_event())
+            .await
+            .expect("event in time")
+            .expect("open");
+        if !matches!(e.kind, Some(v1::event::Kind::Presence(_))) {
+            return e;
+        }
+    }
 }
 
 #[tokio::test]
