@@ -14,7 +14,7 @@ use foundationdb::options::MutationType;
 use foundationdb::{FdbError, Transaction};
 
 use super::layout::{self, Layout};
-use super::read::{ReadError, Reads, store_error};
+use super::read::{ReadError, Reads};
 use crate::store::overlay::{Writes, merged};
 use crate::store::{KeyValue, Outcome, ReadTxn, StoreError, Txn, WriteFn};
 
@@ -79,13 +79,7 @@ struct JobTxn<'a> {
 
 impl JobTxn<'_> {
     fn noted<T>(&mut self, r: Result<T, ReadError>) -> Result<T, StoreError> {
-        r.map_err(|e| match e {
-            ReadError::Fdb(e) => {
-                self.error.get_or_insert(e);
-                store_error(e)
-            }
-            ReadError::Store(e) => e,
-        })
+        super::read::noted(&mut self.error, r)
     }
 
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {

@@ -209,14 +209,20 @@ pub(super) struct Snapshot<'a> {
 
 impl Snapshot<'_> {
     fn noted<T>(&mut self, r: Result<T, ReadError>) -> Result<T, StoreError> {
-        r.map_err(|e| match e {
-            ReadError::Fdb(e) => {
-                self.error.get_or_insert(e);
-                store_error(e)
-            }
-            ReadError::Store(e) => e,
-        })
+        noted(&mut self.error, r)
     }
+}
+
+/// `r` as a store error, keeping the first FoundationDB error in `first`:
+/// it voids the transaction's attempt even if the caller swallows it.
+pub(super) fn noted<T>(first: &mut Option<FdbError>, r: Result<T, ReadError>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        ReadError::Fdb(e) => {
+            first.get_or_insert(e);
+            store_error(e)
+        }
+        ReadError::Store(e) => e,
+    })
 }
 
 impl ReadTxn for Snapshot<'_> {
