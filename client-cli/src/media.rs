@@ -70,6 +70,16 @@ fn unexpected(body: Option<Body>) -> ClientError {
     }
 }
 
+/// Why the server stopped reading an upload: its answer, which it writes
+/// before it stops the stream (an upload refused midway: another stream
+/// has it, a hash mismatch, too many bytes); `otherwise` if none comes.
+async fn refusal(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder, otherwise: ClientError) -> ClientError {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), read(recv, dec)).await {
+        Ok(Ok(Some(env))) if matches!(env.body, Some(Body::Error(_))) => unexpected(env.body),
+        _ => otherwise,
+    }
+}
+
 impl Client {
     async fn media_stream(&self, body: Body) -> Result<(quinn::SendStream, quinn::RecvStream, u64), ClientError> {
         let (mut send, recv) = self.conn.open_bi().await.map_err(closed)?;
@@ -125,7 +135,9 @@ impl Client {
                 return Err(ClientError::Io("the file is shorter than its declared size".into()));
             }
             buf.truncate(n);
-            send.write_chunk(buf.split().freeze()).await.map_err(closed)?;
+            if let Err(e) = send.write_chunk(buf.split().freeze()).await {
+                return Err(refusal(&mut recv, &mut dec, closed(e)).await);
+            }
             sent += n as u64;
             progress(Progress::At(sent));
         }

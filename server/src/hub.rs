@@ -341,11 +341,32 @@ impl Hub {
 
     /// Closes every connection of one device: its token was revoked.
     pub fn close_device(&self, user_id: u64, device_id: u32, code: CloseCode, reason: &str) {
+        self.close_oldest(user_id, device_id, usize::MAX, code, reason);
+    }
+
+    /// Closes up to `n` of a device's connections, oldest first (newer ones
+    /// replaced them on other nodes).
+    pub fn close_oldest(&self, user_id: u64, device_id: u32, n: usize, code: CloseCode, reason: &str) {
         if let Some(devices) = self.users.get(&user_id) {
-            for d in devices.iter().filter(|d| d.device_id == device_id) {
+            // Registration order is age order.
+            for d in devices.iter().filter(|d| d.device_id == device_id).take(n) {
                 d.closer.close(code, reason);
             }
         }
+    }
+
+    /// The user's connections here per device, sorted by device.
+    pub fn device_counts(&self, user_id: u64) -> Vec<(u32, u32)> {
+        let mut counts: Vec<(u32, u32)> = Vec::new();
+        if let Some(devices) = self.users.get(&user_id) {
+            for d in devices.iter() {
+                match counts.binary_search_by_key(&d.device_id, |c| c.0) {
+                    Ok(i) => counts[i].1 += 1,
+                    Err(i) => counts.insert(i, (d.device_id, 1)),
+                }
+            }
+        }
+        counts
     }
 
     /// Closes every connection whose token has expired by `now_ms`; returns

@@ -155,6 +155,14 @@ pub fn node_users(node: u64) -> (Vec<u8>, Vec<u8>) {
     (node_user(node, 0), cat(b"nodeusr/", &[&node.to_be_bytes(), &[0xff; 9]]))
 }
 
+/// `conns/{user_id}` → `ConnsRecord`: how many connections each node
+/// holds of each of the user's devices, for the cluster-wide connection
+/// limits. Apart from `where/` so that a connection opening or closing does
+/// not conflict with every write that pushes to the user.
+pub fn conns(uid: u64) -> Vec<u8> {
+    cat(b"conns/", &[&uid.to_be_bytes()])
+}
+
 /// `inbox/{node_id}` ‖ versionstamp (10 bytes) ‖ order (2 bytes) →
 /// `InboxRecord`: what a commit asks one node to push, in commit order.
 pub fn inbox(node: u64) -> Vec<u8> {
@@ -279,7 +287,7 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 27] = [
+        let tags: [&[u8]; 28] = [
             b"user/",
             b"uid/",
             b"sess/",
@@ -307,6 +315,7 @@ mod tests {
             b"bell/",
             b"loghead/",
             b"thr/",
+            b"conns/",
         ];
         for (i, a) in tags.iter().enumerate() {
             for (j, b) in tags.iter().enumerate() {

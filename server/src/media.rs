@@ -36,11 +36,9 @@ use crate::store::{self, Store};
 /// upload may have to send again.
 pub const CHUNK: u64 = 1 << 20;
 
-/// The object store and the uploads being received right now.
+/// The object store.
 pub struct MediaStore {
     objects: Arc<dyn ObjectStore>,
-    /// Uploads with a stream attached, so two streams cannot interleave one.
-    receiving: dashmap::DashSet<MediaId>,
     max_size: u64,
 }
 
@@ -58,12 +56,73 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Releases an upload's "being received" mark.
-struct Receiving<'a>(&'a MediaStore, MediaId);
+/// A stream's claim on an upload (`service::media::claim`): one stream at
+/// a time receives an upload, on any node. Released when the stream ends,
+/// in the background; a claim that could not be released lapses.
+struct Claim {
+    store: Arc<dyn Store>,
+    id: MediaId,
+    me: media::Holder,
+    /// When the claim was last renewed, by this node's monotonic clock.
+    renewed: std::time::Instant,
+}
 
-impl Drop for Receiving<'_> {
+/// A claim this old is renewed before a chunk is written (see
+/// [`media::CLAIM_MS`]).
+const RENEW_AFTER: Duration = Duration::from_millis(media::CLAIM_MS as u64 / 4);
+
+/// The longest a chunk write may take (see [`media::CLAIM_MS`]).
+const CHUNK_WRITE_TIMEOUT: Duration = Duration::from_millis(media::CLAIM_MS as u64 / 2);
+
+impl Claim {
+    async fn take(
+        store: &Arc<dyn Store>,
+        id: MediaId,
+        node: (u64, bool),
+    ) -> Result<(Self, crate::records::MediaRecord), ServiceError> {
+        let me = media::Holder {
+            stream: rand::random::<u64>() | 1,
+            node: node.0,
+            clustered: node.1,
+        };
+        let renewed = std::time::Instant::now();
+        let rec = store::write(&**store, move |t| media::claim(t, &id, &me, now_ms())).await?;
+        let claim = Self {
+            store: store.clone(),
+            id,
+            me,
+            renewed,
+        };
+        Ok((claim, rec))
+    }
+
+    /// Renews the claim if a quarter of it has gone by.
+    async fn keep(&mut self) -> Result<(), ServiceError> {
+        if self.renewed.elapsed() < RENEW_AFTER {
+            return Ok(());
+        }
+        let (id, me) = (self.id, self.me);
+        let renewed = std::time::Instant::now();
+        store::write(&*self.store, move |t| {
+            let rec = media::claim(t, &id, &me, now_ms())?;
+            Ok::<_, ServiceError>(rec.received)
+        })
+        .await?;
+        self.renewed = renewed;
+        Ok(())
+    }
+}
+
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.0.receiving.remove(&self.1);
+        let (store, id, holder) = (self.store.clone(), self.id, self.me.stream);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store::write(&*store, move |t| media::release(t, &id, holder)).await {
+                    tracing::debug!(error = %e, "could not release an upload's claim; it lapses");
+                }
+            });
+        }
     }
 }
 
@@ -102,7 +161,6 @@ impl MediaStore {
         };
         Ok(Self {
             objects,
-            receiving: dashmap::DashSet::new(),
             max_size: config.media_max_size,
         })
     }
@@ -173,22 +231,19 @@ pub async fn receive_upload<S>(
     media: &MediaStore,
     id: MediaId,
     offset: u64,
+    node: (u64, bool),
     mut bytes: S,
 ) -> Result<v1::UploadComplete, ServiceError>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
-    if !media.receiving.insert(id) {
+    let (mut claim, rec) = Claim::take(store, id, node).await?;
+    if rec.received != offset {
+        // Another stream stored more since this one began: start again.
         return Err(ServiceError::InvalidArgument(
-            "this upload is already being received on another stream".into(),
+            "the upload moved on since this stream began: resume it again".into(),
         ));
     }
-    let _receiving = Receiving(media, id);
-    let rec = store::read(&**store, |t| {
-        crate::records::get::<crate::records::MediaRecord>(t, &crate::keys::media(&id))
-            .map_err(ServiceError::from)?
-            .ok_or_else(|| ServiceError::NotFound("upload vanished".into()))
-    })?;
     let size = rec.size;
     // Hash what is already stored (a resume), one chunk at a time.
     let mut hasher = Sha256::new();
@@ -215,23 +270,29 @@ where
         buf.extend_from_slice(&piece);
         while buf.len() as u64 >= CHUNK {
             let chunk = buf.split_to(CHUNK as usize).freeze();
-            received = store_chunk(store, media, &id, received, chunk).await?;
+            received = store_chunk(media, &mut claim, received, chunk).await?;
         }
     }
     if !buf.is_empty() && received + buf.len() as u64 == size {
-        received = store_chunk(store, media, &id, received, buf.freeze()).await?;
+        received = store_chunk(media, &mut claim, received, buf.freeze()).await?;
     }
     if received < size {
         return Err(ServiceError::UploadIncomplete { received, size });
     }
     if hasher.finalize()[..] != rec.sha256[..] {
-        let drop = store::write(&**store, move |t| media::forget(t, &id)).await?;
+        let holder = claim.me.stream;
+        let drop = store::write(&**store, move |t| {
+            media::progress(t, &id, received, holder, now_ms())?;
+            media::forget(t, &id)
+        })
+        .await?;
         if let Some(upload) = drop {
             media.delete_chunks(&upload).await;
         }
         return Err(ServiceError::HashMismatch { received });
     }
-    let done = store::write(&**store, move |t| media::complete(t, &id)).await?;
+    let holder = claim.me.stream;
+    let done = store::write(&**store, move |t| media::complete(t, &id, holder)).await?;
     if done.deduplicated {
         media.delete_chunks(&id).await;
     }
@@ -241,22 +302,20 @@ where
     })
 }
 
-/// Writes chunk `received / CHUNK`, then records the new total durably.
-async fn store_chunk(
-    store: &Arc<dyn Store>,
-    media: &MediaStore,
-    id: &MediaId,
-    received: u64,
-    chunk: Bytes,
-) -> Result<u64, ServiceError> {
+/// Writes chunk `received / CHUNK` under `claim`, then records the new
+/// total durably (which renews the claim, or fails if it was lost).
+async fn store_chunk(media: &MediaStore, claim: &mut Claim, received: u64, chunk: Bytes) -> Result<u64, ServiceError> {
+    claim.keep().await?;
     let len = chunk.len() as u64;
-    media
-        .objects
-        .put(&chunk_path(id, received / CHUNK), chunk.into())
+    let path = chunk_path(&claim.id, received / CHUNK);
+    tokio::time::timeout(CHUNK_WRITE_TIMEOUT, media.objects.put(&path, chunk.into()))
         .await
+        .map_err(|_| ServiceError::Unavailable)?
         .map_err(object_error)?;
-    let (id, total) = (*id, received + len);
-    store::write(&**store, move |t| media::progress(t, &id, total)).await?;
+    let (id, total, holder) = (claim.id, received + len, claim.me.stream);
+    let renewed = std::time::Instant::now();
+    store::write(&*claim.store, move |t| media::progress(t, &id, total, holder, now_ms())).await?;
+    claim.renewed = renewed;
     Ok(total)
 }
 
@@ -320,10 +379,7 @@ pub async fn sweep_abandoned(store: Arc<dyn Store>, media: Arc<MediaStore>, ttl:
             }
         };
         for id in ids {
-            if media.receiving.contains(&id) {
-                continue;
-            }
-            match store::write(&*store, move |t| media::forget(t, &id)).await {
+            match store::write(&*store, move |t| media::forget_unclaimed(t, &id, now_ms())).await {
                 Ok(Some(upload)) => media.delete_chunks(&upload).await,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "media sweep could not forget an upload"),

@@ -198,6 +198,18 @@ pub struct MediaRecord {
     /// Sent in at least one message (then it is kept).
     #[prost(bool, tag = "9")]
     pub sent: bool,
+    /// The stream receiving the upload (random per stream; 0: none), so
+    /// that two streams never write one upload, on any node.
+    #[prost(uint64, tag = "10")]
+    pub holder: u64,
+    /// Until when `holder`'s claim holds (ms since the epoch) unless it
+    /// renews it; another stream may take over after that.
+    #[prost(int64, tag = "11")]
+    pub claimed_until_ms: i64,
+    /// The node (process) of `holder`: a claim of a process that is gone
+    /// lapses at once (see `service::media::claim`).
+    #[prost(uint64, tag = "12")]
+    pub holder_node: u64,
 }
 
 /// `mblob/{sha256}`: bytes in the object store, shared by media records.
@@ -335,6 +347,37 @@ pub struct DeviceClose {
     /// Why.
     #[prost(string, tag = "4")]
     pub reason: String,
+    /// How many of the device's oldest connections on the node close
+    /// (replaced by newer ones elsewhere); 0: all of them.
+    #[prost(uint32, tag = "5")]
+    pub oldest: u32,
+}
+
+/// `conns/{user}`: the user's open connections, per node and device.
+#[derive(Clone, PartialEq, Message)]
+pub struct ConnsRecord {
+    /// One entry per (node, device) with connections, sorted.
+    #[prost(message, repeated, tag = "1")]
+    pub counts: Vec<ConnCount>,
+}
+
+/// How many connections one node holds of one device, in a [`ConnsRecord`].
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
+pub struct ConnCount {
+    /// The node.
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// The device.
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    /// Its connections there.
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+    /// When the node's entry for the device appeared (ms since the epoch):
+    /// the age of its oldest connection there, near enough to replace the
+    /// oldest connections first.
+    #[prost(int64, tag = "4")]
+    pub since_ms: i64,
 }
 
 /// `thr/{kind}/{subject}`: a token bucket shared by every node

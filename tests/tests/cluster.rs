@@ -334,7 +334,8 @@ async fn an_acknowledged_write_is_read_back_on_every_node() {
 /// once, and its token stops opening connections anywhere within 1 s.
 #[tokio::test]
 async fn a_revoked_token_stops_working_on_every_node() {
-    let cluster = Cluster::start(3).await;
+    // One device on three nodes: within its connection limit.
+    let cluster = Cluster::start_with(3, &["--max-connections-per-device", "3"]).await;
     let (alice, token) = cluster.user(0, "alice").await;
     let on_node1 = cluster.device(1, &token).await;
     assert_eq!(cluster.device(2, &token).await.whoami().await.unwrap().user, "alice");
@@ -405,6 +406,214 @@ async fn failed_logins_are_throttled_across_the_cluster() {
         let e = c.login("alice", PASSWORD, "x").await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::RateLimited), "node {i}: {e}");
     }
+}
+
+/// The per-device and per-user connection limits count every node's
+/// connections: a newer connection of a device replaces its oldest on
+/// another node (close 7), a user at the limit is refused on every node
+/// (close 8), and a closed connection frees its slot on every node.
+#[tokio::test]
+async fn connection_limits_hold_across_the_cluster() {
+    let cluster = Cluster::start_with(
+        3,
+        &["--max-connections-per-user", "3", "--max-connections-per-device", "1"],
+    )
+    .await;
+    let (first, token) = cluster.user(0, "alice").await;
+    let again = cluster.device(1, &token).await;
+    let (closed, _) = tokio::time::timeout(Duration::from_secs(5), first.closed())
+        .await
+        .expect("the older connection of the device, on node 0, is replaced");
+    assert_eq!(closed, Some(CloseCode::Replaced));
+    assert_eq!(again.whoami().await.unwrap().user, "alice");
+
+    let login = |i: usize, device: &'static str| {
+        let opts = cluster.opts(i);
+        async move {
+            let c = Client::connect(&opts).await.unwrap();
+            let r = c.login("alice", PASSWORD, device).await.map(|_| ());
+            (c, r)
+        }
+    };
+    let (laptop, r) = login(2, "laptop").await;
+    r.unwrap();
+    let (tablet, r) = login(0, "tablet").await;
+    r.unwrap();
+    // Three connections, one per node: a fourth is refused on any node.
+    for i in 0..3 {
+        let (c, r) = login(i, "watch").await;
+        assert_eq!(r.unwrap_err().code(), Some(ErrorCode::LimitExceeded), "node {i}");
+        let (closed, _) = tokio::time::timeout(Duration::from_secs(5), c.closed()).await.unwrap();
+        assert_eq!(closed, Some(CloseCode::TooManyConnections), "node {i}");
+    }
+    // The user's connections are untouched.
+    for c in [&again, &laptop, &tablet] {
+        assert_eq!(c.whoami().await.unwrap().user, "alice");
+    }
+    // Closing one on node 0 frees a slot on node 1 (once node 0 has
+    // recorded the close: a few milliseconds).
+    tablet.close();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let watch = loop {
+        match login(1, "watch").await {
+            (c, Ok(())) => break c,
+            (_, Err(e)) if Instant::now() < deadline && e.code() == Some(ErrorCode::LimitExceeded) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (_, Err(e)) => panic!("the freed slot was not given: {e}"),
+        }
+    };
+    assert_eq!(watch.whoami().await.unwrap().user, "alice");
+}
+
+/// A file that yields `left` bytes, then stalls forever (`stall`) or fails.
+struct Cut {
+    inner: std::io::Cursor<Vec<u8>>,
+    left: usize,
+    stall: bool,
+}
+
+impl tokio::io::AsyncRead for Cut {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return if self.stall {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(Err(std::io::Error::other("the file went away")))
+            };
+        }
+        let want = buf.remaining().min(self.left);
+        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(want));
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        buf.advance(n);
+        self.left -= n;
+        r
+    }
+}
+
+impl tokio::io::AsyncSeek for Cut {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: std::io::SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(&mut self.inner).start_seek(pos)
+    }
+    fn poll_complete(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
+    }
+}
+
+/// An upload interrupted on one node is resumed on another (the nodes
+/// share the media directory, as they would one S3 bucket), and only one
+/// stream receives an upload at a time, whichever nodes the streams are on.
+#[tokio::test]
+async fn an_upload_resumed_on_another_node_continues_one_stream_at_a_time() {
+    use quip_client::{Progress, UploadSpec};
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    const MIB: usize = 1 << 20;
+    let media = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with(2, &["--media-dir", media.path().to_str().unwrap()]).await;
+    let (alice, token) = cluster.user(0, "alice").await;
+    let mut bytes = vec![0u8; 3 * MIB + 777];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut spec = UploadSpec {
+        size: bytes.len() as u64,
+        sha256: Sha256::digest(&bytes).into(),
+        content_type: "application/octet-stream".into(),
+        file_name: "f".into(),
+        resume: None,
+    };
+    let file = |left: usize, stall: bool| Cut {
+        inner: std::io::Cursor::new(bytes.clone()),
+        left,
+        stall,
+    };
+
+    // On node 0, 1.5 MiB go out and the sender stalls, its stream open.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let mut first = file(3 * MIB / 2, true);
+    let first_spec = spec.clone();
+    let stalled = tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
+        let _ = alice
+            .upload(&first_spec, &mut first, |p| {
+                if let Progress::Started { upload_id, .. } = p
+                    && let Some(tx) = started_tx.take()
+                {
+                    let _ = tx.send(upload_id);
+                }
+            })
+            .await;
+    });
+    let upload_id = started_rx.await.unwrap();
+    spec.resume = Some(upload_id.clone());
+
+    // Node 1 sees the first MiB stored (the offset a resume starts from).
+    let phone = cluster.device(1, &token).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut offset = None;
+        let _ = phone
+            .upload(&spec, &mut file(0, false), |p| {
+                if let Progress::Started { offset: o, .. } = p {
+                    offset = Some(o);
+                }
+            })
+            .await;
+        if offset == Some(MIB as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never saw the first chunk: {offset:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While node 0's stream is open, node 1 does not receive the upload.
+    let e = phone
+        .upload(&spec, &mut file(bytes.len(), false), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("another stream"), "{e}");
+
+    // Node 0's stream ends (the phone gave up): node 1 resumes from 1 MiB.
+    stalled.abort();
+    let _ = stalled.await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let mut from = None;
+        match phone
+            .upload(&spec, &mut file(bytes.len(), false), |p| {
+                if let Progress::Started { offset, .. } = p {
+                    from = Some(offset);
+                }
+            })
+            .await
+        {
+            Ok(done) => {
+                assert_eq!(from, Some(MIB as u64), "resumed where node 0 left off");
+                break done;
+            }
+            Err(e) if Instant::now() < deadline && e.to_string().contains("another stream") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("resuming on node 1: {e}"),
+        }
+    };
+    let media = done.media.unwrap();
+    assert_eq!(media.media_id, upload_id);
+    // Node 0 serves the bytes that went through both nodes.
+    let reader = cluster.device(0, &token).await;
+    let mut out = Vec::new();
+    reader.download(&media.media_id, 0, 0, &mut out, |_| {}).await.unwrap();
+    assert!(out == bytes, "the downloaded bytes differ");
 }
 
 /// A node killed right after it acknowledged a write does not take the
@@ -563,8 +772,8 @@ async fn node_kills_lose_and_duplicate_nothing() {
                             acked.push((i, r.seq));
                             break;
                         }
-                        Ok(Err(ClientError::Server { code, .. })) if code != ErrorCode::Unavailable => {
-                            panic!("s{s}-{i} refused: {code:?}")
+                        Ok(Err(ClientError::Server { code, message, .. })) if code != ErrorCode::Unavailable => {
+                            panic!("s{s}-{i} refused: {code:?}: {message}")
                         }
                         _ => {
                             retries.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 
 use prost::Message as _;
 
-use super::Node;
+use super::{Node, limits};
 use crate::keys;
 use crate::records::{self, WhereRecord};
 use crate::service::ServiceError;
@@ -82,10 +82,25 @@ fn update(
 /// read when the write runs, not when it was queued, so of several syncs
 /// racing for one user the last one written reflects the latest state.
 pub async fn sync(node: &Node, user: u64) -> Result<(), ServiceError> {
-    let (hub, me) = (node.hub.clone(), node.id);
+    let (hub, me, now) = (node.hub.clone(), node.id, node.clock.wall_ms());
     store::write(&*node.store, move |t| {
-        set_listed(t, user, me, hub.devices(user) > 0)?;
-        Ok::<_, ServiceError>(())
+        let mine = hub.device_counts(user);
+        set_listed(t, user, me, !mine.is_empty())?;
+        limits::set_in(t, user, (me, now), &mine)
+    })
+    .await
+}
+
+/// Like [`sync`], for a connection of `device` being admitted: refused
+/// when the user has `limits.0` connections on the cluster; replaces the
+/// device's connections on other nodes beyond `limits.1`.
+pub async fn admit(node: &Node, user: u64, device: u32, limits: (usize, usize)) -> Result<(), ServiceError> {
+    let (hub, me, now) = (node.hub.clone(), node.id, node.clock.wall_ms());
+    store::write(&*node.store, move |t| {
+        let mine = hub.device_counts(user);
+        limits::admit_in(t, user, (me, now), &mine, device, limits)?;
+        set_listed(t, user, me, !mine.is_empty())?;
+        Ok(())
     })
     .await
 }
@@ -105,6 +120,7 @@ pub fn forget_node(txn: &mut dyn Txn, dead: u64, limit: usize) -> Result<usize, 
         };
         set_listed(txn, user, dead, false)?;
         set_present(txn, user, dead, false)?;
+        limits::set_in(txn, user, (dead, 0), &[])?;
         txn.clear(k);
     }
     Ok(rows.len())

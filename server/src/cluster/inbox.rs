@@ -198,14 +198,19 @@ pub fn send_transient(txn: &mut dyn Txn, me: u64, event: &TransientEvent) -> Res
 pub fn send_close(txn: &mut dyn Txn, me: u64, close: &DeviceClose) -> Result<(), ServiceError> {
     for node in directory::nodes_of(txn, close.user_id)? {
         if node != me {
-            let record = InboxRecord {
-                closes: vec![close.clone()],
-                ..InboxRecord::default()
-            };
-            append(txn, node, &record)?;
+            send_close_to(txn, node, close.clone())?;
         }
     }
     Ok(())
+}
+
+/// Passes a device close to one node.
+pub fn send_close_to(txn: &mut dyn Txn, node: u64, close: DeviceClose) -> Result<(), ServiceError> {
+    let record = InboxRecord {
+        closes: vec![close],
+        ..InboxRecord::default()
+    };
+    append(txn, node, &record)
 }
 
 /// A message without its content when the content is large (see
@@ -337,7 +342,8 @@ impl Node {
         for c in record.closes {
             let code = u64::from(c.code);
             let code = CloseCode::from_code(code).unwrap_or(CloseCode::LoggedOut);
-            self.hub.close_device(c.user_id, c.device_id, code, &c.reason);
+            let n = if c.oldest == 0 { usize::MAX } else { c.oldest as usize };
+            self.hub.close_oldest(c.user_id, c.device_id, n, code, &c.reason);
         }
     }
 }

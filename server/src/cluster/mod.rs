@@ -38,13 +38,17 @@
 //!   entries and its inbox. Node ids are random per process start, so a
 //!   restarted node never inherits a dead incarnation's state.
 //!
+//! - **Connection limits** ([`limits`]): per user and per device, counted
+//!   over every node.
+//!
 //! What stays per node (documented in `spec/protocol.md`, "Clusters"):
-//! rate limits and throttles, connection limits, the session cache (a
-//! revoked token is refused by other nodes within its time to live), and
-//! 0-RTT session tickets.
+//! request rate limits (bounded across the cluster by the connection
+//! limits), the session cache (a revoked token is refused by other nodes
+//! within its time to live), and 0-RTT session tickets.
 
 pub mod directory;
 pub mod inbox;
+pub mod limits;
 pub mod nodes;
 
 use std::sync::{Arc, Mutex};
@@ -162,6 +166,7 @@ impl Node {
             device_id,
             code: code.code(),
             reason: reason.to_owned(),
+            oldest: 0,
         };
         let me = self.id;
         let r = store::write(&*self.store, move |t| inbox::send_close(t, me, &close)).await;
@@ -176,6 +181,13 @@ impl Node {
         directory::sync(self, user).await
     }
 
+    /// Lists this node in the directory for a new connection of `user`'s
+    /// `device` (already in the hub), within the cluster-wide connection
+    /// limits (per user, per device); durable when it returns.
+    pub async fn admit_connection(&self, user: u64, device: u32, limits: (usize, usize)) -> Result<(), ServiceError> {
+        directory::admit(self, user, device, limits).await
+    }
+
     /// Records that `user` came online here or went offline here; whether
     /// they count as online on another node (then that node speaks for
     /// them and this one announces nothing).
@@ -183,6 +195,11 @@ impl Node {
         let me = self.id;
         let others = store::write(&*self.store, move |t| directory::set_present(t, user, me, online)).await?;
         Ok(!others.is_empty())
+    }
+
+    /// How many connections `user` has open on the cluster.
+    pub fn connections_of(&self, user: u64) -> Result<usize, ServiceError> {
+        store::read(&*self.store, |t| limits::total(t, user))
     }
 
     /// Whether `user` counts as online on any node.

@@ -126,11 +126,25 @@ async fn sweep_throttles(node: &Node) -> Result<(), ServiceError> {
 async fn bury(node: &Node, dead: u64) -> Result<(), ServiceError> {
     tracing::info!(node = format_args!("{dead:016x}"), "burying a dead cluster node");
     loop {
+        // The inbox is read apart from the write: the write shares its
+        // transaction with other writes of the batch, and one of them may
+        // have appended to the dead node's inbox (under a versionstamped
+        // key, which FoundationDB refuses to read back in the transaction
+        // that wrote it: error 1036 would fail the whole batch). What is
+        // appended after this read is cleared by a later step; appends stop
+        // once the directory no longer lists the node.
+        let (from, to) = keys::inbox_range(dead);
+        let inbox: Vec<Vec<u8>> = store::read(&*node.store, |t| {
+            Ok::<_, ServiceError>(
+                t.range(&from, &to, BURY_STEP, false)?
+                    .into_iter()
+                    .map(|kv| kv.0)
+                    .collect(),
+            )
+        })?;
         let left = store::write(&*node.store, move |t| {
             let forgot = directory::forget_node(t, dead, BURY_STEP)?;
-            let (from, to) = keys::inbox_range(dead);
-            let inbox = t.range(&from, &to, BURY_STEP, false)?;
-            for (k, _) in &inbox {
+            for k in &inbox {
                 t.clear(k);
             }
             let left = forgot + inbox.len();

@@ -89,6 +89,9 @@ pub fn create(txn: &mut dyn Txn, actor: &Actor, req: &v1::UploadRequest, id: &Me
         complete: false,
         created_ms: now_ms,
         sent: false,
+        holder: 0,
+        claimed_until_ms: 0,
+        holder_node: 0,
     };
     txn.set(&keys::media(id), &rec.encode_to_vec());
     txn.set(&keys::media_unsent(now_ms, id), &[]);
@@ -120,12 +123,94 @@ pub fn resume(
     Ok((id, rec))
 }
 
-/// Records that the bytes up to `received` are durably stored.
-pub fn progress(txn: &mut dyn Txn, id: &MediaId, received: u64) -> Result<(), ServiceError> {
+/// How long a stream's claim on an upload lasts unless renewed. A stream
+/// renews it with each chunk it stores (and before storing one when a
+/// quarter of it has gone by), so a claim lapses only when its stream
+/// stalled or its node died; another stream, on any node, may then take
+/// the upload over. A chunk write is given at most half of it, so a stale
+/// stream's last write ends a quarter of it before anyone may take over:
+/// room for the nodes' clocks to disagree.
+pub const CLAIM_MS: i64 = 60_000;
+
+/// Who is receiving an upload: a stream, and the node (process) it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// Random per stream.
+    pub stream: u64,
+    /// The node's id in the cluster, or random per process on one node.
+    pub node: u64,
+    /// Whether other nodes share the store (else a claim from another
+    /// process is one from before a restart).
+    pub clustered: bool,
+}
+
+/// Whether the claim in `rec` still holds against `me`: it has not run
+/// out, and the node that holds it is alive (on one node: is this very
+/// process; in a cluster: heartbeats, `node/`), so an upload whose node
+/// died can be resumed elsewhere once the cluster notices, not a minute on.
+fn claimed_by_another(txn: &mut dyn Txn, rec: &MediaRecord, me: &Holder, now_ms: i64) -> Result<bool, ServiceError> {
+    if rec.holder == 0 || rec.holder == me.stream || rec.claimed_until_ms <= now_ms {
+        return Ok(false);
+    }
+    if rec.holder_node == me.node {
+        return Ok(true);
+    }
+    if !me.clustered {
+        return Ok(false);
+    }
+    let node: Option<records::NodeRecord> = records::get(txn, &keys::node(rec.holder_node))?;
+    let lease = i64::try_from(crate::cluster::LEASE.as_millis()).unwrap_or(i64::MAX);
+    Ok(node.is_some_and(|n| n.heartbeat_ms.saturating_add(lease) > now_ms))
+}
+
+/// Claims upload `id` for the stream `me`, or renews its claim. Refused
+/// while another stream's claim holds.
+pub fn claim(txn: &mut dyn Txn, id: &MediaId, me: &Holder, now_ms: i64) -> Result<MediaRecord, ServiceError> {
     let key = keys::media(id);
     let mut rec: MediaRecord = records::get(txn, &key)?.ok_or_else(|| not_found(&id_to_string(id)))?;
-    rec.received = received;
+    if claimed_by_another(txn, &rec, me, now_ms)? {
+        return Err(ServiceError::InvalidArgument(
+            "this upload is already being received on another stream".into(),
+        ));
+    }
+    rec.holder = me.stream;
+    rec.holder_node = me.node;
+    rec.claimed_until_ms = now_ms.saturating_add(CLAIM_MS);
     txn.set(&key, &rec.encode_to_vec());
+    Ok(rec)
+}
+
+/// Ends `holder`'s claim on `id` (its stream ended), if it still has it.
+pub fn release(txn: &mut dyn Txn, id: &MediaId, holder: u64) -> Result<(), ServiceError> {
+    let key = keys::media(id);
+    if let Some(mut rec) = records::get::<MediaRecord>(txn, &key)?
+        && rec.holder == holder
+    {
+        rec.holder = 0;
+        rec.claimed_until_ms = 0;
+        txn.set(&key, &rec.encode_to_vec());
+    }
+    Ok(())
+}
+
+/// The upload, if `holder` still has it (else another stream took over).
+fn held(txn: &mut dyn Txn, id: &MediaId, holder: u64) -> Result<MediaRecord, ServiceError> {
+    let rec: MediaRecord = records::get(txn, &keys::media(id))?.ok_or_else(|| not_found(&id_to_string(id)))?;
+    if rec.holder != holder {
+        return Err(ServiceError::InvalidArgument(
+            "another stream took this upload over: resume it again".into(),
+        ));
+    }
+    Ok(rec)
+}
+
+/// Records that the bytes up to `received` are durably stored, renewing
+/// `holder`'s claim; refused if the claim was lost.
+pub fn progress(txn: &mut dyn Txn, id: &MediaId, received: u64, holder: u64, now_ms: i64) -> Result<(), ServiceError> {
+    let mut rec = held(txn, id, holder)?;
+    rec.received = received;
+    rec.claimed_until_ms = now_ms.saturating_add(CLAIM_MS);
+    txn.set(&keys::media(id), &rec.encode_to_vec());
     Ok(())
 }
 
@@ -139,9 +224,9 @@ pub struct Completed {
 
 /// Marks a verified upload complete, sharing an existing blob with the same
 /// content if there is one.
-pub fn complete(txn: &mut dyn Txn, id: &MediaId) -> Result<Completed, ServiceError> {
+pub fn complete(txn: &mut dyn Txn, id: &MediaId, holder: u64) -> Result<Completed, ServiceError> {
     let key = keys::media(id);
-    let mut rec: MediaRecord = records::get(txn, &key)?.ok_or_else(|| not_found(&id_to_string(id)))?;
+    let mut rec = held(txn, id, holder)?;
     let bkey = keys::media_blob(&rec.sha256);
     let existing: Option<BlobRecord> = records::get(txn, &bkey)?;
     let deduplicated = existing.as_ref().is_some_and(|b| b.chunks_of != id);
@@ -160,6 +245,8 @@ pub fn complete(txn: &mut dyn Txn, id: &MediaId) -> Result<Completed, ServiceErr
         txn.set(&bkey, &blob.encode_to_vec());
         rec.complete = true;
         rec.received = rec.size;
+        rec.holder = 0;
+        rec.claimed_until_ms = 0;
         txn.set(&key, &rec.encode_to_vec());
     }
     Ok(Completed {
@@ -274,6 +361,14 @@ pub fn abandoned(txn: &mut dyn ReadTxn, before_ms: i64, limit: usize) -> Result<
         .iter()
         .filter_map(|kv| keys::media_of_unsent(&kv.0))
         .collect())
+}
+
+/// [`forget`], unless a stream is receiving the upload (its claim holds).
+pub fn forget_unclaimed(txn: &mut dyn Txn, id: &MediaId, now_ms: i64) -> Result<Option<Vec<u8>>, ServiceError> {
+    match records::get::<MediaRecord>(txn, &keys::media(id))? {
+        Some(rec) if rec.holder != 0 && rec.claimed_until_ms > now_ms => Ok(None),
+        _ => forget(txn, id),
+    }
 }
 
 /// Forgets an unsent upload; returns the chunk prefix (upload id) whose

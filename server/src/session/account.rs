@@ -116,7 +116,9 @@ impl Session {
         }
         // Refuse before creating a device that could not connect anyway.
         let per_user = self.shared.config.max_connections_per_user;
-        if user_id.is_some_and(|u| self.shared.hub.devices(u) >= per_user) {
+        if let Some(u) = user_id
+            && self.shared.connections_of(u)? >= per_user
+        {
             *self.close_after_reply.lock().expect("close lock") = Some(CloseCode::TooManyConnections);
             return Err(ServiceError::LimitExceeded(format!(
                 "at most {per_user} connections per user are allowed"

@@ -116,7 +116,7 @@ impl Session {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not load channel subscriptions; no live channel posts"),
         }
-        let user = actor.user_id;
+        let (user, device) = (actor.user_id, actor.device_id);
         *self.auth.lock().expect("auth lock") = Some(Auth {
             actor,
             token_hash,
@@ -126,7 +126,8 @@ impl Session {
         // committed from then on pushes to this node, and the device's
         // sync, which follows, reads every write committed before.
         if let Some(node) = self.shared.cluster.get() {
-            node.sync_directory(user).await?;
+            let limits = (config.max_connections_per_user, config.max_connections_per_device);
+            node.admit_connection(user, device, limits).await?;
         }
         Ok(())
     }
@@ -136,8 +137,9 @@ impl Session {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
             let user = a.actor.user_id;
             self.shared.hub.unregister(user, self.conn_id);
+            // Every close, not only the user's last here: the cluster-wide
+            // connection limits count them.
             if let Some(node) = self.shared.cluster.get().cloned()
-                && self.shared.hub.devices(user) == 0
                 && let Ok(rt) = tokio::runtime::Handle::try_current()
             {
                 rt.spawn(async move {

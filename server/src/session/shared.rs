@@ -60,6 +60,9 @@ pub struct Shared {
     pub(super) next_conn: AtomicU64,
     /// The time budgets, expiry and presence read.
     pub clock: Clock,
+    /// Random per process start: who holds an upload's claim when not in
+    /// a cluster (see [`Shared::instance`]).
+    instance: u64,
     /// Graceful shutdown: from its start writes are refused and requests
     /// no longer read; it counts the connections left.
     pub shutdown: Shutdown,
@@ -110,6 +113,7 @@ impl Shared {
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(3600))
                 .build(),
+            instance: rand::random::<u64>() | 1,
             passwords: crate::passwords::PasswordPool::sized(config.password_workers, config.password_queue),
             config,
             // In a cluster another node may revoke a token: a cached entry
@@ -227,6 +231,24 @@ impl Shared {
             let expires = self.expiry(created);
             (now < expires).then_some((actor, hash, expires))
         }))
+    }
+
+    /// How many connections `user` has open: on the cluster when this
+    /// node is in one, else here.
+    pub fn connections_of(&self, user: u64) -> Result<usize, ServiceError> {
+        match self.cluster.get() {
+            Some(node) => node.connections_of(user),
+            None => Ok(self.hub.devices(user)),
+        }
+    }
+
+    /// This node's identity, and whether it is in a cluster: its node id
+    /// there, else a random id per process start.
+    pub fn instance(&self) -> (u64, bool) {
+        match self.cluster.get() {
+            Some(node) => (node.id, true),
+            None => (self.instance, false),
+        }
     }
 
     /// When a token issued at `created_ms` expires.

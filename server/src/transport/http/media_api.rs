@@ -230,7 +230,15 @@ pub(super) async fn put_upload(
                 std::io::Error::other(e)
             })
             .boxed();
-        media::receive_upload(&shared.store, &shared.media, media_id, rec.received, bytes).await
+        media::receive_upload(
+            &shared.store,
+            &shared.media,
+            media_id,
+            rec.received,
+            shared.instance(),
+            bytes,
+        )
+        .await
     }
     .await;
     match r {

@@ -57,7 +57,15 @@ async fn media_exchange(
                 }
             });
             let bytes = std::pin::pin!(first.chain(rest));
-            let done = media::receive_upload(&shared.store, &shared.media, begun.id, begun.offset, bytes).await?;
+            let done = media::receive_upload(
+                &shared.store,
+                &shared.media,
+                begun.id,
+                begun.offset,
+                shared.instance(),
+                bytes,
+            )
+            .await?;
             Ok(Some(Body::UploadComplete(done)))
         }
         Some(Body::Download(req)) => {
