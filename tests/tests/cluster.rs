@@ -876,3 +876,308 @@ async fn node_kills_lose_and_duplicate_nothing() {
         retries.load(Ordering::Relaxed)
     );
 }
+
+/// What one chaos sender did.
+#[derive(Default)]
+struct ChaosLog {
+    /// client_msg_id (also the text) → (chat, seq), as acknowledged.
+    acked: BTreeMap<String, (u64, u64)>,
+    /// Sends tried again (same client_msg_id) after a failure.
+    resent: usize,
+    /// Connections opened after the first.
+    reconnects: usize,
+}
+
+/// Messages pushed live to one user: per connection, (chat, seq, text) in
+/// arrival order.
+type LiveLog = Arc<std::sync::Mutex<Vec<Vec<(u64, u64, String)>>>>;
+
+/// Drains a connection's pushes into `live` (a new list per connection),
+/// so that the connection never counts as a slow consumer.
+fn record_live(client: Arc<Client>, live: LiveLog) {
+    let slot = {
+        let mut l = live.lock().unwrap();
+        l.push(Vec::new());
+        l.len() - 1
+    };
+    tokio::spawn(async move {
+        while let Some(e) = client.next_event().await {
+            if let Some(v1::event::Kind::Message(m)) = e.kind
+                && let Some(c) = m.content
+            {
+                live.lock().unwrap()[slot].push((m.chat_id, m.seq, c.text));
+            }
+        }
+    });
+}
+
+/// Issue 23's chaos test: 20 users spread over three nodes send direct and
+/// group messages for a minute (`QUIP_CHAOS_SECS` to change it) while the
+/// nodes are SIGKILLed and restarted in turn; a client whose node died or
+/// did not answer within 3 s reconnects to the next node and resends its
+/// unacknowledged message with the same client_msg_id. Then: every chat's
+/// history holds each acknowledged message exactly once at its
+/// acknowledged seq and nothing else, seqs dense from 1; every user's log,
+/// synced from scratch by a new device, has dense positions and each of
+/// their chats' messages once, in seq order; every message pushed live
+/// came in seq order per chat and is the one history has at that seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_twenty_users_on_three_nodes_through_a_minute_of_node_kills() {
+    const USERS: usize = 20;
+    let secs: u64 = std::env::var("QUIP_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    // Twenty registrations from one address: past its default burst.
+    let mut cluster = Cluster::start_with(3, &["--registrations-per-ip-burst", "100"]).await;
+    let names: Vec<String> = (0..USERS).map(|i| format!("u{i:02}")).collect();
+    let mut tokens = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let (c, token) = cluster.user(i % 3, n).await;
+        c.close();
+        tokens.push(token);
+    }
+    // Two groups of 11 (u00 is in both).
+    let owner = cluster.device(0, &tokens[0]).await;
+    let first: Vec<&str> = names[1..=10].iter().map(String::as_str).collect();
+    let group_a = owner.create_group("a", &first).await.unwrap().info.unwrap().chat_id;
+    let owner_b = cluster.device(1, &tokens[10]).await;
+    let mut second: Vec<&str> = names[11..].iter().map(String::as_str).collect();
+    second.push(&names[0]);
+    let group_b = owner_b.create_group("b", &second).await.unwrap().info.unwrap().chat_id;
+    owner.close();
+    owner_b.close();
+
+    let ports = cluster.ports.clone();
+    let ca = cluster.ca.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // When each user last had a send acknowledged: for recovery times.
+    let last_ack = Arc::new(std::sync::Mutex::new(vec![Instant::now(); USERS]));
+    let lives: Vec<LiveLog> = (0..USERS).map(|_| LiveLog::default()).collect();
+    let mut senders = Vec::new();
+    for u in 0..USERS {
+        let (token, ports, ca, stop, last_ack, live) = (
+            tokens[u].clone(),
+            ports.clone(),
+            ca.clone(),
+            stop.clone(),
+            last_ack.clone(),
+            lives[u].clone(),
+        );
+        let names = names.clone();
+        senders.push(tokio::spawn(async move {
+            let mut log = ChaosLog::default();
+            let mut node = u % 3;
+            let mut client: Option<Arc<Client>> = None;
+            let group = if u < 11 { group_a } else { group_b };
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("u{u:02}-{n}");
+                let mut req = v1::SendRequest {
+                    client_msg_id: id.clone(),
+                    content: Some(v1::Content {
+                        text: id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                match n % 3 {
+                    0 => req.to_user = names[(u + 1) % USERS].clone(),
+                    1 => req.to_user = names[(u + 7) % USERS].clone(),
+                    _ => req.chat_id = group,
+                }
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut tries = 0;
+                loop {
+                    assert!(Instant::now() < deadline, "{id} never acknowledged");
+                    if client.is_none() {
+                        let opts = ConnectOptions::new(format!("127.0.0.1:{}", ports[node]), Some(&ca))
+                            .unwrap()
+                            .token(&token);
+                        match tokio::time::timeout(Duration::from_secs(3), Client::connect(&opts)).await {
+                            Ok(Ok(c)) => {
+                                let c = Arc::new(c);
+                                record_live(c.clone(), live.clone());
+                                if log.acked.len() + tries > 0 {
+                                    log.reconnects += 1;
+                                }
+                                client = Some(c);
+                            }
+                            _ => {
+                                node = (node + 1) % 3;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let c = client.as_ref().unwrap();
+                    if tries > 0 {
+                        log.resent += 1;
+                    }
+                    tries += 1;
+                    match tokio::time::timeout(Duration::from_secs(3), c.send(req.clone())).await {
+                        Ok(Ok(r)) => {
+                            log.acked.insert(id.clone(), (r.chat_id, r.seq));
+                            last_ack.lock().unwrap()[u] = Instant::now();
+                            break;
+                        }
+                        Ok(Err(ClientError::Server { code, message, .. }))
+                            if !matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) =>
+                        {
+                            panic!("{id} refused: {code:?}: {message}")
+                        }
+                        _ => {
+                            if let Some(c) = client.take() {
+                                c.close();
+                            }
+                            node = (node + 1) % 3;
+                        }
+                    }
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(c) = client.take() {
+                c.close();
+            }
+            log
+        }));
+    }
+
+    // Kill a node every 8 s (in turn), restart it 3 s later; measure how
+    // long until every user has had a send acknowledged after the kill.
+    let started = Instant::now();
+    let mut recoveries = Vec::new();
+    let mut victim = 0;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    while started.elapsed() + Duration::from_secs(8) < Duration::from_secs(secs) {
+        let killed_at = Instant::now();
+        cluster.kill(victim);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.restart(victim).await;
+        let deadline = killed_at + Duration::from_secs(30);
+        loop {
+            let acks = last_ack.lock().unwrap().clone();
+            if acks.iter().all(|&t| t > killed_at) {
+                let last = acks.into_iter().max().unwrap();
+                recoveries.push(last - killed_at);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every user sent again within 30 s of kill {}",
+                recoveries.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        victim = (victim + 1) % 3;
+        tokio::time::sleep(Duration::from_secs(8).saturating_sub(killed_at.elapsed())).await;
+    }
+    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let (mut resent, mut reconnects) = (0, 0);
+    for h in senders {
+        let log = h.await.unwrap();
+        resent += log.resent;
+        reconnects += log.reconnects;
+        acked.extend(log.acked);
+    }
+    assert!(recoveries.len() >= 3 || secs < 60, "only {} kills", recoveries.len());
+
+    // Every chat's history, read through node 2: each acknowledged message
+    // once at its seq, nothing else, seqs (group events included) dense.
+    let mut by_chat: BTreeMap<u64, BTreeMap<u64, String>> = BTreeMap::new();
+    for (text, &(chat, seq)) in &acked {
+        assert!(
+            by_chat.entry(chat).or_default().insert(seq, text.clone()).is_none(),
+            "two messages acked at {chat}/{seq}"
+        );
+    }
+    let mut history: BTreeMap<u64, BTreeMap<u64, String>> = BTreeMap::new();
+    for (&chat, msgs) in &by_chat {
+        // A participant: the sender of any of its messages.
+        let sender: usize = msgs.values().next().unwrap()[1..3].parse().unwrap();
+        let reader = cluster.device(2, &tokens[sender]).await;
+        let (mut after, mut seqs, mut texts) = (0, Vec::new(), BTreeMap::new());
+        loop {
+            let page = reader.history_after(chat, after, 200).await.unwrap();
+            let Some(last) = page.messages.last().map(|m| m.seq) else {
+                break;
+            };
+            for m in &page.messages {
+                seqs.push(m.seq);
+                if let Some(c) = &m.content {
+                    texts.insert(m.seq, c.text.clone());
+                }
+            }
+            after = last;
+        }
+        reader.close();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "chat {chat}: seqs not dense from 1"
+        );
+        assert_eq!(&texts, msgs, "chat {chat}: history differs from what was acknowledged");
+        history.insert(chat, texts);
+    }
+    // Every user's log from scratch, on a new device.
+    for (u, name) in names.iter().enumerate() {
+        let fresh = Client::connect(&cluster.opts((u + 1) % 3)).await.unwrap();
+        fresh.login(name, PASSWORD, "audit").await.unwrap();
+        let mut tracker = quip_client::AckTracker::default();
+        let events = fresh.sync_all(&mut tracker).await.unwrap();
+        fresh.close();
+        let positions: Vec<u64> = events.iter().map(|e| e.pos).collect();
+        assert_eq!(
+            positions,
+            (1..=positions.len() as u64).collect::<Vec<_>>(),
+            "{name}'s positions"
+        );
+        let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for e in &events {
+            if let Some(v1::event::Kind::Message(m)) = &e.kind
+                && let Some(c) = &m.content
+            {
+                assert_eq!(
+                    history[&m.chat_id].get(&m.seq),
+                    Some(&c.text),
+                    "{name}'s log at {}/{}",
+                    m.chat_id,
+                    m.seq
+                );
+                seen.entry(m.chat_id).or_default().push(m.seq);
+            }
+        }
+        for (chat, seqs) in seen {
+            let all: Vec<u64> = history[&chat].keys().copied().collect();
+            assert_eq!(seqs, all, "{name}'s log of chat {chat}: each message once, in order");
+        }
+        // Live pushes: in seq order per chat on each connection, and what
+        // history holds.
+        for conn in lives[u].lock().unwrap().iter() {
+            let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+            for (chat, seq, text) in conn {
+                assert_eq!(
+                    history[chat].get(seq),
+                    Some(text),
+                    "{name} was pushed {chat}/{seq} = {text}"
+                );
+                let prev = last.insert(*chat, *seq).unwrap_or(0);
+                assert!(*seq > prev, "{name} was pushed {chat}/{seq} after {chat}/{prev}");
+            }
+        }
+    }
+    let pushed: usize = lives
+        .iter()
+        .map(|l| l.lock().unwrap().iter().map(Vec::len).sum::<usize>())
+        .sum();
+    eprintln!(
+        "chaos: {} messages acknowledged in {secs} s ({} chats), {resent} resent, {reconnects} reconnects, {pushed} live pushes; {} kills, time until every user sent again after each: {:?}",
+        acked.len(),
+        by_chat.len(),
+        recoveries.len(),
+        recoveries
+    );
+}
