@@ -372,7 +372,9 @@ class App {
   flushReceipts() {
     for (const kind of ['DELIVERED', 'READ']) {
       for (const [chat_id, seq] of this.receipts[kind]) {
-        this.conn.request('receipt', { chat_id, kind, seq }).catch(() => {});
+        // A READ lands in this user's own log too, for their other devices;
+        // this device is told its position here, not pushed it (spec §8).
+        this.conn.request('receipt', { chat_id, kind, seq }).then((r) => this.trackPos(r.pos), () => {});
       }
       this.receipts[kind].clear();
     }
