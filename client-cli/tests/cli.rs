@@ -986,3 +986,23 @@ async fn sigterm_closes_listen_cleanly() {
     }
     stop_server(stop, task).await;
 }
+
+/// Issue 21: `[v6]:port` reaches a server on IPv6 loopback, the host part
+/// naming the certificate (the dev certificate covers `::1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bracketed_ipv6_server_address_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("data"));
+    config.listen = "[::1]:0".parse().unwrap();
+    config.no_https = true;
+    let (env, stop, task) = start_with(config);
+    assert!(env.addr.starts_with("[::1]:"), "{}", env.addr);
+    let out = env
+        .ok(
+            &dir.path().join("ann"),
+            &["register", "ann", "--password", "ann-secret-12"],
+        )
+        .await;
+    assert_eq!(out.trim(), "registered ann (device 1)");
+    stop_server(stop, task).await;
+}

@@ -329,3 +329,96 @@ async fn tokens_expire_after_their_ttl() {
     assert!(err.to_string().contains("log in again"), "{err}");
     server.stop().await;
 }
+
+/// Gap 9 (§18.1): presence belongs to no chat and travels on push lane 0,
+/// the lane of chats whose id is a multiple of `push_lanes`.
+#[tokio::test]
+async fn presence_travels_on_push_lane_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut background = server.options();
+    background.background = true;
+    let alice = Client::connect(&background).await.unwrap();
+    let alice_token = alice.register("alice", PASSWORD, "test").await.unwrap().token;
+    let bob_token = Client::connect(&background)
+        .await
+        .unwrap()
+        .register("bob", PASSWORD, "test")
+        .await
+        .unwrap()
+        .token;
+
+    // Bob on a raw connection: every pushed frame with the stream it came on.
+    let (_ep, conn) = Client::connect_raw(&background).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame(&hello(1, &bob_token))).await.unwrap();
+    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+    let welcome = loop {
+        if let Some(env) = dec.decode().unwrap() {
+            break env;
+        }
+        recv.read_buf(dec.buffer_mut()).await.unwrap();
+    };
+    let Some(Body::Welcome(welcome)) = welcome.body else {
+        panic!("expected Welcome: {welcome:?}")
+    };
+    let lanes = u64::from(welcome.push_lanes);
+    let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel::<(u64, v1::Event)>();
+    tokio::spawn(async move {
+        while let Ok(mut lane) = conn.accept_uni().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let stream = lane.id().index();
+                let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+                loop {
+                    while let Ok(Some(env)) = dec.decode() {
+                        if let Some(Body::Event(e)) = env.body {
+                            let _ = tx.send((stream, e));
+                        }
+                    }
+                    dec.buffer_mut().reserve(4096);
+                    if !matches!(lane.read_buf(dec.buffer_mut()).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // The stream of the first push each predicate accepts, in any order.
+    let mut streams = async |want: &[&dyn Fn(&v1::Event) -> bool]| {
+        let mut found: Vec<Option<u64>> = vec![None; want.len()];
+        while found.iter().any(Option::is_none) {
+            let (stream, e) = tokio::time::timeout(Duration::from_secs(5), pushed.recv())
+                .await
+                .expect("a push within 5 s")
+                .expect("pushes");
+            for (slot, w) in found.iter_mut().zip(want) {
+                if slot.is_none() && w(&e) {
+                    *slot = Some(stream);
+                }
+            }
+        }
+        found.into_iter().map(Option::unwrap).collect::<Vec<u64>>()
+    };
+    let is_message_in =
+        |chat: u64| move |e: &v1::Event| matches!(&e.kind, Some(v1::event::Kind::Message(m)) if m.chat_id == chat);
+    // Contacts through a direct chat; then groups until one lands on lane 0.
+    let direct = alice.send_text("bob", "hi").await.unwrap().chat_id;
+    let mut lane_zero = 0;
+    while lane_zero == 0 {
+        let id = alice.create_group("g", &["bob"]).await.unwrap().info.unwrap().chat_id;
+        if id % lanes == 0 {
+            lane_zero = id;
+        }
+    }
+    assert_ne!(direct % lanes, 0, "the direct chat is on another lane");
+    let found = streams(&[&is_message_in(direct), &is_message_in(lane_zero)]).await;
+    let (direct_stream, zero_stream) = (found[0], found[1]);
+    assert_ne!(direct_stream, zero_stream);
+
+    // Alice comes online: bob is told on lane 0.
+    let _alice_online = Client::connect(&server.options().token(&alice_token)).await.unwrap();
+    let presence = streams(&[&|e: &v1::Event| matches!(e.kind, Some(v1::event::Kind::Presence(_)))]).await;
+    assert_eq!(presence[0], zero_stream);
+    server.stop().await;
+}
