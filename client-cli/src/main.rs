@@ -211,10 +211,16 @@ async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
+            // clap's first paragraph, on one line (the usage and tip follow it).
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
             let v = serde_json::json!({"type": "error", "exit": fail::Exit::Usage as u8, "code": "USAGE",
-                "message": first.trim_start_matches("error: ")});
+                "message": message.trim_start_matches("error: ")});
             eprintln!("{v}");
             return ExitCode::from(fail::Exit::Usage as u8);
         }

@@ -812,6 +812,7 @@ async fn failures_have_documented_exit_codes_and_json_errors() {
 
     let v = env.json_error(&alice, &["send"], 2).await;
     assert_eq!(v["code"], "USAGE");
+    assert!(v["message"].as_str().unwrap().contains("<TARGET> <TEXT>"), "{v}");
     let (status, _, err) = env.status(&alice, &["send"]).await;
     assert_eq!(status, 2, "{err}");
     let v = env.json_error(&alice, &["group", "create", ""], 2).await;
