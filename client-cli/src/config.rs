@@ -17,7 +17,8 @@ use crate::ClientError;
 /// the TLS session and sends its first requests in 0-RTT.
 #[derive(Clone)]
 pub struct ConnectOptions {
-    /// `host:port`.
+    /// `host`, `host:port`, an IPv6 address, or `[v6]:port`; the port
+    /// defaults to [`DEFAULT_PORT`].
     pub server: String,
     /// PEM certificate to trust (a dev server's self-signed one). Without it
     /// the platform's web PKI roots are used.
@@ -34,6 +35,10 @@ pub struct ConnectOptions {
     /// Connect without making the user online (Hello.background): for
     /// background sync and one-shot tools.
     pub background: bool,
+    /// Give up connecting (QUIC and TLS handshake, then Hello and Welcome)
+    /// after this long, with [`ClientError::Connect`] saying the server did
+    /// not answer. `None`: wait for QUIC's idle timeout (30 s).
+    pub connect_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -49,6 +54,7 @@ impl ConnectOptions {
             quic,
             bind: None,
             background: false,
+            connect_timeout: None,
             token: None,
             client_name: concat!("quip-client/", env!("CARGO_PKG_VERSION")).into(),
         })
@@ -58,6 +64,28 @@ impl ConnectOptions {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+}
+
+/// The port a server address without one gets: QUIC on UDP 4433 (spec §2).
+pub const DEFAULT_PORT: u16 = 4433;
+
+/// A server address as `host:port`: `host` and a bare IPv6 address get
+/// [`DEFAULT_PORT`]; `host:port` and `[v6]:port` stay as they are.
+pub fn with_default_port(server: &str) -> String {
+    let server = server.trim();
+    if let Some(rest) = server.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((_, "")) => format!("{server}:{DEFAULT_PORT}"),
+            _ => server.to_owned(),
+        };
+    }
+    if server.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{server}]:{DEFAULT_PORT}");
+    }
+    match server.rsplit_once(':') {
+        Some(_) => server.to_owned(),
+        None => format!("{server}:{DEFAULT_PORT}"),
     }
 }
 
@@ -168,6 +196,26 @@ fn crypto_provider() -> rustls::crypto::CryptoProvider {
 
 #[cfg(test)]
 mod tests {
+    use super::with_default_port;
+
+    #[test]
+    fn a_server_address_gets_the_default_port_unless_it_has_one() {
+        for (given, want) in [
+            ("localhost", "localhost:4433"),
+            ("localhost:5000", "localhost:5000"),
+            ("quip.example.org", "quip.example.org:4433"),
+            ("127.0.0.1", "127.0.0.1:4433"),
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("::1", "[::1]:4433"),
+            ("[::1]", "[::1]:4433"),
+            ("[::1]:5000", "[::1]:5000"),
+            ("[2001:db8::7]:443", "[2001:db8::7]:443"),
+            (" localhost ", "localhost:4433"),
+        ] {
+            assert_eq!(with_default_port(given), want, "{given:?}");
+        }
+    }
+
     #[test]
     fn the_client_offers_aes_128_gcm_sha256_first_and_keeps_the_others() {
         let suites: Vec<_> = super::crypto_provider()

@@ -33,6 +33,8 @@ pub struct Client {
 }
 
 fn resolve(server: &str) -> Result<(SocketAddr, String), ClientError> {
+    let server = crate::config::with_default_port(server);
+    let server = server.as_str();
     let addr = server
         .to_socket_addrs()
         .map_err(|e| ClientError::Connect(format!("resolving {server}: {e}")))?
@@ -132,6 +134,20 @@ impl Client {
     /// When `opts` (or a clone) connected before, the TLS session is resumed
     /// and Hello travels in 0-RTT: the handshake costs no extra round trip.
     pub async fn connect_on(endpoint: quinn::Endpoint, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let Some(limit) = opts.connect_timeout else {
+            return Self::connect_now(endpoint, opts).await;
+        };
+        match tokio::time::timeout(limit, Self::connect_now(endpoint, opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Connect(format!(
+                "no answer from {} over UDP within {} s: is quipd running there, is the port right, is UDP blocked on the way?",
+                crate::config::with_default_port(&opts.server),
+                limit.as_secs_f32()
+            ))),
+        }
+    }
+
+    async fn connect_now(endpoint: quinn::Endpoint, opts: &ConnectOptions) -> Result<Self, ClientError> {
         let (conn, mut handshake) = Self::quic_connect_0rtt(&endpoint, opts).await?;
         let mut early = !*handshake.borrow();
         let (send, recv, dec, welcome) = match hello(&conn, opts).await {

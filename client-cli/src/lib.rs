@@ -48,7 +48,7 @@ mod requests;
 pub mod tracker;
 pub mod typing;
 
-pub use config::{ConnectOptions, KEEP_ALIVE};
+pub use config::{ConnectOptions, DEFAULT_PORT, KEEP_ALIVE, with_default_port};
 pub use connection::Client;
 pub use media::{Progress, UploadSpec};
 pub use tracker::AckTracker;

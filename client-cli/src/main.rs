@@ -3,8 +3,9 @@
 //!
 //! Results go to stdout, one line each, flushed as they are printed (so a
 //! pipe sees `quip listen` events as they arrive). A failure prints one line,
-//! `quip: error: ...`, on stderr and exits with status 1 (clap's usage errors
-//! exit with 2).
+//! `quip: error: ...` (with `--json`, one JSON object), on stderr and exits
+//! with a status that says what kind of failure it was (`cmd/fail.rs`,
+//! listed in `--help`).
 //!
 //! # Layout
 //!
@@ -18,10 +19,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use quip_client::ConnectOptions;
 
 use cmd::account::{self, AuthArgs};
+use cmd::fail::{self, Failure};
 use cmd::groups::{self, ChannelCmd, GroupCmd};
 use cmd::presence::{self, VisibilityArg};
 use cmd::profile::{Profile, home};
@@ -36,11 +38,23 @@ use cmd::{Ctx, Target, listen, media, messages, out::Out};
 // terminal: `<data-dir>` and `<hostname>` are meant literally, not as HTML.
 #[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Parser)]
-#[command(name = "quip", version, about, long_about)]
+#[command(name = "quip", version, about, long_about, after_long_help = fail::EXIT_CODES)]
 struct Cli {
-    /// Server address HOST:PORT [default: the profile's, else 127.0.0.1:4433].
-    #[arg(long, env = "QUIP_SERVER", global = true, value_name = "HOST:PORT")]
+    /// Server address: HOST, HOST:PORT, an IPv6 address or [V6]:PORT; the
+    /// port defaults to 4433 [default: the profile's, else 127.0.0.1:4433].
+    #[arg(long, env = "QUIP_SERVER", global = true, value_name = "HOST[:PORT]")]
     server: Option<String>,
+
+    /// Give up connecting when the server has not answered within this many
+    /// seconds.
+    #[arg(
+        long,
+        env = "QUIP_CONNECT_TIMEOUT",
+        global = true,
+        value_name = "SECS",
+        default_value_t = 5.0
+    )]
+    connect_timeout: f64,
 
     /// PEM certificate to trust, e.g. a dev server's <data-dir>/dev-cert.pem
     /// [default: the profile's, else the web PKI roots]. Saved in the profile
@@ -48,7 +62,8 @@ struct Cli {
     #[arg(long, env = "QUIP_CA", global = true, value_name = "PATH")]
     ca: Option<PathBuf>,
 
-    /// Print one JSON object per line instead of text.
+    /// Print one JSON object per line instead of text (and an error as one
+    /// JSON object on stderr).
     #[arg(long, global = true)]
     json: bool,
 
@@ -71,7 +86,8 @@ enum Command {
         /// Who or where: a username (the direct chat with them), or chat:ID
         /// for a group or channel (usernames never contain ':').
         target: Target,
-        /// Message text.
+        /// Message text; `-` reads it from standard input (one trailing
+        /// newline dropped).
         text: String,
         /// client_msg_id: a send repeated with the same id is stored once
         /// [default: a fresh random id].
@@ -103,12 +119,17 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Stay connected and print events as they arrive (after what was missed)
-    /// until the connection closes or Ctrl-C. Confirms delivery of others'
-    /// messages.
+    /// until Ctrl-C or SIGTERM, which close the connection cleanly. Confirms
+    /// delivery of others' messages. When the connection is lost or the
+    /// server restarts, reconnects with backoff (1 s doubling to 30 s) and
+    /// catches up, saying so on stderr: nothing is missed or printed twice.
     Listen {
         /// Exit after printing this many messages.
         #[arg(long, value_name = "N")]
         count: Option<usize>,
+        /// Exit when the connection ends instead of reconnecting.
+        #[arg(long)]
+        once: bool,
     },
     /// Fetch what this device missed, print it, confirm delivery, and exit.
     Sync,
@@ -169,6 +190,14 @@ enum Command {
         /// Username.
         user: String,
     },
+    /// Print a shell completion script, e.g.
+    /// `quip completions bash > ~/.local/share/bash-completion/completions/quip`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `quip man | man -l -`.
+    Man,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -179,17 +208,31 @@ async fn main() -> ExitCode {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
+            // clap's first paragraph, on one line (the usage and tip follow it).
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let v = serde_json::json!({"type": "error", "exit": fail::Exit::Usage as u8, "code": "USAGE",
+                "message": message.trim_start_matches("error: ")});
+            eprintln!("{v}");
+            return ExitCode::from(fail::Exit::Usage as u8);
+        }
+        // Help and version on stdout (status 0), usage errors (status 2).
+        Err(e) => e.exit(),
+    };
+    let json = cli.json;
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`quip listen | head -1`): nothing to say.
         Err(e) if is_broken_pipe(&e) => ExitCode::FAILURE,
-        Err(e) => {
-            // One line, whatever the causes' messages contain.
-            let msg = format!("{e:#}").replace(['\r', '\n'], " ");
-            eprintln!("quip: error: {msg}");
-            ExitCode::FAILURE
-        }
+        Err(e) => Failure::of(&e).report(json),
     }
 }
 
@@ -201,6 +244,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "quip", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let home = home()?;
     let profile = Profile::load(&home)?;
     let out = Out { json: cli.json };
@@ -215,6 +269,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => profile.ca.clone(),
     };
     let mut opts = ConnectOptions::new(server.clone(), ca.as_deref())?;
+    if !(cli.connect_timeout > 0.0 && cli.connect_timeout.is_finite()) {
+        return Err(fail::Usage("--connect-timeout must be a positive number of seconds".into()).into());
+    }
+    opts.connect_timeout = Some(std::time::Duration::from_secs_f64(cli.connect_timeout));
     // One-shot commands do not make the user look online to their contacts;
     // `listen` (a session the user sits in) does.
     opts.background = !matches!(cli.command, Command::Listen { .. });
@@ -232,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(a) => account::auth(ctx, a, false).await,
         Command::Logout => account::logout(ctx).await,
         Command::Whoami => account::whoami(ctx).await,
-        Command::Send { target, text, id } => messages::send(ctx, target, text, id).await,
+        Command::Send { target, text, id } => messages::send(ctx, target, messages::text_arg(text)?, id).await,
         Command::SendFile {
             target,
             path,
@@ -240,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             content_type,
         } => media::send_file(ctx, target, path, caption, content_type).await,
         Command::Download { media_id, output } => media::download(ctx, media_id, output).await,
-        Command::Listen { count } => listen::listen(ctx, count).await,
+        Command::Listen { count, once } => listen::listen(ctx, count, once).await,
         Command::Sync => listen::sync(ctx).await,
         Command::History { target, before, limit } => messages::history(ctx, target, before, limit).await,
         Command::Chats => messages::chats(ctx).await,
@@ -253,5 +311,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GroupAdds { who } => presence::group_adds(ctx, who).await,
         Command::Block { user } => presence::block(ctx, &user, false).await,
         Command::Unblock { user } => presence::block(ctx, &user, true).await,
+        Command::Completions { .. } | Command::Man => unreachable!("answered above"),
     }
 }

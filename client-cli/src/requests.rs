@@ -270,14 +270,28 @@ impl Client {
         )
     }
 
-    /// Moves this user's receipt cursor in a chat (seq 0: newest).
+    /// Moves this user's receipt cursor in a chat (seq 0: newest); returns
+    /// the cursor after.
     pub async fn receipt(&self, chat_id: u64, kind: v1::ReceiptKind, seq: u64) -> Result<u64, ClientError> {
+        self.receipt_stored(chat_id, kind, seq).await.map(|r| r.seq)
+    }
+
+    /// As [`Client::receipt`], with the whole response: `pos` is the
+    /// position of the READ receipt the request put in this user's own log
+    /// (0: none), which is not pushed to this device; feed it to the
+    /// [`AckTracker`] as received.
+    pub async fn receipt_stored(
+        &self,
+        chat_id: u64,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> Result<v1::ReceiptResponse, ClientError> {
         let body = Body::Receipt(v1::ReceiptRequest {
             chat_id,
             kind: kind as i32,
             seq,
         });
-        reply_as!(self.request(body).await?, ReceiptStored).map(|r| r.seq)
+        reply_as!(self.request(body).await?, ReceiptStored)
     }
 
     /// One sync page after this device's acknowledged position.

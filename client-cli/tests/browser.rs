@@ -55,6 +55,12 @@ async fn two_browsers_and_a_cli_user_chat_through_the_web_client() {
     let _ = std::fs::remove_file(&screenshot);
     let carol_home = dir.path().join("carol");
     std::fs::create_dir_all(&carol_home).unwrap();
+    let dave_home = dir.path().join("dave");
+    let shots = ["group-info", "channel-subscriber", "phone-list", "phone-chat"]
+        .map(|s| artifacts.join(format!("web-conversation-{s}.png")));
+    for s in &shots {
+        let _ = std::fs::remove_file(s);
+    }
     let run = tokio::process::Command::new("node")
         .arg(web.join("e2e/chat.mjs"))
         .current_dir(&web)
@@ -63,6 +69,7 @@ async fn two_browsers_and_a_cli_user_chat_through_the_web_client() {
         .env("QUIP_CA", &ca)
         .env("QUIP_BIN", env!("CARGO_BIN_EXE_quip"))
         .env("QUIP_CAROL_HOME", &carol_home)
+        .env("QUIP_DAVE_HOME", &dave_home)
         .env("ALICE_PASSWORD", ALICE_PASSWORD)
         .env("SCREENSHOT", &screenshot)
         .env("CHROMIUM", &chromium)
@@ -78,6 +85,12 @@ async fn two_browsers_and_a_cli_user_chat_through_the_web_client() {
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    // Kept as test artifacts: the group's info, a channel as a subscriber
+    // sees it, and the phone-sized list and conversation.
+    for s in &shots {
+        let png = std::fs::read(s).unwrap_or_else(|e| panic!("{}: {e}", s.display()));
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "{}", s.display());
+    }
 
     // What the browsers did is in the store, as QUIC clients see it.
     let alice = Client::connect(&opts).await.unwrap();

@@ -39,6 +39,35 @@ impl Env {
         )
     }
 
+    /// Runs quip; returns (exit status, stdout, stderr).
+    async fn status(&self, home: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = self.quip(home).args(args).output().await.unwrap();
+        (
+            out.status.code().expect("exited"),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// Runs quip with `--json`, which must fail with exit status `exit` and
+    /// one JSON object on stderr; returns it.
+    async fn json_error(&self, home: &Path, args: &[&str], exit: i32) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (status, out, err) = self.status(home, &all).await;
+        assert_eq!(status, exit, "quip {all:?}: {err}");
+        assert_eq!(out, "", "nothing on stdout");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        let v: Value = serde_json::from_str(&err).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(
+            (v["type"].as_str(), v["exit"].as_i64()),
+            (Some("error"), Some(exit.into())),
+            "{v}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v
+    }
+
     /// Runs quip, which must succeed; returns its stdout.
     async fn ok(&self, home: &Path, args: &[&str]) -> String {
         let (ok, out, err) = self.run(home, args).await;
@@ -70,7 +99,11 @@ type ServerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// A quipd in this process with its data under `dir`; send on the channel to stop it.
 fn start(dir: &Path) -> (Env, tokio::sync::oneshot::Sender<()>, ServerTask) {
-    let server = Server::bind(Config::for_tests(dir.join("data"))).unwrap();
+    start_with(Config::for_tests(dir.join("data")))
+}
+
+fn start_with(config: Config) -> (Env, tokio::sync::oneshot::Sender<()>, ServerTask) {
+    let server = Server::bind(config).unwrap();
     let env = Env {
         addr: server.local_addr().to_string(),
         ca: server.dev_cert().unwrap().clone(),
@@ -343,7 +376,8 @@ async fn cli_groups_channels_presence_and_blocking() {
     let out = env.ok(&home("ann"), &["--json", "channel", "create", "news"]).await;
     let news = format!("chat:{}", json_lines(&out)[0]["chat"].as_u64().unwrap());
     let out = env.ok(&home("ben"), &["channel", "subscribe", &news]).await;
-    assert!(out.contains("2 members"), "{out}");
+    // A channel's info lists its admins, and counts every subscriber.
+    assert!(out.contains("\"news\": 2 subscribers; admins: ann"), "{out}");
     env.ok(&home("ann"), &["channel", "post", &news, "first post"]).await;
     env.ok(&home("ann"), &["send", &news, "second post"]).await;
     assert!(
@@ -683,4 +717,293 @@ async fn send_file_and_download_resume_and_verify() {
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Stops a server started with [`start`] gracefully.
+async fn stop_server(stop: tokio::sync::oneshot::Sender<()>, task: ServerTask) {
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// The next message a `--json` listener printed (presence and receipts
+/// skipped), within 10 s.
+async fn next_json(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("listen printed nothing for 10 s")
+            .unwrap()
+            .expect("listen still running");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "message" {
+            return v;
+        }
+    }
+}
+
+/// Issue 21: a server that does not answer fails the command within a few
+/// seconds with a hint; an untrusted certificate says how to trust it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_quick_and_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let home = dir.path().join("zed");
+
+    // Nobody answers on this UDP port (the socket is bound and never read).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let nowhere = Env {
+        addr: addr.clone(),
+        ca: env.ca.clone(),
+    };
+    let started = Instant::now();
+    let err = nowhere
+        .fails(&home, &["register", "zed", "--password", "zed-secret-1"])
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!("no answer from {addr} over UDP")) && err.contains("is quipd running"),
+        "{err}"
+    );
+    let v = nowhere
+        .json_error(
+            &home,
+            &[
+                "--connect-timeout",
+                "1",
+                "register",
+                "zed",
+                "--password",
+                "zed-secret-1",
+            ],
+            6,
+        )
+        .await;
+    assert_eq!(v["code"], "CANNOT_CONNECT");
+
+    // Without the dev certificate: what to do about it.
+    let mut c = env.quip(&home);
+    c.env_remove("QUIP_CA")
+        .args(["register", "zed", "--password", "zed-secret-1"]);
+    let out = c.output().await.unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("--ca <data-dir>/dev-cert.pem") && err.contains("QUIP_CA"),
+        "{err}"
+    );
+    stop_server(stop, task).await;
+}
+
+/// Issue 21: distinct exit statuses, and with `--json` one JSON object on
+/// stderr carrying the error code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_documented_exit_codes_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let alice = dir.path().join("alice");
+    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
+    let nobody = dir.path().join("nobody");
+
+    let v = env.json_error(&alice, &["send"], 2).await;
+    assert_eq!(v["code"], "USAGE");
+    assert!(v["message"].as_str().unwrap().contains("<TARGET> <TEXT>"), "{v}");
+    let (status, _, err) = env.status(&alice, &["send"]).await;
+    assert_eq!(status, 2, "{err}");
+    let v = env.json_error(&alice, &["group", "create", ""], 2).await;
+    assert_eq!(v["code"], "INVALID_ARGUMENT");
+    let v = env.json_error(&nobody, &["whoami"], 3).await;
+    assert_eq!(v["code"], "NOT_LOGGED_IN");
+    let v = env
+        .json_error(&nobody, &["login", "alice", "--password", "wrong-password"], 3)
+        .await;
+    assert_eq!(v["code"], "INVALID_CREDENTIALS");
+    let v = env.json_error(&alice, &["send", "nosuchuser", "hi"], 4).await;
+    assert_eq!(v["code"], "NOT_FOUND");
+    let v = env.json_error(&alice, &["history", "chat:999"], 4).await;
+    assert_eq!(v["code"], "NOT_FOUND");
+    let v = env
+        .json_error(&nobody, &["register", "alice", "--password", "another-secret"], 5)
+        .await;
+    assert_eq!(v["code"], "USERNAME_TAKEN");
+    // Text mode: one line, the same status.
+    let (status, _, err) = env.status(&alice, &["send", "nosuchuser", "hi"]).await;
+    assert_eq!((status, err.lines().count()), (4, 1), "{err}");
+    // The table is in --help.
+    let help = env.ok(&alice, &["--help"]).await;
+    assert!(
+        help.contains("Exit status:") && help.contains("7  rate limited"),
+        "{help}"
+    );
+    stop_server(stop, task).await;
+}
+
+/// Issue 21: `quip send bob -` sends standard input; completions and a
+/// manual page; `1 member`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_from_stdin_completions_man_page_and_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
+    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+
+    let mut send = env
+        .quip(&alice)
+        .args(["send", "bob", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"two lines\nfrom stdin\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    assert!(send.wait().await.unwrap().success());
+    let hist = json_lines(&env.ok(&bob, &["--json", "history", "alice"]).await);
+    assert_eq!(messages(&hist), [(1, "two lines\nfrom stdin")]);
+
+    let out = env.ok(&alice, &["group", "create", "solo"]).await;
+    assert!(out.contains("\"solo\": 1 member of at most"), "{out}");
+    assert!(env.ok(&alice, &["chats"]).await.contains("(1 member)"));
+
+    for (shell, marker) in [
+        ("bash", "_quip()"),
+        ("zsh", "#compdef quip"),
+        ("fish", "complete -c quip"),
+    ] {
+        let out = env.ok(&alice, &["completions", shell]).await;
+        assert!(out.contains(marker) && out.contains("listen"), "{shell}: {out}");
+    }
+    let man = env.ok(&alice, &["man"]).await;
+    assert!(man.contains(".TH quip") && man.contains("listen"), "{man}");
+    stop_server(stop, task).await;
+}
+
+/// Issue 21: `quip listen` outlives a server restart: it says it lost the
+/// connection, reconnects and catches up, printing every message once;
+/// `--once` exits instead (status 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_reconnects_after_a_server_restart_and_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
+    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+
+    let mut listen = env.listen(&bob, &["--json", "listen", "--count", "4"]);
+    let mut once = env.listen(&alice, &["listen", "--once"]);
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+    env.ok(&alice, &["send", "bob", "one"]).await;
+    assert_eq!(next_json(&mut lines).await["text"], "one");
+
+    stop_server(stop, task).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), once.wait())
+        .await
+        .expect("listen --once exits when the server goes")
+        .unwrap();
+    let mut err = String::new();
+    once.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(err.contains("ServerShutdown"), "{err}");
+
+    // The same address and data; messages sent before bob's listener is
+    // back come with its sync, later ones by push.
+    let mut config = Config::for_tests(dir.path().join("data"));
+    config.listen = env.addr.parse().unwrap();
+    config.no_https = true;
+    let (env, stop, task) = start_with(config);
+    env.ok(&alice, &["send", "bob", "two"]).await;
+    env.ok(&alice, &["send", "bob", "three"]).await;
+    assert_eq!(next_json(&mut lines).await["text"], "two");
+    assert_eq!(next_json(&mut lines).await["text"], "three");
+    env.ok(&alice, &["send", "bob", "four"]).await;
+    assert_eq!(next_json(&mut lines).await["text"], "four");
+    let status = tokio::time::timeout(Duration::from_secs(10), listen.wait())
+        .await
+        .expect("listen --count 4 exits")
+        .unwrap();
+    let mut err = String::new();
+    listen.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert!(status.success(), "{err}");
+    let said: Vec<Value> = err.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        said.first().map(|v| v["type"].clone()),
+        Some("reconnecting".into()),
+        "{err}"
+    );
+    assert_eq!(
+        said.last().map(|v| v["type"].clone()),
+        Some("reconnected".into()),
+        "{err}"
+    );
+    assert!(said[0]["message"].as_str().unwrap().contains("ServerShutdown"), "{err}");
+    // Nothing left over, nothing twice: the log is acknowledged to its end.
+    assert_eq!(env.ok(&bob, &["sync"]).await, "");
+    stop_server(stop, task).await;
+}
+
+/// Issue 21: SIGTERM ends `quip listen` as Ctrl-C does, closing the
+/// connection with a goodbye: contacts see the user offline at once, not
+/// after the 30 s grace period.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_listen_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, stop, task) = start(dir.path());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
+    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    env.ok(&alice, &["send", "bob", "hi"]).await;
+
+    let mut listen = env.listen(&bob, &["--json", "listen"]);
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+    assert_eq!(next_json(&mut lines).await["text"], "hi");
+    let presence = async || json_lines(&env.ok(&alice, &["--json", "presence", "bob"]).await).remove(0);
+    assert_eq!(presence().await["online"], true);
+
+    let pid = listen.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), listen.wait())
+        .await
+        .expect("listen exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The goodbye reached the server: offline well within the grace period.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while presence().await["online"] == true {
+        assert!(Instant::now() < deadline, "bob still online after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_server(stop, task).await;
+}
+
+/// Issue 21: `[v6]:port` reaches a server on IPv6 loopback, the host part
+/// naming the certificate (the dev certificate covers `::1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bracketed_ipv6_server_address_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("data"));
+    config.listen = "[::1]:0".parse().unwrap();
+    config.no_https = true;
+    let (env, stop, task) = start_with(config);
+    assert!(env.addr.starts_with("[::1]:"), "{}", env.addr);
+    let out = env
+        .ok(
+            &dir.path().join("ann"),
+            &["register", "ann", "--password", "ann-secret-12"],
+        )
+        .await;
+    assert_eq!(out.trim(), "registered ann (device 1)");
+    stop_server(stop, task).await;
 }

@@ -125,4 +125,94 @@ mod tests {
         }
         assert!(of(&Body::Send(v1::SendRequest::default())).writes);
     }
+
+    /// Every body of `Envelope` in the schema: (field name, tag).
+    fn schema_bodies() -> Vec<(String, u32)> {
+        let proto = include_str!("../../protocol/proto/quip/v1/quip.proto");
+        let start = proto.find("oneof body {").expect("Envelope's oneof");
+        let end = start + proto[start..].find("\n  }").expect("end of the oneof");
+        proto[start..end]
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                if l.starts_with("//") || !l.ends_with(';') {
+                    return None;
+                }
+                let mut words = l.trim_end_matches(';').split_whitespace();
+                let (_ty, name, eq, tag) = (words.next()?, words.next()?, words.next()?, words.next()?);
+                (eq == "=").then(|| (name.to_owned(), tag.parse().expect("tag")))
+            })
+            .collect()
+    }
+
+    /// The `code` names in the spec from the line starting with `from` up to
+    /// (not including) the line starting with `to`.
+    fn spec_names(from: &str, to: &str) -> Vec<String> {
+        let spec = include_str!("../../spec/protocol.md");
+        let start = spec
+            .find(&format!("\n{from}"))
+            .unwrap_or_else(|| panic!("{from:?} in the spec"));
+        let end = start
+            + spec[start..]
+                .find(&format!("\n{to}"))
+                .unwrap_or_else(|| panic!("{to:?} in the spec"));
+        spec[start..end]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A body with the given tag and all its fields at their defaults.
+    fn body_of(tag: u32) -> Body {
+        let mut bytes = Vec::new();
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut bytes);
+        bytes.push(0);
+        let env: quip_protocol::Envelope = prost::Message::decode(bytes.as_slice()).expect("decodes");
+        env.body.expect("a known body")
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    /// Spec §4 lists every body the schema has, each on the side that sends
+    /// it: `hello` and tags 10–39 are requests; the rest are the server's.
+    #[test]
+    fn spec_section_4_lists_every_body() {
+        let (client, server): (Vec<_>, Vec<_>) = schema_bodies()
+            .into_iter()
+            .partition(|(_, tag)| *tag == 2 || (10..40).contains(tag));
+        let names = |v: Vec<(String, u32)>| sorted(v.into_iter().map(|(n, _)| n).collect());
+        assert_eq!(
+            sorted(spec_names("Bodies sent by clients", "Bodies sent by servers")),
+            names(client)
+        );
+        assert_eq!(
+            sorted(spec_names("Bodies sent by servers", "A client that sends")),
+            names(server)
+        );
+    }
+
+    /// Spec §18.3 names every request once, as allowed from early data or
+    /// held back, and the server's table agrees.
+    #[test]
+    fn spec_section_18_3_classifies_every_request() {
+        let allowed = spec_names("- allowed:", "- held back:");
+        let held = spec_names("- held back:", "\n");
+        let allowed: Vec<String> = allowed.into_iter().filter(|n| n != "Hello").collect();
+        for (name, tag) in schema_bodies() {
+            if !(10..40).contains(&tag) {
+                continue;
+            }
+            let safe = of(&body_of(tag)).replay_safe;
+            match (allowed.contains(&name), held.contains(&name)) {
+                (true, false) => assert!(safe, "{name}: the spec allows it in 0-RTT, the server holds it back"),
+                (false, true) => assert!(!safe, "{name}: the spec holds it back, the server allows it in 0-RTT"),
+                _ => panic!("{name} must be in exactly one of §18.3's lists"),
+            }
+        }
+    }
 }

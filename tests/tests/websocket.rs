@@ -636,3 +636,49 @@ async fn a_ping_flood_that_never_reads_the_pongs_is_closed() {
     assert!(bob.request(Body::Ping(v1::PingRequest {})).await.is_ok());
     server.stop().await;
 }
+
+/// Spec §19.3 (issue 21): a message over the 1 MiB frame limit but within
+/// the WebSocket layer's 2 MiB gets `FRAME_TOO_LARGE` with id 0, then close
+/// code 4001; only a larger one gets the bare 1009 above.
+#[tokio::test]
+async fn a_websocket_message_over_the_frame_limit_gets_frame_too_large_and_4001() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut raw = ws::connect_raw(server.https, &server.ca, Some("quip.v1"))
+        .await
+        .unwrap();
+    let hello = v1::Hello {
+        versions: vec![1],
+        ..Default::default()
+    };
+    raw.send(ws::binary(0, Body::Hello(hello))).await.unwrap();
+    let Some(Ok(Message::Binary(_welcome))) = raw.next().await else {
+        panic!("no Welcome")
+    };
+    raw.send(Message::Binary(vec![0u8; (1 << 20) + (1 << 19)].into()))
+        .await
+        .unwrap();
+    let (mut error, mut close) = (None, None);
+    tokio::time::timeout(T, async {
+        while let Some(Ok(m)) = raw.next().await {
+            match m {
+                Message::Binary(b) => error = Some(Envelope::decode(&b[..]).unwrap()),
+                Message::Close(f) => {
+                    close = f.map(|f| u16::from(f.code));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    let error = error.expect("an Error before the close");
+    assert_eq!(error.id, 0);
+    assert!(
+        matches!(&error.body, Some(Body::Error(e)) if e.code == ErrorCode::FrameTooLarge as i32),
+        "{error:?}"
+    );
+    assert_eq!(close, Some(4001));
+    server.stop().await;
+}

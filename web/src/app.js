@@ -126,6 +126,8 @@ class Connection {
 }
 
 const big = (s) => BigInt(s || 0);
+const plural = (n, noun) => `${n} ${noun}${n === 1 ? '' : 's'}`;
+const USERNAME = /^[a-z0-9][a-z0-9_.-]{2,31}$/;
 const num = (s) => Number(s || 0);
 const time = (ms) => new Date(num(ms)).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 
@@ -150,6 +152,10 @@ class App {
     this.receipts = { DELIVERED: new Map(), READ: new Map() }; // chat_id -> seq to send
     this.backoff = 1000;
     this.mediaUrls = new Map(); // media id -> Promise of an object URL
+    // Whether the open conversation follows new messages: true while the
+    // user is at (or near) the newest, false once they scroll up.
+    this.follow = true;
+    this.infoFor = null; // the chat whose info panel is shown
     this.bind();
   }
 
@@ -167,11 +173,33 @@ class App {
     });
     $('load-earlier').addEventListener('click', () => this.loadEarlier());
     document.addEventListener('visibilitychange', () => this.markRead());
+    $('messages').addEventListener('scroll', () => { this.follow = this.nearBottom(); });
+    $('back').addEventListener('click', () => this.showList());
+    $('info-button').addEventListener('click', () => this.toggleInfo());
+    $('new-group-form').addEventListener('submit', (e) => { e.preventDefault(); this.createGroup(); });
+    $('add-members-form').addEventListener('submit', (e) => { e.preventDefault(); this.addMembers(); });
+    $('message-list').addEventListener('click', (e) => {
+      const li = e.target.closest('.msg.mine');
+      if (li && li.dataset.seq) this.showInfo(li.dataset.seq);
+    });
   }
 
+  nearBottom() {
+    const box = $('messages');
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  }
+
+  /** Scrolls to the newest message if the conversation follows them. */
+  keepAtBottom() {
+    if (this.follow) $('messages').scrollTop = $('messages').scrollHeight;
+  }
+
+  /** Connection state, shown only while it is not simply "connected" (the
+   * badge would cover the header's buttons). */
   status(text, offline = false) {
     $('status').textContent = text;
     $('status').classList.toggle('offline', offline);
+    $('status').hidden = text === 'Connected';
   }
 
   // ---------------------------------------------------------------- session
@@ -286,7 +314,8 @@ class App {
       case 'receipt': return this.onReceipt(e.receipt);
       case 'typing': return this.onTyping(e.typing);
       case 'presence': return this.onPresence(e.presence);
-      case 'advanced': return this.refreshChats();
+      // A channel post: shown live in an open channel like any message.
+      case 'advanced': return e.advanced.message ? this.onMessage(e.advanced.message) : this.refreshChats();
       default: return undefined;
     }
   }
@@ -311,8 +340,10 @@ class App {
     if (m.sender !== this.me) this.queueReceipt('DELIVERED', m.chat_id, m.seq);
     if (this.isOpen(m.chat_id)) {
       this.insert(m);
-      this.renderMessages(true);
+      // Follows only if the user is at the newest message, not scrolled up.
+      this.renderMessages(false);
       this.markRead();
+      if (this.infoFor === m.chat_id && m.group_event) this.loadInfo();
     }
     const typing = this.typing.get(m.chat_id);
     if (typing && typing.delete(m.sender)) this.renderTyping();
@@ -336,6 +367,7 @@ class App {
     if (r.kind === 'READ' && num(seq) > num(chat.peer_read_seq)) chat.peer_read_seq = seq;
     if (num(seq) > num(chat.peer_delivered_seq)) chat.peer_delivered_seq = seq;
     if (this.isOpen(r.chat_id)) this.renderMessages(false);
+    if (this.infoFor === r.chat_id) this.loadInfo();
   }
 
   onTyping(t) {
@@ -372,7 +404,9 @@ class App {
   flushReceipts() {
     for (const kind of ['DELIVERED', 'READ']) {
       for (const [chat_id, seq] of this.receipts[kind]) {
-        this.conn.request('receipt', { chat_id, kind, seq }).catch(() => {});
+        // A READ lands in this user's own log too, for their other devices;
+        // this device is told its position here, not pushed it (spec §8).
+        this.conn.request('receipt', { chat_id, kind, seq }).then((r) => this.trackPos(r.pos), () => {});
       }
       this.receipts[kind].clear();
     }
@@ -400,14 +434,27 @@ class App {
     return chat.kind === 'DIRECT' ? chat.peer : chat.name || `chat ${chat.chat_id}`;
   }
 
-  startChat(user) {
-    if (!user) return;
+  /** The sidebar's input: a username (a direct chat), or chat:ID (join a channel). */
+  async startChat(value) {
+    if (!value) return undefined;
+    $('new-chat-error').textContent = '';
+    const id = /^chat:(\d+)$/.exec(value);
+    if (id) return this.joinChannel(id[1]);
+    const user = value;
+    if (!USERNAME.test(user)) {
+      $('new-chat-error').textContent = `"${user}" is not a username (3–32 of a-z 0-9 _ . -), nor chat:ID.`;
+      return undefined;
+    }
+    if (user === this.me) {
+      $('new-chat-error').textContent = 'That is you: message someone else.';
+      return undefined;
+    }
     $('new-chat').value = '';
     const existing = [...this.chats.values()].find((c) => c.kind === 'DIRECT' && c.peer === user);
     if (existing) return this.openChat(existing.chat_id);
     this.open = { draft: user };
     this.messages = [];
-    $('conversation').hidden = false;
+    this.showConversation();
     $('load-earlier').hidden = true;
     this.renderHeader();
     this.renderMessages(true);
@@ -415,10 +462,41 @@ class App {
     return undefined;
   }
 
+  /** Subscribes to a channel by its id, then opens it. */
+  async joinChannel(chatId) {
+    try {
+      if (!this.chats.has(chatId)) {
+        await this.conn.request('subscribe', { chat_id: chatId });
+        await this.refreshChats();
+      }
+      $('new-chat').value = '';
+      await this.openChat(chatId);
+    } catch (e) {
+      const why = e.code === 'NOT_FOUND' ? `There is no chat:${chatId}.` : e.message;
+      $('new-chat-error').textContent = why;
+    }
+  }
+
+  /** Phone-sized screens show the list or the conversation (CSS); these switch. */
+  showConversation() {
+    $('conversation').hidden = false;
+    $('app').classList.add('in-chat');
+    $('chat-error').hidden = true;
+  }
+
+  showList() {
+    $('app').classList.remove('in-chat');
+    this.open = null;
+    this.hideInfo();
+    this.renderChats();
+  }
+
   async openChat(chatId, keep = false) {
+    if (this.open !== chatId) this.hideInfo();
     this.open = chatId;
     if (!keep) this.messages = [];
-    $('conversation').hidden = false;
+    this.follow = true;
+    this.showConversation();
     this.renderChats();
     this.renderHeader();
     const page = await this.conn.request('history', { chat_id: chatId, limit: HISTORY_PAGE });
@@ -501,6 +579,10 @@ class App {
       if (e.code === 'DISCONNECTED') return; // resent after reconnecting
       this.unsent = this.unsent.filter((x) => x !== m);
       m.failed = e.message;
+      if (e.code === 'NOT_FOUND' && m.to_user) {
+        m.failed = `There is no user named "${m.to_user}".`;
+        if (this.open && this.open.draft === m.to_user) this.chatError(`${m.failed} Check the spelling: nothing was sent.`);
+      }
       this.renderMessages(false);
       return;
     }
@@ -526,6 +608,117 @@ class App {
       this.insert(m);
       this.renderMessages(false);
     }
+  }
+
+  chatError(text) {
+    $('chat-error').textContent = text;
+    $('chat-error').hidden = !text;
+  }
+
+  // ---------------------------------------------------------------- groups
+
+  /** Creates a group (with members) or a channel, then opens it. */
+  async createGroup() {
+    const name = $('group-name').value.trim();
+    const kind = $('group-kind').value;
+    const members = $('group-members').value.split(/[\s,]+/).filter(Boolean);
+    $('new-group-error').textContent = '';
+    if (kind === 'CHANNEL' && members.length) {
+      $('new-group-error').textContent = 'A channel starts with no members: share its id (Info) and people join.';
+      return;
+    }
+    try {
+      const r = await this.conn.request('create_chat', { kind, name, members, client_request_id: crypto.randomUUID() });
+      $('group-name').value = '';
+      $('group-members').value = '';
+      $('new-group').open = false;
+      await this.refreshChats();
+      await this.openChat(r.info.chat_id);
+    } catch (e) {
+      $('new-group-error').textContent = e.message;
+    }
+  }
+
+  async addMembers() {
+    const users = $('add-members').value.split(/[\s,]+/).filter(Boolean);
+    if (!users.length || !this.infoFor) return;
+    $('info-error').textContent = '';
+    try {
+      await this.conn.request('update_chat', { chat_id: this.infoFor, action: 'ADD_MEMBERS', users });
+      $('add-members').value = '';
+      await this.refreshChats();
+      this.renderHeader();
+      await this.loadInfo();
+    } catch (e) {
+      $('info-error').textContent = e.message;
+    }
+  }
+
+  toggleInfo() {
+    if (this.infoFor) this.hideInfo();
+    else this.showInfo(null);
+  }
+
+  hideInfo() {
+    this.infoFor = null;
+    $('chat-info').hidden = true;
+  }
+
+  /** The info panel of the open group or channel; `seq`: also who has that message. */
+  async showInfo(seq) {
+    const chat = this.open && !this.open.draft ? this.chats.get(this.open) : null;
+    if (!chat || chat.kind === 'DIRECT') return;
+    this.infoFor = chat.chat_id;
+    this.infoSeq = seq;
+    $('chat-info').hidden = false;
+    await this.loadInfo();
+  }
+
+  /** Members (and, in a group, each one's delivered and read cursors). */
+  async loadInfo() {
+    const chatId = this.infoFor;
+    if (!chatId) return;
+    let info;
+    let receipts = null;
+    try {
+      info = (await this.conn.request('chat_info', { chat_id: chatId })).info;
+      if (info.kind === 'GROUP') receipts = await this.conn.request('receipt_detail', { chat_id: chatId });
+    } catch (e) {
+      $('info-error').textContent = e.message;
+      return;
+    }
+    if (this.infoFor !== chatId) return;
+    const chat = this.chats.get(chatId);
+    const admins = info.members.filter((m) => m.admin).map((m) => m.user);
+    const body = $('info-members').querySelector('tbody');
+    body.replaceChildren();
+    if (info.kind === 'CHANNEL') {
+      $('info-summary').textContent = `Channel "${info.name}": ${plural(num(info.member_count), 'subscriber')}; admins: ${admins.join(', ')}. Others join with chat:${chatId}.`;
+      $('info-members').hidden = true;
+      $('info-message').hidden = true;
+    } else {
+      $('info-summary').textContent = `Group "${info.name}": ${plural(num(info.member_count), 'member')} of at most ${info.max_members}.`;
+      $('info-members').hidden = false;
+      const cursors = new Map(receipts.members.map((r) => [r.user, r]));
+      for (const m of info.members) {
+        const tr = el('tr');
+        tr.dataset.user = m.user;
+        const c = cursors.get(m.user) || {};
+        tr.append(el('td', '', m.admin ? `${m.user} (admin)` : m.user), el('td', 'delivered', `#${num(c.delivered_seq)}`), el('td', 'read', `#${num(c.read_seq)}`));
+        body.append(tr);
+      }
+      const seq = num(this.infoSeq);
+      $('info-message').hidden = !seq;
+      if (seq) {
+        const others = receipts.members.filter((r) => r.user !== this.me);
+        const read = others.filter((r) => num(r.read_seq) >= seq).map((r) => r.user);
+        const delivered = others.filter((r) => num(r.read_seq) < seq && num(r.delivered_seq) >= seq).map((r) => r.user);
+        const waiting = others.filter((r) => num(r.delivered_seq) < seq).map((r) => r.user);
+        const part = (label, who) => (who.length ? `${label}: ${who.join(', ')}` : '');
+        $('info-message').textContent = `Message #${seq}: ${[part('read by', read), part('delivered to', delivered), part('not yet delivered to', waiting)].filter(Boolean).join('; ')}.`;
+      }
+    }
+    $('add-members-form').hidden = !(info.kind === 'GROUP' && chat && chat.admin);
   }
 
   // ---------------------------------------------------------------- media
@@ -607,6 +800,7 @@ class App {
       const img = el('img', 'media');
       img.alt = name;
       img.dataset.mediaId = media.media_id;
+      img.addEventListener('load', () => this.keepAtBottom());
       load().then((u) => { img.src = u; }, () => { img.alt = `${name} (unavailable)`; });
       box.append(img);
     } else {
@@ -626,6 +820,8 @@ class App {
 
   sendTyping() {
     if (!this.open || this.open.draft) return;
+    const chat = this.chats.get(this.open);
+    if (chat && chat.kind === 'CHANNEL') return; // nobody types in a channel
     const now = Date.now();
     if (now - this.lastTyping < TYPING_EVERY_MS) return;
     this.lastTyping = now;
@@ -664,10 +860,16 @@ class App {
     $('presence-dot').hidden = !peer;
     $('presence-dot').classList.toggle('online', Boolean(p && p.online));
     let sub = '';
-    if (chat && chat.kind !== 'DIRECT') sub = `${chat.member_count} members`;
+    if (chat && chat.kind === 'GROUP') sub = plural(num(chat.member_count), 'member');
+    else if (chat && chat.kind === 'CHANNEL') sub = plural(num(chat.member_count), 'subscriber');
     else if (p && p.online) sub = 'online';
     else if (p && p.visible && num(p.last_seen_ms) > 0) sub = `last seen ${time(p.last_seen_ms)}`;
     $('chat-subtitle').textContent = sub;
+    $('info-button').hidden = !chat || chat.kind === 'DIRECT';
+    // Only a channel's admins post; subscribers read.
+    const readOnly = Boolean(chat && chat.kind === 'CHANNEL' && !chat.admin);
+    $('composer').hidden = readOnly;
+    $('read-only').hidden = !readOnly;
   }
 
   describe(m) {
@@ -697,7 +899,6 @@ class App {
 
   renderMessages(toBottom) {
     const box = $('messages');
-    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     const list = $('message-list');
     list.replaceChildren();
     const chat = this.open && !this.open.draft ? this.chats.get(this.open) : null;
@@ -727,7 +928,8 @@ class App {
       li.append(meta);
       list.append(li);
     }
-    if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+    if (toBottom) this.follow = true;
+    this.keepAtBottom();
   }
 
   renderTyping() {

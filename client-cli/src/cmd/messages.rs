@@ -1,10 +1,25 @@
 //! `quip send`, `history`, `chats` and `read`.
 
+use anyhow::Context;
 use quip_protocol::v1::{self, ReceiptKind};
 use serde_json::json;
 
-use super::out::{kind_name, line, text};
+use super::out::{kind_name, line, plural, text};
 use super::{Ctx, Target, send_text};
+
+/// The text of `quip send`: `-` means standard input, read to its end, less
+/// one trailing line break (what `echo` and most editors add).
+pub fn text_arg(text: String) -> anyhow::Result<String> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the text from standard input")?;
+    let trimmed = s
+        .strip_suffix('\n')
+        .map_or(s.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    Ok(trimmed.to_owned())
+}
 
 pub async fn send(ctx: &Ctx, target: Target, text: String, id: Option<String>) -> anyhow::Result<()> {
     ctx.report(
@@ -72,12 +87,17 @@ fn chat_line(c: &v1::ChatSummary) -> String {
         .as_ref()
         .map_or_else(|| "no messages".into(), |m| format!("last #{} {}", m.seq, line(m)));
     let who = match v1::ChatKind::try_from(c.kind) {
-        Ok(v1::ChatKind::Group) => {
-            format!("chat:{} group \"{}\" ({} members)", c.chat_id, c.name, c.member_count)
-        }
+        Ok(v1::ChatKind::Group) => format!(
+            "chat:{} group \"{}\" ({})",
+            c.chat_id,
+            c.name,
+            plural(c.member_count.into(), "member")
+        ),
         Ok(v1::ChatKind::Channel) => format!(
-            "chat:{} channel \"{}\" ({} subscribers)",
-            c.chat_id, c.name, c.member_count
+            "chat:{} channel \"{}\" ({})",
+            c.chat_id,
+            c.name,
+            plural(c.member_count.into(), "subscriber")
         ),
         _ => c.peer.clone(),
     };

@@ -11,8 +11,10 @@
 //! - `presence`: presence, typing, last-seen, group-adds, block, unblock.
 //! - `listen`: listen, sync.
 //! - `out`: how results are printed; `profile`: what is remembered.
+//! - `fail`: exit statuses and how errors are printed.
 
 pub mod account;
+pub mod fail;
 pub mod groups;
 pub mod listen;
 pub mod media;

@@ -95,14 +95,22 @@ impl Out {
                 } else {
                     String::new()
                 };
-                format!(
-                    "chat:{} {} \"{}\": {} members{limit}: {}",
-                    i.chat_id,
-                    kind_name(i.kind),
-                    i.name,
-                    i.member_count,
-                    members.join(", ")
-                )
+                // A channel's info lists its admins only; a group's, everyone.
+                let who = if i.kind == v1::ChatKind::Channel as i32 {
+                    let admins: Vec<&str> = i.members.iter().map(|m| m.user.as_str()).collect();
+                    format!(
+                        "{}; admins: {}",
+                        plural(i.member_count.into(), "subscriber"),
+                        admins.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{}{limit}: {}",
+                        plural(i.member_count.into(), "member"),
+                        members.join(", ")
+                    )
+                };
+                format!("chat:{} {} \"{}\": {who}", i.chat_id, kind_name(i.kind), i.name)
             },
             || {
                 let members: Vec<serde_json::Value> = i
@@ -115,6 +123,15 @@ impl Out {
                     "members": members, "event_seq": event_seq})
             },
         )
+    }
+}
+
+/// "1 member", "2 members".
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

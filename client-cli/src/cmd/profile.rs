@@ -59,8 +59,6 @@ impl Profile {
     }
 
     pub fn token(&self) -> anyhow::Result<&str> {
-        self.token
-            .as_deref()
-            .ok_or_else(|| anyhow!("not logged in: run 'quip login USER' first"))
+        self.token.as_deref().ok_or_else(|| super::fail::NotLoggedIn.into())
     }
 }

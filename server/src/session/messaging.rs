@@ -53,12 +53,22 @@ impl Session {
         self.check_member_cached(&actor, &Target::Chat(r.chat_id))?;
         let pending = self
             .write_then_deliver(
-                move |t| receipts::mark(t, &actor, r.chat_id, kind, r.seq).map(|(seq, n)| (seq, n.into())),
-                |r: &mut (u64, crate::service::Delivery)| &mut r.1,
+                move |t| {
+                    let (seq, events) = receipts::mark(t, &actor, r.chat_id, kind, r.seq)?;
+                    // The entry of the actor's own log that is not pushed to
+                    // this device (its other devices get it): the device
+                    // learns its position here, as from SendResponse.pos.
+                    let pos = events
+                        .iter()
+                        .find(|n| n.user_id == actor.user_id && n.skip_device == Some(actor.device_id))
+                        .map_or(0, |n| n.event.pos);
+                    Ok(((seq, pos), events.into()))
+                },
+                |r: &mut ((u64, u64), crate::service::Delivery)| &mut r.1,
             )
             .await?;
-        Ok(answer_when_durable(id, pending, |(seq, _)| {
-            Body::ReceiptStored(v1::ReceiptResponse { seq })
+        Ok(answer_when_durable(id, pending, |((seq, pos), _)| {
+            Body::ReceiptStored(v1::ReceiptResponse { seq, pos })
         }))
     }
 
