@@ -62,6 +62,14 @@ use super::{BoxFuture, OnDurable, ReadTxn, Store, StoreError, StoreStats, WriteF
 /// `--fdb-timeout-ms` sets it.
 pub const TXN_TIMEOUT_MS: u32 = 10_000;
 
+/// Starts FoundationDB's client (its network thread) unless it runs
+/// already, for code in this process that uses the `foundationdb` crate
+/// directly (the benchmark's bare baseline): the client starts once per
+/// process, whoever asks first.
+pub fn start_client_network() -> Result<(), StoreError> {
+    network::ensure_started()
+}
+
 /// Where a [`FdbStore`] keeps its data.
 #[derive(Debug, Clone)]
 pub struct FdbOptions {
