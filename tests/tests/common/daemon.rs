@@ -112,6 +112,16 @@ impl Daemon {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM: a graceful stop; waits until the process has exited.
+    pub fn terminate(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().unwrap();
+    }
+
     /// The process's resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         self.status_kib("VmRSS:")
