@@ -269,6 +269,28 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "quip_server=debug".
     #[arg(long, env = "QUIP_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log lines as text (for a terminal) or JSON (one object per line,
+    /// event fields as keys, for log shippers).
+    #[arg(long, env = "QUIP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address of the admin listener: plain HTTP serving /metrics
+    /// (Prometheus), /healthz and /readyz. Off unless set. It has no
+    /// authentication: keep it on loopback (e.g. 127.0.0.1:9433) or a
+    /// private network.
+    #[arg(long, env = "QUIP_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `quipd --version`: says whether this build can use FoundationDB.

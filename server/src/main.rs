@@ -1,6 +1,7 @@
 //! `quipd`: runs the Quip server. See `quipd --help`.
 
 use clap::Parser;
+use quip_server::config::LogFormat;
 use quip_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -17,12 +18,12 @@ async fn main() -> anyhow::Result<()> {
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.
     let shutdown = shutdown_signal()?;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    init_logging(&config);
     let server = Server::bind(config.clone())?;
     tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), store = ?config.store, "quipd listening (QUIC, ALPN quip/1)");
+    if let Some(admin) = server.admin_addr() {
+        tracing::info!(addr = %admin, "admin listening: http://{admin}/metrics, /healthz, /readyz");
+    }
     if let Some(https) = server.https_addr() {
         tracing::info!(addr = %https, "HTTPS listening: web client at https://{https}/, WebSocket at /v1/ws");
     }
@@ -34,6 +35,21 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     server.run(shutdown).await
+}
+
+/// Log lines to stdout, as text or as JSON objects (`--log-format`). In
+/// JSON each event's fields are top-level keys next to `timestamp`,
+/// `level`, `target` and `message`, so a shipper can index `user` or
+/// `peer` without parsing the message.
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either.

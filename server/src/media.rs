@@ -255,6 +255,7 @@ async fn store_chunk(
         .put(&chunk_path(id, received / CHUNK), chunk.into())
         .await
         .map_err(object_error)?;
+    crate::metrics::media_bytes(true, len);
     let (id, total) = (*id, received + len);
     store::write(&**store, move |t| media::progress(t, &id, total)).await?;
     Ok(total)
@@ -299,6 +300,9 @@ pub fn open_download(
                 .get_range(&chunk_path(&chunks_of, index), within..upto)
                 .await
                 .map_err(object_error);
+            if let Ok(b) = &r {
+                crate::metrics::media_bytes(false, b.len() as u64);
+            }
             Some((r, index * CHUNK + upto))
         }
     });

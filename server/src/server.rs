@@ -62,6 +62,8 @@ pub struct Server {
     https: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     dev_cert: Option<PathBuf>,
+    /// The admin listener and the metrics it renders, when configured.
+    admin: Option<(std::net::TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
 }
 
 impl Server {
@@ -136,6 +138,21 @@ impl Server {
             listener.set_nonblocking(true)?;
             Some((listener, http::tls_acceptor(&id)?))
         };
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                // Before anything is counted: the message path keeps the
+                // handles it looks up first (see crate::metrics).
+                let metrics = crate::metrics::install()?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding TCP {addr} for the admin listener"))?;
+                listener.set_nonblocking(true)?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the admin listener (metrics, health) is reachable beyond loopback; it has no authentication");
+                }
+                Some((listener, metrics))
+            }
+            None => None,
+        };
         let media = Arc::new(MediaStore::open(&config)?);
         let shared = Arc::new(Shared::new(store, Arc::new(config), media));
         Ok(Self {
@@ -143,6 +160,7 @@ impl Server {
             https,
             shared,
             dev_cert: id.dev_cert_path,
+            admin,
         })
     }
 
@@ -154,6 +172,11 @@ impl Server {
     /// The HTTPS listener's address, unless it is disabled.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The dev certificate's path, when running with one.
@@ -176,6 +199,7 @@ impl Server {
             endpoint,
             shared,
             https,
+            admin,
             ..
         } = self;
         let (tcp, acceptor) = match https {
@@ -187,6 +211,15 @@ impl Server {
         let addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
         shared.join_cluster(addr).await.context("joining the cluster")?;
         let router = http::router(shared.clone());
+        let admin = match admin {
+            Some((listener, metrics)) => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let upkeep = tokio::spawn(crate::metrics::upkeep(metrics.clone()));
+                let serve = tokio::spawn(crate::transport::admin::serve(listener, shared.clone(), metrics));
+                Some((upkeep, serve))
+            }
+            None => None,
+        };
         let sweep = tokio::spawn(media::sweep_abandoned(
             shared.store.clone(),
             shared.media.clone(),
@@ -269,6 +302,11 @@ impl Server {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         conns.shutdown().await;
+        // Last: through the drain /readyz said 503 and /metrics counted it.
+        if let Some((upkeep, serve)) = admin {
+            upkeep.abort();
+            serve.abort();
+        }
         drop(shared);
         tracing::info!("shutdown complete");
         Ok(())

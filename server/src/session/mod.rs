@@ -90,6 +90,8 @@ pub struct Session {
     peer: std::net::IpAddr,
     /// Set from Hello.background: presence ignores this connection.
     background: AtomicBool,
+    /// Set once a rate-limit refusal of this connection was logged.
+    limit_logged: AtomicBool,
     /// True until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
     early: AtomicBool,
@@ -150,6 +152,7 @@ impl Session {
             handshake_done: tokio::sync::Notify::new(),
             peer,
             background: AtomicBool::new(false),
+            limit_logged: AtomicBool::new(false),
             media_slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_STREAMS_PER_CONNECTION)),
         })
     }
@@ -157,6 +160,17 @@ impl Session {
     /// The server's shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The user name and device this connection is logged in as.
+    pub fn identity(&self) -> Option<(String, u32)> {
+        let auth = self.auth.lock().expect("auth lock");
+        auth.as_ref().map(|a| (a.actor.username.clone(), a.actor.device_id))
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> std::net::IpAddr {
+        self.peer
     }
 
     /// Whether the connection must be closed after the reply just sent.

@@ -23,6 +23,7 @@ use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
 use crate::ratelimit::TokenBucket;
 use crate::session::{Session, Shared};
+use crate::transport::lifecycle::{self, Lifecycle};
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
 use crate::transport::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 
@@ -71,10 +72,11 @@ enum Out {
 }
 
 /// Drives one upgraded WebSocket to its end.
-pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::IpAddr) {
+pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::SocketAddr) {
+    let life = Lifecycle::open("websocket", peer);
     let closer = Closer::new();
     let (push_tx, push_rx) = crate::hub::push_queue(shared.config.push_queue);
-    let session = Session::new(shared.clone(), closer.clone(), push_tx, peer);
+    let session = Session::new(shared.clone(), closer.clone(), push_tx, peer.ip());
     let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
     let (sink, stream) = socket.split();
     // Replies wait here for the writer; when it is full the request loop
@@ -89,7 +91,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
         pings: TokenBucket::new(PING_RATE, PING_BURST, Instant::now()),
         out: out_tx.clone(),
     };
-    let mut replies = WsReplies { out: out_tx.clone() };
+    let mut replies = WsReplies {
+        out: out_tx.clone(),
+        closer: closer.clone(),
+    };
 
     let serve = async {
         let first = tokio::select! {
@@ -106,7 +111,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
             }
         };
         if requests::handshake(&session, first, &mut replies).await {
-            let mut closing = WsReplies { out: out_tx.clone() };
+            let mut closing = WsReplies {
+                out: out_tx.clone(),
+                closer: closer.clone(),
+            };
             requests::serve_requests(session.clone(), source, replies).await;
             // A drain ends the request loop with every reply written: the
             // close goes after them.
@@ -129,6 +137,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     drop(out_tx);
     let _ = tokio::time::timeout(LINGER, writer).await;
     let how = *ended.lock().expect("ended lock");
+    life.closed(&session, &closer, || match how {
+        Ended::Closed => lifecycle::Ended::ByClient(1000, "closed by the browser".into()),
+        _ => lifecycle::Ended::Lost("connection lost or refused (see the WebSocket close code)".into()),
+    });
     session.disconnect(how);
 }
 
@@ -250,6 +262,8 @@ impl RequestSource for WsRequests {
 /// Replies to the browser, through the writer task.
 struct WsReplies {
     out: mpsc::Sender<Out>,
+    /// Where a close is noted for the log.
+    closer: Arc<Closer>,
 }
 
 impl ReplySink for WsReplies {
@@ -259,6 +273,7 @@ impl ReplySink for WsReplies {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
+        self.closer.note(code, reason);
         let code = CLOSE_CODE_BASE + code.code() as u16;
         let _ = self.out.send(Out::Close(code, reason.to_string())).await;
     }

@@ -70,6 +70,35 @@ impl Daemon {
         Self { child }
     }
 
+    /// Starts quipd like [`Daemon::start`] with its log (stdout) written
+    /// to `log`; `args` say its level (`--log`) and format.
+    pub fn start_logged(data: &Path, port: u16, args: &[&str], log: &Path) -> Self {
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--no-https")
+            .args(args)
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`), with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
     /// Starts quipd like [`Daemon::start`] but with its HTTPS listener on
     /// loopback too; returns it with that listener's address.
     pub fn start_with_https(data: &Path, port: u16, args: &[&str]) -> (Self, std::net::SocketAddr) {
