@@ -1,7 +1,6 @@
 //! `quipd`: runs the Quip server. See `quipd --help`.
 
-use clap::Parser;
-use quip_server::config::LogFormat;
+use quip_server::config::{Command, ConfigCommand, LoadError, LogFormat};
 use quip_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +13,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Config::load(std::env::args_os()) {
+        Ok(c) => c,
+        Err(LoadError::Flags(e)) => e.exit(),
+        Err(e @ LoadError::File(_)) => {
+            eprintln!("quipd: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(Command::Config(ConfigCommand::Default)) = config.command {
+        print!("{}", Config::example_file());
+        return Ok(());
+    }
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.
     let shutdown = shutdown_signal()?;
