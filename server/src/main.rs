@@ -1,6 +1,7 @@
 //! `quipd`: runs the Quip server. See `quipd --help`.
 
 use quip_server::config::{Command, ConfigCommand, LoadError, LogFormat};
+use quip_server::transport::tls::Certificates;
 use quip_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -28,8 +29,11 @@ async fn main() -> anyhow::Result<()> {
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.
     let shutdown = shutdown_signal()?;
+    // SIGHUP's default action ends the process: take it over now too.
+    let reload = reload_signal()?;
     init_logging(&config);
     let server = Server::bind(config.clone())?;
+    tokio::spawn(reload_certificates(reload, server.certificates()));
     tracing::info!(addr = %server.local_addr(), data_dir = %config.data_dir.display(), store = ?config.store, "quipd listening (QUIC, ALPN quip/1)");
     if let Some(admin) = server.admin_addr() {
         tracing::info!(addr = %admin, "admin listening: http://{admin}/metrics, /healthz, /readyz");
@@ -61,6 +65,44 @@ fn init_logging(config: &Config) {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
     }
 }
+
+/// SIGHUP, as a stream of reload requests.
+#[cfg(unix)]
+fn reload_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Reloads the TLS certificate and key on each SIGHUP: new handshakes get
+/// the new certificate; connections already open are untouched. One that
+/// does not load is refused, and the certificate in use stays.
+#[cfg(unix)]
+async fn reload_certificates(mut hup: tokio::signal::unix::Signal, certs: std::sync::Arc<Certificates>) {
+    while hup.recv().await.is_some() {
+        let c = certs.clone();
+        match tokio::task::spawn_blocking(move || c.reload()).await {
+            Ok(Ok(fingerprint)) => tracing::info!(
+                cert = %certs.cert_path().display(),
+                sha256 = %fingerprint,
+                "TLS certificate reloaded: new handshakes present it"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                cert = %certs.cert_path().display(),
+                error = format!("{e:#}"),
+                sha256 = %certs.fingerprint(),
+                "TLS certificate reload refused: keeping the certificate in use"
+            ),
+            Err(e) => tracing::error!(error = %e, "TLS certificate reload failed"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn reload_signal() -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn reload_certificates(_: (), _: std::sync::Arc<Certificates>) {}
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either.
 #[cfg(unix)]

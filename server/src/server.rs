@@ -62,6 +62,8 @@ pub struct Server {
     https: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     dev_cert: Option<PathBuf>,
+    /// What QUIC and HTTPS handshakes present; reloadable.
+    certs: Arc<tls::Certificates>,
     /// The admin listener and the metrics it renders, when configured.
     admin: Option<(std::net::TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
 }
@@ -79,8 +81,9 @@ impl Server {
             crate::store::StoreKind::Fdb => format!("opening the FoundationDB store (prefix {:?})", config.fdb_prefix),
         })?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
+        let certs = tls::Certificates::new(&id, config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
 
-        let mut tls = tls::server_config(&id, ALPN)?;
+        let mut tls = tls::server_config(certs.clone(), ALPN)?;
         // 0-RTT for returning clients (quinn requires u32::MAX to enable
         // it). Resumption is stateful: a ticket is taken from this cache on
         // use, so one ticket's early data is accepted once; what may run
@@ -136,7 +139,7 @@ impl Server {
             let listener =
                 std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr} for HTTPS"))?;
             listener.set_nonblocking(true)?;
-            Some((listener, http::tls_acceptor(&id)?))
+            Some((listener, http::tls_acceptor(certs.clone())?))
         };
         let admin = match config.admin_listen {
             Some(addr) => {
@@ -160,6 +163,7 @@ impl Server {
             https,
             shared,
             dev_cert: id.dev_cert_path,
+            certs,
             admin,
         })
     }
@@ -172,6 +176,11 @@ impl Server {
     /// The HTTPS listener's address, unless it is disabled.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The certificate handshakes present, to reload (SIGHUP).
+    pub fn certificates(&self) -> Arc<tls::Certificates> {
+        self.certs.clone()
     }
 
     /// The admin listener's address, when it is on.

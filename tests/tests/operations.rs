@@ -419,3 +419,85 @@ async fn json_logs_carry_fields_and_no_secrets() {
     assert_eq!(closed["reason"], "logged out");
     drop(carol);
 }
+
+/// Waits until `log` has a line containing `needle` `n` times.
+async fn wait_log(log: &Path, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+/// SIGHUP reloads `--cert`/`--key`: a connected client stays connected and
+/// keeps being served, a new client sees the new certificate (one trusting
+/// only the old one is refused), and a pair that does not load is refused
+/// with a log line while the certificate in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("quipd.log"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca_a, ca_b) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+    let install = |(c, k): &(String, String), ca: &Path| {
+        std::fs::write(&cert, c).unwrap();
+        std::fs::write(&key, k).unwrap();
+        std::fs::write(ca, c).unwrap();
+    };
+    let a = self_signed();
+    install(&a, &ca_a);
+    let port = free_port();
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let daemon = Daemon::start_logged(
+        &data,
+        port,
+        &["--cert", cert_arg, "--key", key_arg, "--log", "info"],
+        &log,
+    );
+    wait_log(&log, "quipd listening", 1).await;
+
+    let old = connect(port, &ca_a).await;
+    old.register("dave", PASSWORD, "phone").await.unwrap();
+
+    let b = self_signed();
+    install(&b, &ca_b);
+    daemon.signal("HUP");
+    wait_log(&log, "TLS certificate reloaded", 1).await;
+    assert_eq!(
+        old.whoami().await.unwrap().user,
+        "dave",
+        "the open connection is served"
+    );
+    let new = connect(port, &ca_b).await;
+    new.login("dave", PASSWORD, "laptop").await.unwrap();
+    let opts = ConnectOptions::new(format!("127.0.0.1:{port}"), Some(&ca_a)).unwrap();
+    let stale = tokio::time::timeout(Duration::from_secs(10), Client::connect(&opts))
+        .await
+        .expect("a refused handshake ends quickly");
+    assert!(stale.is_err(), "a client trusting only the old certificate connected");
+
+    // A renewed certificate with the wrong key: refused, B stays.
+    let c = self_signed();
+    std::fs::write(&cert, &c.0).unwrap();
+    std::fs::write(&key, &b.1).unwrap();
+    daemon.signal("HUP");
+    wait_log(&log, "TLS certificate reload refused", 1).await;
+    let again = connect(port, &ca_b).await;
+    again
+        .request(Body::Ping(v1::PingRequest {}))
+        .await
+        .expect("served with the kept certificate");
+    assert_eq!(old.whoami().await.unwrap().user, "dave");
+    assert_eq!(new.whoami().await.unwrap().device_id, 2);
+}

@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::service::{Actor, ServiceError};
 use crate::session::Shared;
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
-use crate::transport::tls::Identity;
+use crate::transport::tls::Certificates;
 use crate::transport::{health, web, ws};
 
 mod media_api;
@@ -46,10 +46,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN).
-pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {
+/// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN) presenting `certs`.
+pub fn tls_acceptor(certs: Arc<Certificates>) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(crate::transport::tls::server_config(
-        id,
+        certs,
         b"http/1.1",
     )?)))
 }
