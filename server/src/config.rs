@@ -37,7 +37,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// TCP address for HTTPS: the WebSocket endpoint for browsers (/v1/ws),
-    /// the web client (/) and /healthz. Default: the --listen address, so
+    /// the web client (/), /healthz and /readyz. Default: the --listen address, so
     /// one port number serves QUIC (UDP) and HTTPS (TCP), as HTTP/3 sites do.
     #[arg(long, env = "QUIP_HTTPS_LISTEN")]
     pub https_listen: Option<SocketAddr>,

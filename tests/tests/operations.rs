@@ -26,7 +26,8 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
-/// `GET path` over plain HTTP/1.1: the status and the body.
+/// `GET path` over plain HTTP/1.1: the status and the body; an error when
+/// the connection is refused or closed without a response.
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -36,7 +37,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)
         .await
         .map_err(|_| std::io::Error::other("no response within 10 s"))??;
     let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other(format!("no response: {raw:?}")));
+    };
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
     assert!(
         !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
@@ -323,6 +326,22 @@ async fn metrics_count_a_scripted_conversation() {
     })
     .await;
     drop((alice, bob));
+
+    // The admin listener is bounded too: 64 idle connections hold every
+    // slot, so a 65th is closed unanswered; once they go it answers again.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // An accepted connection is only counted once the server took it:
+    // poll until a scrape is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(admin, "/healthz").await.is_ok() {
+        assert!(Instant::now() < deadline, "the admin listener took a 65th connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(idle);
+    wait_ready(admin).await;
 }
 
 /// `/readyz` and `/healthz` on the HTTPS listener (the admin listener's
@@ -415,6 +434,10 @@ async fn json_logs_carry_fields_and_no_secrets() {
         .find(|l| l["message"] == "connection closed" && l["code_name"] == "LoggedOut")
         .unwrap();
     assert_eq!(closed["closed_by"], "server");
+    assert_eq!(
+        (closed["user"].as_str(), closed["device"].as_u64()),
+        (Some("carol"), Some(2))
+    );
     assert_eq!(closed["code"], 5);
     assert_eq!(closed["reason"], "logged out");
     drop(carol);

@@ -135,6 +135,7 @@ impl Session {
     pub fn disconnect(&self, how: Ended) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
             let user = a.actor.user_id;
+            *self.was.lock().expect("was lock") = Some((a.actor.username.clone(), a.actor.device_id));
             self.shared.hub.unregister(user, self.conn_id);
             if let Some(node) = self.shared.cluster.get().cloned()
                 && self.shared.hub.devices(user) == 0

@@ -80,6 +80,10 @@ pub struct Session {
     shared: Arc<Shared>,
     conn_id: u64,
     auth: Mutex<Option<Auth>>,
+    /// Who the connection was logged in as once it went offline (a
+    /// logout goes offline before the connection closes), for the log
+    /// line that says why it closed.
+    was: Mutex<Option<(String, u32)>>,
     /// Budget while anonymous; a logged-in connection uses its device's.
     limiter: Mutex<TokenBucket>,
     closer: Arc<Closer>,
@@ -144,6 +148,7 @@ impl Session {
             shared,
             conn_id,
             auth: Mutex::new(None),
+            was: Mutex::new(None),
             limiter: Mutex::new(limiter),
             closer,
             push_tx,
@@ -162,10 +167,14 @@ impl Session {
         &self.shared
     }
 
-    /// The user name and device this connection is logged in as.
+    /// The user name and device this connection is (or, once offline,
+    /// was last) logged in as.
     pub fn identity(&self) -> Option<(String, u32)> {
         let auth = self.auth.lock().expect("auth lock");
-        auth.as_ref().map(|a| (a.actor.username.clone(), a.actor.device_id))
+        match auth.as_ref() {
+            Some(a) => Some((a.actor.username.clone(), a.actor.device_id)),
+            None => self.was.lock().expect("was lock").clone(),
+        }
     }
 
     /// The client's address.
