@@ -597,6 +597,32 @@ mod tests {
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
     }
 
+    /// The deployment example (packaging/quipd.toml) is a valid file, also
+    /// with its commented settings turned on.
+    #[test]
+    fn the_packaged_example_loads() {
+        let text = include_str!("../../packaging/quipd.toml");
+        let f = file(text);
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9433".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let all: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(setting) if setting.contains(" = ") => setting,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = file(&all);
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.media_s3_bucket.as_deref(), Some("quip-media"));
+        assert_eq!(
+            c.cert.as_deref(),
+            Some(std::path::Path::new("/etc/quip/tls/fullchain.pem"))
+        );
+    }
+
     #[test]
     fn config_default_is_a_subcommand() {
         let c = load(&["config", "default"]).unwrap();

@@ -524,3 +524,50 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     assert_eq!(old.whoami().await.unwrap().user, "dave");
     assert_eq!(new.whoami().await.unwrap().device_id, 2);
 }
+
+/// The systemd unit (packaging/quipd.service) passes `systemd-analyze
+/// verify` (with ExecStart pointed at the quipd under test: verify checks
+/// the binary exists), and its sandbox's exposure stays "OK" or better
+/// by `systemd-analyze security`. Needs systemd-analyze (Debian's systemd
+/// package); without it this test says so and checks nothing.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/quipd.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/quipd\n"),
+        "the unit's ExecStart moved"
+    );
+    let quipd = common::daemon::quipd();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quipd.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "ExecStart=/usr/local/bin/quipd",
+            &format!("ExecStart={}", quipd.display()),
+        ),
+    )
+    .unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output();
+    let Ok(verify) = verify else {
+        eprintln!("systemd-analyze not installed: the unit was not verified");
+        return;
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(security.status.success(), "exposure above 2.0:\n{report}");
+    assert!(report.contains("Overall exposure level for quipd.service"), "{report}");
+}
