@@ -571,3 +571,98 @@ fn the_systemd_unit_verifies() {
     assert!(security.status.success(), "exposure above 2.0:\n{report}");
     assert!(report.contains("Overall exposure level for quipd.service"), "{report}");
 }
+
+/// A device that stops reading its pushes is closed as a slow consumer:
+/// counted in `quip_slow_consumer_closes_total`, its queue's backlog in
+/// the histogram, and logged with who it was and close code 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_close_is_counted_and_logged() {
+    use quip_protocol::{CloseCode, Envelope, FrameDecoder, encode_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("quipd.log"));
+    let (port, admin_port) = (free_port(), free_tcp_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let admin_arg = admin.to_string();
+    let _daemon = Daemon::start_logged(
+        &data,
+        port,
+        &[
+            "--admin-listen",
+            &admin_arg,
+            "--push-queue",
+            "4",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+        ],
+        &log,
+    );
+    let ca = Daemon::ready(&data).await;
+    wait_ready(admin).await;
+    let alice = connect(port, &ca).await;
+    alice.register("alice", PASSWORD, "phone").await.unwrap();
+    let bob = connect(port, &ca).await;
+    let token = bob.register("bob", PASSWORD, "phone").await.unwrap().token;
+    drop(bob);
+
+    // Bob's phone: says Hello with its token, then never reads a push.
+    let opts = ConnectOptions::new(format!("127.0.0.1:{port}"), Some(&ca)).unwrap();
+    let (_ep, stalled) = Client::connect_raw(&opts).await.unwrap();
+    let (mut send, mut recv) = stalled.open_bi().await.unwrap();
+    let hello = Envelope::new(
+        1,
+        Body::Hello(v1::Hello {
+            versions: vec![1],
+            token,
+            client: "raw".into(),
+            background: false,
+        }),
+    );
+    let mut frame = bytes::BytesMut::new();
+    encode_frame(&hello, quip_protocol::MAX_FRAME, &mut frame).unwrap();
+    send.write_all(&frame).await.unwrap();
+    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
+    while dec.decode().unwrap().is_none() {
+        dec.buffer_mut().reserve(4096);
+        recv.read_buf(dec.buffer_mut()).await.unwrap();
+    }
+    let big = "x".repeat(60_000);
+    for i in 0..60 {
+        alice.send_text("bob", &format!("{i}{big}")).await.unwrap();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), stalled.closed())
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if CloseCode::from_code(c.error_code.into_inner()) == Some(CloseCode::SlowConsumer)),
+        "{closed:?}"
+    );
+
+    let m = scrape_until(admin, "the slow consumer counted", |s| {
+        get(s, "quip_slow_consumer_closes_total", &[]) == 1.0
+    })
+    .await;
+    assert!(get(&m, "quip_push_queue_backlog_events_count", &[]) >= 1.0, "{m:#?}");
+    wait_log(&log, "slow consumer: push queue full", 1).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let warn = lines
+        .iter()
+        .find(|l| l["message"] == "slow consumer: push queue full, connection closed")
+        .unwrap();
+    assert_eq!(
+        (warn["level"].as_str(), warn["user"].as_str()),
+        (Some("WARN"), Some("bob"))
+    );
+    let close = lines
+        .iter()
+        .find(|l| l["message"] == "connection closed" && l["code_name"] == "SlowConsumer")
+        .unwrap_or_else(|| panic!("no close line:\n{text}"));
+    assert_eq!(
+        (close["closed_by"].as_str(), close["code"].as_u64()),
+        (Some("server"), Some(4))
+    );
+    assert_eq!(close["user"], "bob");
+}
