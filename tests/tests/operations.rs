@@ -666,3 +666,57 @@ async fn a_slow_consumer_close_is_counted_and_logged() {
     );
     assert_eq!(close["user"], "bob");
 }
+
+/// A browser's WebSocket connection is counted (open connections, HTTPS
+/// handshakes, its requests) and its close is logged with the browser's
+/// close code and the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connections_are_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("quipd.log"));
+    let (port, admin_port) = (free_port(), free_tcp_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let admin_arg = admin.to_string();
+    let (_daemon, https) = Daemon::start_logged_with_https(
+        &data,
+        port,
+        &["--admin-listen", &admin_arg, "--log-format", "json", "--log", "info"],
+        &log,
+    );
+    let ca = Daemon::ready(&data).await;
+    wait_ready(admin).await;
+    let quic = connect(port, &ca).await;
+    let token = quic.register("erin", PASSWORD, "phone").await.unwrap().token;
+
+    let ws = common::ws::WsClient::connect(https, &ca, &token).await.unwrap();
+    assert_eq!(ws.welcome.user, "erin");
+    ws.request(Body::Whoami(v1::WhoAmIRequest {})).await.unwrap();
+    let m = scrape(admin).await.1;
+    assert_eq!(get(&m, "quip_connections_open", &[("transport", "websocket")]), 1.0);
+    assert_eq!(get(&m, "quip_connections_open", &[("transport", "quic")]), 1.0);
+    assert!(get(&m, "quip_handshakes_total", &[("transport", "https"), ("result", "ok")]) >= 1.0);
+    assert_eq!(
+        get(&m, "quip_requests_total", &[("kind", "whoami"), ("code", "OK")]),
+        1.0
+    );
+
+    ws.close().await;
+    scrape_until(admin, "the WebSocket closed", |s| {
+        get(s, "quip_connections_open", &[("transport", "websocket")]) == 0.0
+    })
+    .await;
+    wait_log(&log, "\"transport\":\"websocket\"", 2).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let closed: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["message"] == "connection closed" && l["transport"] == "websocket")
+        .unwrap_or_else(|| panic!("no close line:\n{text}"));
+    assert_eq!(closed["closed_by"], "client");
+    assert_eq!(closed["code"], 1005, "a close frame without a code");
+    assert_eq!(
+        (closed["user"].as_str(), closed["device"].as_u64()),
+        (Some("erin"), Some(1))
+    );
+    drop(quic);
+}

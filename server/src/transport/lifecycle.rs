@@ -23,6 +23,9 @@ pub enum Ended {
     ByClient(u64, String),
     /// The network lost it: a timeout, a reset, a transport error.
     Lost(String),
+    /// The server ended it with a transport's own code, not a Quip close
+    /// code (WebSocket 1008 for a ping flood, 1009 for a message too big).
+    Refused(u64, String),
 }
 
 /// One open connection, logged and counted until [`Lifecycle::closed`].
@@ -83,6 +86,17 @@ impl Lifecycle {
                     user,
                     device,
                     closed_by = "client",
+                    code,
+                    reason = %reason,
+                    duration_ms,
+                    "connection closed"
+                ),
+                Ended::Refused(code, reason) => tracing::info!(
+                    transport,
+                    %peer,
+                    user,
+                    device,
+                    closed_by = "server",
                     code,
                     reason = %reason,
                     duration_ms,

@@ -82,7 +82,7 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     // Replies wait here for the writer; when it is full the request loop
     // stops reading, as a QUIC stream's flow control would.
     let (out_tx, out_rx) = mpsc::channel(MAX_INFLIGHT_PER_STREAM);
-    let ended = Arc::new(Mutex::new(Ended::Lost));
+    let ended = Arc::new(Mutex::new((Ended::Lost, None)));
     let mut source = WsRequests {
         stream,
         idle,
@@ -136,10 +136,9 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     }
     drop(out_tx);
     let _ = tokio::time::timeout(LINGER, writer).await;
-    let how = *ended.lock().expect("ended lock");
-    life.closed(&session, &closer, || match how {
-        Ended::Closed => lifecycle::Ended::ByClient(1000, "closed by the browser".into()),
-        _ => lifecycle::Ended::Lost("connection lost or refused (see the WebSocket close code)".into()),
+    let (how, why) = std::mem::replace(&mut *ended.lock().expect("ended lock"), (Ended::Lost, None));
+    life.closed(&session, &closer, || {
+        why.unwrap_or_else(|| lifecycle::Ended::Lost("connection lost".into()))
     });
     session.disconnect(how);
 }
@@ -179,8 +178,9 @@ struct WsRequests {
     stream: SplitStream<WebSocket>,
     idle: Duration,
     last_heard: Instant,
-    /// How the connection ended, for presence.
-    ended: Arc<Mutex<Ended>>,
+    /// How the connection ended, for presence, and for the log when the
+    /// browser or this reader ended it.
+    ended: Arc<Mutex<(Ended, Option<lifecycle::Ended>)>>,
     /// The client's ping budget ([`PING_RATE`], [`PING_BURST`]).
     pings: TokenBucket,
     /// To the writer, for closes the reading side decides on.
@@ -188,8 +188,8 @@ struct WsRequests {
 }
 
 impl WsRequests {
-    fn end(&self, how: Ended) {
-        *self.ended.lock().expect("ended lock") = how;
+    fn end(&self, how: Ended, why: lifecycle::Ended) {
+        *self.ended.lock().expect("ended lock") = (how, Some(why));
     }
 
     /// Ends the connection with a WebSocket close code of its own (not a
@@ -197,8 +197,8 @@ impl WsRequests {
     /// that does not read, and then the linger ends the connection anyway.
     fn refuse(&self, code: u16, reason: String) -> Result<Option<Envelope>, ReadError> {
         tracing::debug!(code, %reason, "closing WebSocket");
-        let _ = self.out.try_send(Out::Close(code, reason));
-        self.end(Ended::Lost);
+        let _ = self.out.try_send(Out::Close(code, reason.clone()));
+        self.end(Ended::Lost, lifecycle::Ended::Refused(u64::from(code), reason));
         Ok(None)
     }
 }
@@ -218,9 +218,12 @@ impl RequestSource for WsRequests {
                 Err(_) => {
                     // Nothing, not even a pong to our pings, for the idle
                     // timeout: the browser is gone without a goodbye.
-                    self.end(Ended::Silent {
-                        last_heard: self.last_heard,
-                    });
+                    self.end(
+                        Ended::Silent {
+                            last_heard: self.last_heard,
+                        },
+                        lifecycle::Ended::Lost("idle timeout".into()),
+                    );
                     return Ok(None);
                 }
                 Ok(Some(Err(e))) if too_big(&e) => {
@@ -241,8 +244,13 @@ impl RequestSource for WsRequests {
                 }
                 Message::Text(_) => return Err(ReadError::NotBinary),
                 Message::Close(frame) => {
-                    let normal = frame.is_none_or(|f| f.code == 1000 || f.code == CLOSE_CODE_BASE);
-                    self.end(if normal { Ended::Closed } else { Ended::Lost });
+                    let normal = frame
+                        .as_ref()
+                        .is_none_or(|f| f.code == 1000 || f.code == CLOSE_CODE_BASE);
+                    // 1005: "no status code", as RFC 6455 names a close without one.
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                    let why = lifecycle::Ended::ByClient(u64::from(code), reason);
+                    self.end(if normal { Ended::Closed } else { Ended::Lost }, why);
                     return Ok(None);
                 }
                 Message::Ping(_) => {

@@ -89,6 +89,30 @@ impl Daemon {
         Self { child }
     }
 
+    /// Like [`Daemon::start_logged`] with the HTTPS listener on loopback
+    /// too (see [`Daemon::start_with_https`]); returns its address.
+    pub fn start_logged_with_https(data: &Path, port: u16, args: &[&str], log: &Path) -> (Self, std::net::SocketAddr) {
+        let https = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--https-listen",
+                &https.to_string(),
+            ])
+            .args(args)
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        (Self { child }, https)
+    }
+
     /// Sends the process a signal by name (`HUP`, `TERM`), with kill(1).
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
