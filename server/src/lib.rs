@@ -26,6 +26,8 @@
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //!   `testing` (feature `fdb`, hidden): a throw-away FoundationDB server for tests.
 //! - [`media`]: media bytes in an object store, streamed in and out.
+//! - [`metrics`]: what is counted, under which Prometheus names; the
+//!   admin listener ([`transport::admin`]) serves it with health checks.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
 //!   grace periods, last seen.
 //! - [`secret`]: private files and the node secret QUIC's reset and Retry
@@ -40,6 +42,7 @@ pub mod hub;
 pub mod keys;
 pub mod kinds;
 pub mod media;
+pub mod metrics;
 pub mod passwords;
 pub mod presence;
 pub mod ratelimit;

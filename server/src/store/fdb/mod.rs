@@ -180,7 +180,11 @@ impl Store for FdbStore {
             };
             let result = f(&mut snapshot);
             let Some(e) = snapshot.error else { return result };
-            tr = block_on(tr.on_error(e)).map_err(store_error)?;
+            crate::metrics::fdb_retry("read", false);
+            tr = block_on(tr.on_error(e)).map_err(|e| {
+                crate::metrics::fdb_error("read");
+                store_error(e)
+            })?;
         }
     }
 
