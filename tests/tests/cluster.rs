@@ -513,48 +513,6 @@ async fn connection_limits_hold_across_the_cluster() {
     assert_eq!(watch.whoami().await.unwrap().user, "alice");
 }
 
-/// A file that yields `left` bytes, then stalls forever (`stall`) or fails.
-struct Cut {
-    inner: std::io::Cursor<Vec<u8>>,
-    left: usize,
-    stall: bool,
-}
-
-impl tokio::io::AsyncRead for Cut {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.left == 0 {
-            return if self.stall {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(Err(std::io::Error::other("the file went away")))
-            };
-        }
-        let want = buf.remaining().min(self.left);
-        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(want));
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
-        let n = limited.filled().len();
-        buf.advance(n);
-        self.left -= n;
-        r
-    }
-}
-
-impl tokio::io::AsyncSeek for Cut {
-    fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: std::io::SeekFrom) -> std::io::Result<()> {
-        std::pin::Pin::new(&mut self.inner).start_seek(pos)
-    }
-    fn poll_complete(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<u64>> {
-        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
-    }
-}
-
 /// An upload interrupted on one node is resumed on another (the nodes
 /// share the media directory, as they would one S3 bucket), and only one
 /// stream receives an upload at a time, whichever nodes the streams are on.
@@ -576,7 +534,7 @@ async fn an_upload_resumed_on_another_node_continues_one_stream_at_a_time() {
         file_name: "f".into(),
         resume: None,
     };
-    let file = |left: usize, stall: bool| Cut {
+    let file = |left: usize, stall: bool| common::files::Cut {
         inner: std::io::Cursor::new(bytes.clone()),
         left,
         stall,

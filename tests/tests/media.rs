@@ -137,43 +137,6 @@ async fn a_50_mib_file_round_trips_and_server_memory_stays_bounded() {
     );
 }
 
-/// Yields `limit` bytes of `inner`, then fails: a client crashing mid-upload.
-struct FailAfter<R> {
-    inner: R,
-    left: usize,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for FailAfter<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.left == 0 {
-            return std::task::Poll::Ready(Err(std::io::Error::other("simulated crash")));
-        }
-        let want = buf.remaining().min(self.left);
-        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(want));
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
-        let n = limited.filled().len();
-        buf.advance(n);
-        self.left -= n;
-        r
-    }
-}
-
-impl<R: tokio::io::AsyncSeek + Unpin> tokio::io::AsyncSeek for FailAfter<R> {
-    fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: std::io::SeekFrom) -> std::io::Result<()> {
-        std::pin::Pin::new(&mut self.inner).start_seek(pos)
-    }
-    fn poll_complete(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<u64>> {
-        std::pin::Pin::new(&mut self.inner).poll_complete(cx)
-    }
-}
-
 #[tokio::test]
 async fn an_interrupted_upload_resumes_after_reconnecting() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,9 +146,10 @@ async fn an_interrupted_upload_resumes_after_reconnecting() {
 
     // The first attempt dies after 2.5 MiB.
     let mut started = None;
-    let mut file = FailAfter {
+    let mut file = common::files::Cut {
         inner: std::io::Cursor::new(bytes.clone()),
         left: (5 * MIB / 2) as usize,
+        stall: false,
     };
     let e = alice
         .upload(&spec(&bytes, "f"), &mut file, |p| {

@@ -4,34 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use common::raw::{close_code, exchange, frame, read_all};
 use common::*;
 use quip_client::{Client, ClientError};
 use quip_protocol::v1::{self, ErrorCode, ReceiptKind};
-use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder, encode_frame};
+use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
-
-/// Reads frames from a raw stream until it ends.
-async fn read_all(recv: &mut quinn::RecvStream) -> Vec<Envelope> {
-    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
-    let mut out = Vec::new();
-    loop {
-        while let Ok(Some(e)) = dec.decode() {
-            out.push(e);
-        }
-        dec.buffer_mut().reserve(4096);
-        match tokio::time::timeout(Duration::from_secs(5), recv.read_buf(dec.buffer_mut())).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return out,
-        }
-    }
-}
-
-fn frame(env: &Envelope) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    encode_frame(env, quip_protocol::MAX_FRAME, &mut b).unwrap();
-    b.to_vec()
-}
 
 fn hello(versions: Vec<u32>) -> Envelope {
     Envelope::new(
@@ -52,26 +30,6 @@ fn error_code(env: &Envelope) -> Option<ErrorCode> {
     }
 }
 
-async fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
-    match tokio::time::timeout(Duration::from_secs(5), conn.closed())
-        .await
-        .expect("closed in time")
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => CloseCode::from_code(c.error_code.into_inner()),
-        _ => None,
-    }
-}
-
-/// Sends raw bytes as the first stream of a fresh connection; returns the
-/// frames answered and the close code.
-async fn raw_exchange(server: &TestServer, bytes: &[u8]) -> (Vec<Envelope>, Option<CloseCode>) {
-    let (_ep, conn) = Client::connect_raw(&server.options()).await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    let frames = read_all(&mut recv).await;
-    (frames, close_code(&conn).await)
-}
-
 #[tokio::test]
 async fn garbage_and_bad_handshakes_are_refused_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +41,7 @@ async fn garbage_and_bad_handshakes_are_refused_while_others_are_served() {
     }
 
     // A stream of random junk (a varint longer than five bytes).
-    let (frames, code) = raw_exchange(&server, &[0xff; 64]).await;
+    let (frames, code) = exchange(&server, &[0xff; 64], false).await;
     assert_eq!(
         frames.iter().map(error_code).collect::<Vec<_>>(),
         vec![Some(ErrorCode::MalformedFrame)]
@@ -93,31 +51,36 @@ async fn garbage_and_bad_handshakes_are_refused_while_others_are_served() {
     // A length prefix far over the limit is refused before any body arrives.
     let mut huge = Vec::new();
     prost::encode_length_delimiter(50 << 20, &mut huge).unwrap();
-    let (frames, code) = raw_exchange(&server, &huge).await;
+    let (frames, code) = exchange(&server, &huge, false).await;
     assert_eq!(error_code(&frames[0]), Some(ErrorCode::FrameTooLarge));
     assert_eq!(code, Some(CloseCode::ProtocolError));
 
     // A body that is not a protobuf Envelope.
-    let (frames, code) = raw_exchange(&server, &[3, 0x0f, 0x01, 0x02]).await;
+    let (frames, code) = exchange(&server, &[3, 0x0f, 0x01, 0x02], false).await;
     assert_eq!(error_code(&frames[0]), Some(ErrorCode::MalformedFrame));
     assert_eq!(code, Some(CloseCode::ProtocolError));
 
     // An unsupported version.
-    let (frames, code) = raw_exchange(&server, &frame(&hello(vec![7, 9]))).await;
+    let (frames, code) = exchange(&server, &frame(&hello(vec![7, 9])), false).await;
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].id, 1);
     assert_eq!(error_code(&frames[0]), Some(ErrorCode::UnsupportedVersion));
     assert_eq!(code, Some(CloseCode::UnsupportedVersion));
 
     // A request before the handshake.
-    let (frames, code) = raw_exchange(&server, &frame(&Envelope::new(5, Body::Ping(v1::PingRequest {})))).await;
+    let (frames, code) = exchange(
+        &server,
+        &frame(&Envelope::new(5, Body::Ping(v1::PingRequest {}))),
+        false,
+    )
+    .await;
     assert_eq!(error_code(&frames[0]), Some(ErrorCode::HandshakeRequired));
     assert_eq!(code, Some(CloseCode::ProtocolError));
 
     // Garbage after a good handshake: same, and queued writes stay durable.
     let mut bytes = frame(&hello(vec![1]));
     bytes.extend_from_slice(&[2, 0xff, 0xff]);
-    let (frames, code) = raw_exchange(&server, &bytes).await;
+    let (frames, code) = exchange(&server, &bytes, false).await;
     assert!(matches!(frames[0].body, Some(Body::Welcome(_))));
     assert_eq!(error_code(&frames[1]), Some(ErrorCode::MalformedFrame));
     assert_eq!(code, Some(CloseCode::ProtocolError));

@@ -5,18 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use common::raw::{close_code, exchange, frame, read_all};
 use common::*;
 use quip_client::{AckTracker, Client};
 use quip_protocol::v1::{self, ErrorCode, ReceiptKind};
-use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder, encode_frame};
+use quip_protocol::{Body, CloseCode, Envelope, FrameDecoder};
 use tokio::io::AsyncReadExt;
-
-fn frame(env: &Envelope) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    encode_frame(env, quip_protocol::MAX_FRAME, &mut b).unwrap();
-    b.to_vec()
-}
 
 fn hello(id: u64, token: &str) -> Envelope {
     Envelope::new(
@@ -30,49 +24,12 @@ fn hello(id: u64, token: &str) -> Envelope {
     )
 }
 
-/// Frames read from a raw stream until it ends.
-async fn read_all(recv: &mut quinn::RecvStream) -> Vec<Envelope> {
-    let mut dec = FrameDecoder::new(quip_protocol::MAX_FRAME);
-    let mut out = Vec::new();
-    loop {
-        while let Ok(Some(e)) = dec.decode() {
-            out.push(e);
-        }
-        dec.buffer_mut().reserve(4096);
-        match tokio::time::timeout(Duration::from_secs(5), recv.read_buf(dec.buffer_mut())).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return out,
-        }
-    }
-}
-
 /// (id, error code) of an error frame.
 fn error_of(env: &Envelope) -> Option<(u64, ErrorCode)> {
     match &env.body {
         Some(Body::Error(e)) => Some((env.id, ErrorCode::try_from(e.code).ok()?)),
         _ => None,
     }
-}
-
-async fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
-    match tokio::time::timeout(Duration::from_secs(5), conn.closed())
-        .await
-        .expect("closed in time")
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => CloseCode::from_code(c.error_code.into_inner()),
-        _ => None,
-    }
-}
-
-/// Sends `bytes` on the first stream of a fresh connection and finishes it;
-/// returns what came back on that stream and the close code.
-async fn exchange(server: &TestServer, bytes: &[u8]) -> (Vec<Envelope>, Option<CloseCode>) {
-    let (_ep, conn) = Client::connect_raw(&server.options()).await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    send.finish().unwrap();
-    let frames = read_all(&mut recv).await;
-    (frames, close_code(&conn).await)
 }
 
 fn receipts(events: &[v1::Event]) -> Vec<(ReceiptKind, u64)> {
@@ -225,14 +182,14 @@ async fn errors_carry_the_id_of_the_frame_they_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
 
-    let (frames, code) = exchange(&server, &frame(&Envelope::new(5, Body::Ping(v1::PingRequest {})))).await;
+    let (frames, code) = exchange(&server, &frame(&Envelope::new(5, Body::Ping(v1::PingRequest {}))), true).await;
     assert_eq!(
         frames.iter().map(error_of).collect::<Vec<_>>(),
         vec![Some((5, ErrorCode::HandshakeRequired))]
     );
     assert_eq!(code, Some(CloseCode::ProtocolError));
 
-    let (frames, code) = exchange(&server, &[0xff; 16]).await;
+    let (frames, code) = exchange(&server, &[0xff; 16], true).await;
     assert_eq!(
         frames.iter().map(error_of).collect::<Vec<_>>(),
         vec![Some((0, ErrorCode::MalformedFrame))]
@@ -269,7 +226,7 @@ async fn a_stream_ending_mid_frame_and_a_request_with_id_zero() {
     bytes.extend(frame(&Envelope::new(0, Body::Ping(v1::PingRequest {}))));
     let partial = frame(&Envelope::new(3, Body::Ping(v1::PingRequest {})));
     bytes.extend_from_slice(&partial[..partial.len() - 1]);
-    let (frames, code) = exchange(&server, &bytes).await;
+    let (frames, code) = exchange(&server, &bytes, true).await;
     assert!(matches!(frames[0].body, Some(Body::Welcome(_))));
     assert!(matches!(frames[1].body, Some(Body::Pong(_))) && frames[1].id == 0);
     assert_eq!(error_of(&frames[2]), Some((0, ErrorCode::MalformedFrame)));

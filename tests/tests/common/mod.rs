@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod files;
 pub mod https;
+pub mod raw;
 pub mod relay;
 pub mod ws;
 
