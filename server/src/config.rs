@@ -269,6 +269,24 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "quip_server=debug".
     #[arg(long, env = "QUIP_LOG", default_value = "info")]
     pub log: String,
+
+    // ---- Retention (retention.rs, service/retention.rs) ----
+    /// Days a message is kept: older ones leave history, sync and storage
+    /// (with their log entries, and media no kept message carries). Seqs
+    /// are never renumbered; clients are told where history now starts.
+    /// 0: keep everything forever.
+    #[arg(long, env = "QUIP_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u64,
+
+    /// Retention in seconds, overriding --retention-days: for tests.
+    #[arg(long, env = "QUIP_RETENTION_SECS", hide = true)]
+    pub retention_secs: Option<u64>,
+
+    /// Seconds between retention sweeps (when retention is on). Each sweep
+    /// reads every chat head and every user's log floor once, and deletes
+    /// in steps of at most ~500 keys.
+    #[arg(long, env = "QUIP_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_sweep_secs: u64,
 }
 
 /// `quipd --version`: says whether this build can use FoundationDB.
@@ -302,6 +320,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How long messages are kept (`None`: forever).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        let secs = self
+            .retention_secs
+            .unwrap_or(self.retention_days.saturating_mul(24 * 3600));
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
+    }
+
     /// The defaults, with the given data directory and an ephemeral port on
     /// loopback: what tests use. The environment is not read, so a `QUIP_*`
     /// variable set where tests run cannot change what they test.

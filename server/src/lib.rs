@@ -26,6 +26,7 @@
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //!   `testing` (feature `fdb`, hidden): a throw-away FoundationDB server for tests.
 //! - [`media`]: media bytes in an object store, streamed in and out.
+//! - [`retention`]: the background sweep deleting messages past their age.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
 //!   grace periods, last seen.
 //! - [`secret`]: private files and the node secret QUIC's reset and Retry
@@ -44,6 +45,7 @@ pub mod passwords;
 pub mod presence;
 pub mod ratelimit;
 pub mod records;
+pub mod retention;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -193,6 +193,15 @@ impl Server {
             Duration::from_secs(shared.config.media_unsent_ttl_secs),
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
+        let retention = shared.config.retention().map(|max_age| {
+            tokio::spawn(crate::retention::run(
+                shared.store.clone(),
+                shared.media.clone(),
+                shared.clock,
+                max_age,
+                Duration::from_secs(shared.config.retention_sweep_secs),
+            ))
+        });
         let max_conn = shared.config.max_connections;
         let admission = Admission::new(shared.config.max_connections_per_ip);
         let mut conns = tokio::task::JoinSet::new();
@@ -242,6 +251,9 @@ impl Server {
             "shutting down: draining connections"
         );
         sweep.abort();
+        if let Some(r) = retention {
+            r.abort();
+        }
         endpoint.set_server_config(None);
         // Connections stop reading requests and new writes are refused;
         // the store commits every write already queued, which releases the

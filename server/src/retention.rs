@@ -1,0 +1,103 @@
+//! The retention sweep: the async shell around [`crate::service::retention`].
+//!
+//! Every `--retention-sweep-secs` it walks every chat, then every user's
+//! log, running the service's plan (a snapshot read) and step (a bounded
+//! write) until each is done, and deletes the chunk objects of media whose
+//! last reference went once the step that dropped it is durable. Chats go
+//! first because a log entry is trimmed only once its message's chat floor
+//! has passed it.
+//!
+//! Every node of a cluster runs it: a step that finds its floor moved does
+//! nothing, so concurrent sweeps cost work, not correctness. A crash
+//! between a step's commit and its chunk deletions leaves those objects
+//! behind (as the abandoned-upload sweep would); the records never point
+//! at deleted bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::media::MediaStore;
+use crate::service::{ServiceError, retention};
+use crate::store::{self, Store};
+
+/// Chat and user ids read per page while walking them.
+const PAGE: usize = 256;
+
+/// What one sweep deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages deleted.
+    pub messages: u64,
+    /// Log entries deleted.
+    pub log_entries: u64,
+    /// Chunk sets (stored media bytes) deleted.
+    pub media: u64,
+}
+
+/// Sweeps every `every`, deleting what was sent more than `max_age` ago by
+/// `clock`. Runs until aborted.
+pub async fn run(store: Arc<dyn Store>, media: Arc<MediaStore>, clock: Clock, max_age: Duration, every: Duration) {
+    let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cutoff = clock.wall_ms().saturating_sub(max_age_ms);
+        match sweep(&*store, &media, cutoff).await {
+            Ok(s) if s != Swept::default() => tracing::info!(
+                messages = s.messages,
+                log_entries = s.log_entries,
+                media = s.media,
+                "retention sweep deleted expired messages"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention sweep stopped early; the next one continues"),
+        }
+    }
+}
+
+/// One pass: deletes every message sent before `cutoff_ms` (ms since the
+/// Unix epoch), the log entries that referred to them, and media left
+/// without references.
+pub async fn sweep(store: &dyn Store, media: &MediaStore, cutoff_ms: i64) -> Result<Swept, ServiceError> {
+    let mut swept = Swept::default();
+    let mut next = 0;
+    loop {
+        let chats = store::read(store, |t| retention::chats(t, next, PAGE))?;
+        let Some(&last) = chats.last() else { break };
+        for chat_id in chats {
+            while let Some(plan) = store::read(store, |t| retention::plan_chat(t, chat_id, cutoff_ms))? {
+                let more = plan.more;
+                swept.messages += plan.to - plan.from;
+                let chunks = store::write(store, move |t| retention::expire_messages(t, &plan)).await?;
+                for upload in chunks {
+                    media.delete_chunks(&upload).await;
+                    swept.media += 1;
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        let Some(after) = last.checked_add(1) else { break };
+        next = after;
+    }
+    let mut next = 0;
+    loop {
+        let users = store::read(store, |t| retention::users(t, next, PAGE))?;
+        let Some(&last) = users.last() else { break };
+        for uid in users {
+            while let Some(plan) = store::read(store, |t| retention::plan_log(t, uid))? {
+                swept.log_entries += plan.to - plan.from;
+                store::write(store, move |t| retention::trim_log(t, &plan)).await?;
+                if !plan.more {
+                    break;
+                }
+            }
+        }
+        let Some(after) = last.checked_add(1) else { break };
+        next = after;
+    }
+    Ok(swept)
+}
