@@ -7,16 +7,19 @@
 //! first because a log entry is trimmed only once its message's chat floor
 //! has passed it.
 //!
-//! Every node of a cluster runs it: a step that finds its floor moved does
-//! nothing, so concurrent sweeps cost work, not correctness. A crash
+//! In a cluster only the lowest live node sweeps (as it sweeps throttle
+//! buckets, `cluster/nodes.rs`); when nodes disagree for a heartbeat about
+//! who that is, both sweep, which is safe: a step that finds its floor
+//! moved does nothing, so concurrent sweeps cost work, not correctness. A crash
 //! between a step's commit and its chunk deletions leaves those objects
 //! behind (as the abandoned-upload sweep would); the records never point
 //! at deleted bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::cluster::Node;
 use crate::media::MediaStore;
 use crate::service::{ServiceError, retention};
 use crate::store::{self, Store};
@@ -35,14 +38,43 @@ pub struct Swept {
     pub media: u64,
 }
 
+/// Where the sweep runs and what it deletes.
+pub struct Sweeper {
+    /// The message store.
+    pub store: Arc<dyn Store>,
+    /// Where media bytes are.
+    pub media: Arc<MediaStore>,
+    /// This node's place in a cluster, once joined (none on one node).
+    pub cluster: Arc<OnceLock<Arc<Node>>>,
+    /// Wall time.
+    pub clock: Clock,
+    /// Messages sent longer ago than this are deleted.
+    pub max_age: Duration,
+    /// Time between sweeps.
+    pub every: Duration,
+}
+
 /// Sweeps every `every`, deleting what was sent more than `max_age` ago by
 /// `clock`. Runs until aborted.
-pub async fn run(store: Arc<dyn Store>, media: Arc<MediaStore>, clock: Clock, max_age: Duration, every: Duration) {
+pub async fn run(s: Sweeper) {
+    let Sweeper {
+        store,
+        media,
+        cluster,
+        clock,
+        max_age,
+        every,
+    } = s;
     let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Some(node) = cluster.get()
+            && node.live_nodes().first().is_some_and(|&lowest| lowest != node.id)
+        {
+            continue;
+        }
         let cutoff = clock.wall_ms().saturating_sub(max_age_ms);
         match sweep(&*store, &media, cutoff).await {
             Ok(s) if s != Swept::default() => tracing::info!(

@@ -194,13 +194,14 @@ impl Server {
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
         let retention = shared.config.retention().map(|max_age| {
-            tokio::spawn(crate::retention::run(
-                shared.store.clone(),
-                shared.media.clone(),
-                shared.clock,
+            tokio::spawn(crate::retention::run(crate::retention::Sweeper {
+                store: shared.store.clone(),
+                media: shared.media.clone(),
+                cluster: shared.cluster.clone(),
+                clock: shared.clock,
                 max_age,
-                Duration::from_secs(shared.config.retention_sweep_secs),
-            ))
+                every: Duration::from_secs(shared.config.retention_sweep_secs),
+            }))
         });
         let max_conn = shared.config.max_connections;
         let admission = Admission::new(shared.config.max_connections_per_ip);
