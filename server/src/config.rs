@@ -11,6 +11,9 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 /// 127.0.0.1:4433 (QUIC on UDP, HTTPS and WebSocket on TCP; the web client
 /// is at https://localhost:4433/), with a self-signed certificate generated in the data
 /// directory (clients trust it with `quip --ca <data-dir>/dev-cert.pem`).
+///
+/// `quipd backup --to DIR` and `quipd restore --from DIR --data-dir NEW`
+/// back up a running server and restore it (see their --help).
 // These doc comments are `--help` text, written for a terminal:
 // `<data-dir>` and `[::]:4433` are meant literally, not as HTML or links.
 #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]

@@ -27,12 +27,15 @@
 //!   `testing` (feature `fdb`, hidden): a throw-away FoundationDB server for tests.
 //! - [`media`]: media bytes in an object store, streamed in and out.
 //! - [`retention`]: the background sweep deleting messages past their age.
+//! - [`backup`]: `quipd backup` / `quipd restore`: a snapshot of the store
+//!   (served by a running server on a socket in its data directory) and media.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
 //!   grace periods, last seen.
 //! - [`secret`]: private files and the node secret QUIC's reset and Retry
 //!   keys derive from; [`ratelimit`]: token buckets; [`passwords`]: argon2
 //!   work, bounded.
 
+pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod config;

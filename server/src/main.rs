@@ -13,6 +13,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if quip_server::backup::requested() {
+        return quip_server::backup::main().await;
+    }
     let config = Config::parse();
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.

@@ -203,6 +203,7 @@ impl Server {
                 every: Duration::from_secs(shared.config.retention_sweep_secs),
             }))
         });
+        let backups = crate::backup::start(&shared.config, shared.store.clone());
         let max_conn = shared.config.max_connections;
         let admission = Admission::new(shared.config.max_connections_per_ip);
         let mut conns = tokio::task::JoinSet::new();
@@ -255,6 +256,7 @@ impl Server {
         if let Some(r) = retention {
             r.abort();
         }
+        drop(backups);
         endpoint.set_server_config(None);
         // Connections stop reading requests and new writes are refused;
         // the store commits every write already queued, which releases the
