@@ -285,7 +285,13 @@ pub struct Config {
     #[arg(long, env = "QUIP_RETENTION_SECS", hide = true)]
     pub retention_secs: Option<u64>,
 
-    /// Seconds between retention sweeps (when retention is on). Each sweep
+    /// Messages kept per chat (group, channel or direct chat), the newest:
+    /// older ones are deleted as expired ones are (with --retention-days,
+    /// whichever deletes more). 0: no limit.
+    #[arg(long, env = "QUIP_RETENTION_MAX_MESSAGES", default_value_t = 0)]
+    pub retention_max_messages: u64,
+
+    /// Seconds between retention sweeps (when either limit is on). Each sweep
     /// reads every chat head and every user's log floor once, and deletes
     /// in steps of at most ~500 keys.
     #[arg(long, env = "QUIP_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]

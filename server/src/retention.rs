@@ -48,14 +48,17 @@ pub struct Sweeper {
     pub cluster: Arc<OnceLock<Arc<Node>>>,
     /// Wall time.
     pub clock: Clock,
-    /// Messages sent longer ago than this are deleted.
-    pub max_age: Duration,
+    /// Messages sent longer ago than this are deleted (`None`: any age is kept).
+    pub max_age: Option<Duration>,
+    /// Only the newest this many messages of a chat are kept (0: all).
+    pub max_messages: u64,
     /// Time between sweeps.
     pub every: Duration,
 }
 
 /// Sweeps every `every`, deleting what was sent more than `max_age` ago by
-/// `clock`. Runs until aborted.
+/// `clock` and what is beyond a chat's newest `max_messages`. Runs until
+/// aborted.
 pub async fn run(s: Sweeper) {
     let Sweeper {
         store,
@@ -63,9 +66,10 @@ pub async fn run(s: Sweeper) {
         cluster,
         clock,
         max_age,
+        max_messages,
         every,
     } = s;
-    let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let max_age_ms = max_age.map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,8 +79,11 @@ pub async fn run(s: Sweeper) {
         {
             continue;
         }
-        let cutoff = clock.wall_ms().saturating_sub(max_age_ms);
-        match sweep(&*store, &media, cutoff).await {
+        let keep = retention::Keep {
+            sent_since_ms: max_age_ms.map_or(i64::MIN, |age| clock.wall_ms().saturating_sub(age)),
+            newest: max_messages,
+        };
+        match sweep(&*store, &media, keep).await {
             Ok(s) if s != Swept::default() => tracing::info!(
                 messages = s.messages,
                 log_entries = s.log_entries,
@@ -89,17 +96,16 @@ pub async fn run(s: Sweeper) {
     }
 }
 
-/// One pass: deletes every message sent before `cutoff_ms` (ms since the
-/// Unix epoch), the log entries that referred to them, and media left
-/// without references.
-pub async fn sweep(store: &dyn Store, media: &MediaStore, cutoff_ms: i64) -> Result<Swept, ServiceError> {
+/// One pass: deletes every message `keep` does not keep, the log entries
+/// that referred to them, and media left without references.
+pub async fn sweep(store: &dyn Store, media: &MediaStore, keep: retention::Keep) -> Result<Swept, ServiceError> {
     let mut swept = Swept::default();
     let mut next = 0;
     loop {
         let chats = store::read(store, |t| retention::chats(t, next, PAGE))?;
         let Some(&last) = chats.last() else { break };
         for chat_id in chats {
-            while let Some(plan) = store::read(store, |t| retention::plan_chat(t, chat_id, cutoff_ms))? {
+            while let Some(plan) = store::read(store, |t| retention::plan_chat(t, chat_id, keep))? {
                 let more = plan.more;
                 swept.messages += plan.to - plan.from;
                 let chunks = store::write(store, move |t| retention::expire_messages(t, &plan)).await?;

@@ -193,13 +193,15 @@ impl Server {
             Duration::from_secs(shared.config.media_unsent_ttl_secs),
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
-        let retention = shared.config.retention().map(|max_age| {
+        let (max_age, max_messages) = (shared.config.retention(), shared.config.retention_max_messages);
+        let retention = (max_age.is_some() || max_messages > 0).then(|| {
             tokio::spawn(crate::retention::run(crate::retention::Sweeper {
                 store: shared.store.clone(),
                 media: shared.media.clone(),
                 cluster: shared.cluster.clone(),
                 clock: shared.clock,
                 max_age,
+                max_messages,
                 every: Duration::from_secs(shared.config.retention_sweep_secs),
             }))
         });

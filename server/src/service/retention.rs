@@ -1,5 +1,5 @@
-//! Retention: deleting messages older than the configured age, with what
-//! points at them (log entries, idempotency and hidden-message records,
+//! Retention: deleting messages older than the configured age, or beyond
+//! the newest N of a chat, with what points at them (log entries, idempotency and hidden-message records,
 //! media references, media nobody references any more).
 //!
 //! What stays true while it happens:
@@ -70,9 +70,29 @@ pub struct ChatPlan {
     pub more: bool,
 }
 
-/// Plans the next step for `chat_id`: its oldest messages sent before
-/// `cutoff_ms`, at most [`CHAT_STEP`]. `None` when there is nothing to do.
-pub fn plan_chat(txn: &mut dyn ReadTxn, chat_id: u64, cutoff_ms: i64) -> Result<Option<ChatPlan>, ServiceError> {
+/// Which messages a chat keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Those sent at or after this wall time (ms since the Unix epoch;
+    /// `i64::MIN`: of any age).
+    pub sent_since_ms: i64,
+    /// At most this many, the newest (0: any number).
+    pub newest: u64,
+}
+
+impl Keep {
+    /// Whether message `seq`, sent at `sent_at_ms`, of a chat whose newest
+    /// seq is `last_seq`, is kept. Both rules only ever drop a chat's
+    /// oldest messages (send times follow seqs), so what is dropped is a
+    /// prefix.
+    pub fn keeps(&self, seq: u64, sent_at_ms: i64, last_seq: u64) -> bool {
+        sent_at_ms >= self.sent_since_ms && (self.newest == 0 || seq.saturating_add(self.newest) > last_seq)
+    }
+}
+
+/// Plans the next step for `chat_id`: its oldest messages that `keep` does
+/// not keep, at most [`CHAT_STEP`]. `None` when there is nothing to do.
+pub fn plan_chat(txn: &mut dyn ReadTxn, chat_id: u64, keep: Keep) -> Result<Option<ChatPlan>, ServiceError> {
     let Some(chat) = records::get::<ChatRecord>(txn, &keys::chat(chat_id))? else {
         return Ok(None);
     };
@@ -99,7 +119,7 @@ pub fn plan_chat(txn: &mut dyn ReadTxn, chat_id: u64, cutoff_ms: i64) -> Result<
     let mut expired = 0;
     for (key, value) in &rows {
         let msg: v1::Message = records::decode(key, value)?;
-        if msg.sent_at_ms >= cutoff_ms {
+        if keep.keeps(msg.seq, msg.sent_at_ms, chat.last_seq) {
             break;
         }
         expired += 1;

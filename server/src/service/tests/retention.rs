@@ -9,7 +9,7 @@ use crate::keys;
 use crate::records::{BlobRecord, MediaRecord};
 use crate::service::log;
 use crate::service::media::{self as media_svc, MediaId};
-use crate::service::retention::{self, CHAT_STEP, ChatPlan};
+use crate::service::retention::{self, CHAT_STEP, ChatPlan, Keep};
 
 impl World {
     /// Sends `text` to `to` at wall time `at_ms`; returns the response.
@@ -24,9 +24,18 @@ impl World {
     /// Runs retention to completion for `cutoff_ms`, as the sweep does:
     /// every chat, then every log. Returns the chunk prefixes to delete.
     async fn expire(&self, cutoff_ms: i64) -> Vec<Vec<u8>> {
+        self.apply(Keep {
+            sent_since_ms: cutoff_ms,
+            newest: 0,
+        })
+        .await
+    }
+
+    /// Runs retention to completion with `keep`.
+    async fn apply(&self, keep: Keep) -> Vec<Vec<u8>> {
         let mut chunks = Vec::new();
         for chat in self.read(|t| retention::chats(t, 0, 1000)).unwrap() {
-            while let Some(plan) = self.read(|t| retention::plan_chat(t, chat, cutoff_ms)).unwrap() {
+            while let Some(plan) = self.read(|t| retention::plan_chat(t, chat, keep)).unwrap() {
                 assert!(plan.to - plan.from <= CHAT_STEP as u64);
                 assert!(
                     plan.clear.len() <= 500,
@@ -60,6 +69,14 @@ impl World {
     fn sync(&self, who: &Actor) -> log::SyncPage {
         let uid = who.user_id;
         self.read(|t| log::sync(t, uid, 1, 0, MAX_BYTES)).unwrap()
+    }
+}
+
+/// Keeps what was sent at or after `ms`, however many.
+fn before(ms: i64) -> Keep {
+    Keep {
+        sent_since_ms: ms,
+        newest: 0,
     }
 }
 
@@ -182,7 +199,10 @@ async fn steps_are_bounded_and_a_stale_plan_does_nothing() {
             .await
             .chat_id;
     }
-    let plan: ChatPlan = w.read(|t| retention::plan_chat(t, chat, 10_000)).unwrap().unwrap();
+    let plan: ChatPlan = w
+        .read(|t| retention::plan_chat(t, chat, before(10_000)))
+        .unwrap()
+        .unwrap();
     assert_eq!((plan.from, plan.to, plan.more), (1, 101, true));
     let again = plan.clone();
     w.write(move |t| retention::expire_messages(t, &plan)).await.unwrap();
@@ -205,7 +225,10 @@ async fn steps_are_bounded_and_a_stale_plan_does_nothing() {
     .await
     .unwrap();
 
-    let second = w.read(|t| retention::plan_chat(t, chat, 10_000)).unwrap().unwrap();
+    let second = w
+        .read(|t| retention::plan_chat(t, chat, before(10_000)))
+        .unwrap()
+        .unwrap();
     assert_eq!((second.from, second.to, second.more), (101, 201, true));
     w.expire(10_000).await;
     assert_eq!(w.read(|t| retention::message_floor(t, chat)).unwrap(), 251);
@@ -227,7 +250,10 @@ async fn a_log_entry_of_an_expired_message_syncs_as_an_empty_event() {
         .await
         .chat_id;
     w.send_at(&alice, Target::Chat(chat), "b", content("y"), 2_000).await;
-    let plan = w.read(|t| retention::plan_chat(t, chat, 1_500)).unwrap().unwrap();
+    let plan = w
+        .read(|t| retention::plan_chat(t, chat, before(1_500)))
+        .unwrap()
+        .unwrap();
     w.write(move |t| retention::expire_messages(t, &plan)).await.unwrap();
     let page = w.sync(&bob);
     assert_eq!(page.retained_from, 0, "the log itself was not trimmed yet");
@@ -355,4 +381,57 @@ async fn media_without_a_retained_message_is_deleted() {
     let mut chunks = chunks;
     chunks.sort();
     assert_eq!(chunks, vec![gone.to_vec(), kept_elsewhere.to_vec(), resent.to_vec()]);
+}
+
+/// A server-wide limit of messages per chat: a busy chat keeps its newest
+/// N, whatever their age. Its older messages' log entries behind a quiet
+/// chat's retained entry stay in the log (it is trimmed only as a prefix)
+/// and sync as events without a kind, so positions have no gaps.
+#[tokio::test]
+async fn a_chat_keeps_only_its_newest_messages_under_a_count_limit() {
+    let w = World::new();
+    let (alice, bob, carol) = (w.user("alice").await, w.user("bob").await, w.user("carol").await);
+    // Bob's log: pos 1 a quiet chat with carol, pos 2..=11 a busy one.
+    let quiet = w
+        .send_at(&carol, Target::User("bob".into()), "q", content("hi"), 1_000)
+        .await
+        .chat_id;
+    let mut busy = 0;
+    for i in 0..10 {
+        busy = w
+            .send_at(
+                &alice,
+                Target::User("bob".into()),
+                &format!("b{i}"),
+                content("x"),
+                2_000 + i,
+            )
+            .await
+            .chat_id;
+    }
+    let keep = Keep {
+        sent_since_ms: i64::MIN,
+        newest: 3,
+    };
+    w.apply(keep).await;
+    let page = w.history(&bob, busy, backwards(0, 50)).unwrap();
+    assert_eq!(seqs_of(&page), [10, 9, 8]);
+    assert_eq!(page.retained_from_seq, 8);
+    assert_eq!(w.history(&bob, quiet, backwards(0, 50)).unwrap().retained_from_seq, 0);
+    // Bob's log keeps its head: nothing before pos 1 expired.
+    let page = w.sync(&bob);
+    assert_eq!(page.retained_from, 0);
+    let kinds: Vec<(u64, bool)> = page.events.iter().map(|e| (e.pos, e.kind.is_some())).collect();
+    let mut want = vec![(1, true)];
+    want.extend((2..=8).map(|p| (p, false)));
+    want.extend((9..=11).map(|p| (p, true)));
+    assert_eq!(kinds, want);
+    // Alice's log held only the busy chat: trimmed to its kept messages.
+    assert_eq!(w.sync(&alice).retained_from, 8);
+    // The next message is seq 11, and then the chat keeps 9..=11.
+    let next = w.send_at(&alice, Target::Chat(busy), "b10", content("x"), 3_000).await;
+    assert_eq!(next.seq, 11);
+    w.apply(keep).await;
+    let page = w.history(&alice, busy, backwards(0, 50)).unwrap();
+    assert_eq!((seqs_of(&page), page.retained_from_seq), (vec![11, 10, 9], 9));
 }
