@@ -117,6 +117,9 @@ pub async fn sweep(store: &dyn Store, media: &MediaStore, keep: retention::Keep)
                     break;
                 }
             }
+            // The plans' reads are synchronous: let other tasks run
+            // between chats, however many there are.
+            tokio::task::yield_now().await;
         }
         let Some(after) = last.checked_add(1) else { break };
         next = after;
@@ -133,6 +136,7 @@ pub async fn sweep(store: &dyn Store, media: &MediaStore, keep: retention::Keep)
                     break;
                 }
             }
+            tokio::task::yield_now().await;
         }
         let Some(after) = last.checked_add(1) else { break };
         next = after;

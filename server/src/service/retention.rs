@@ -100,6 +100,15 @@ pub fn plan_chat(txn: &mut dyn ReadTxn, chat_id: u64, keep: Keep) -> Result<Opti
     if from > chat.last_seq {
         return Ok(None);
     }
+    // Most sweeps find nothing to do in most chats: decide that from the
+    // oldest message alone (a point read) before reading a step's worth.
+    let first_key = keys::message(chat_id, from);
+    if let Some(v) = txn.get(&first_key)? {
+        let first: v1::Message = records::decode(&first_key, &v)?;
+        if keep.keeps(first.seq, first.sent_at_ms, chat.last_seq) {
+            return Ok(None);
+        }
+    }
     let rows = txn.range(
         &keys::message(chat_id, from),
         &keys::message(chat_id, chat.last_seq + 1),
@@ -198,7 +207,17 @@ pub struct LogPlan {
 /// chats' steps, whose floors it reads.
 pub fn plan_log(txn: &mut dyn ReadTxn, uid: u64) -> Result<Option<LogPlan>, ServiceError> {
     let from = log_floor(txn, uid)?;
-    let rows = txn.range(&keys::log(uid, from), &keys::log(uid, u64::MAX), LOG_STEP, false)?;
+    // As for chats: the oldest entry alone (a point read) usually says
+    // there is nothing to do. Logs are dense, so none there: empty.
+    let first_key = keys::log(uid, from);
+    let Some(v) = txn.get(&first_key)? else {
+        return Ok(None);
+    };
+    let first: LogRecord = records::decode(&first_key, &v)?;
+    if refers_to_kept(txn, &first)? {
+        return Ok(None);
+    }
+    let rows = txn.range(&first_key, &keys::log(uid, u64::MAX), LOG_STEP, false)?;
     let mut floors: HashMap<u64, u64> = HashMap::new();
     let mut to = from;
     let mut expired = 0;
@@ -228,6 +247,13 @@ pub fn plan_log(txn: &mut dyn ReadTxn, uid: u64) -> Result<Option<LogPlan>, Serv
         to,
         more: expired == LOG_STEP,
     }))
+}
+
+/// Whether a log entry refers to a message its chat still keeps (a
+/// message entry) or to one at or above the chat's floor (a receipt).
+fn refers_to_kept(txn: &mut dyn ReadTxn, rec: &LogRecord) -> Result<bool, ServiceError> {
+    let seq = rec.receipt.as_ref().map_or(rec.seq, |r| r.seq);
+    Ok(seq >= message_floor(txn, rec.chat_id)?)
 }
 
 /// Applies a [`LogPlan`] unless another sweeper moved the floor first.
