@@ -142,6 +142,16 @@ async fn a_backup_under_load_restores_everything_acknowledged_before_it() {
     drop(load.await.unwrap());
     drop(daemon);
     assert!(backup.join("store.qbk").exists() && backup.join("manifest.json").exists());
+    #[cfg(unix)]
+    {
+        // As private as the data directory it copies.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&backup), 0o700);
+        assert_eq!(mode(&backup.join("store.qbk")), 0o600);
+        assert_eq!(mode(&backup.join("secret")), 0o600);
+        assert_eq!(mode(&data.join("backup.sock")), 0o600);
+    }
     eprintln!(
         "{} sends acknowledged before the backup, {} when it returned: {said}",
         before.len(),

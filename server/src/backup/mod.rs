@@ -111,7 +111,13 @@ pub async fn backup(config: &Config, to: &Path) -> anyhow::Result<Manifest> {
     }
     prepare_empty(to)?;
     let partial = to.join(format!("{DUMP}.partial"));
-    let mut file = tokio::fs::File::create(&partial)
+    // Owner-only, like the directory: it holds every record of the store.
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(&partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
     let socket = config.data_dir.join(SOCKET);
