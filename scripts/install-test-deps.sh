@@ -3,6 +3,7 @@
 # machine: Debian's Chromium (the web client's browser test drives it; test
 # tools' own browser downloads are not used), Node.js with the web/ npm
 # packages at their locked versions (esbuild, protobufjs, playwright-core),
+# promtool from Debian's prometheus package (checks the /metrics format),
 # s3s-fs from crates.io, a real S3-protocol server the media tests run
 # on loopback, and for the FoundationDB store (cargo feature fdb) Debian's
 # libclang-dev (the foundationdb crate's bindgen) and FoundationDB itself
@@ -50,6 +51,13 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libfdb_c\.so ' &&
   fi
   echo "installing FoundationDB into /opt/foundationdb ($fdb_build)"
   sudo_ bash "$fdb_build"
+fi
+# promtool (Debian's prometheus package) checks quipd's /metrics format
+# (tests/tests/operations.rs); only the tool is needed, not the exporters
+# the package recommends.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing prometheus (Debian package; for promtool)"
+  apt_install --no-install-recommends prometheus
 fi
 if ! (cd web && npm ls --silent >/dev/null 2>&1); then
   echo "installing web/ npm packages (npm ci)"

@@ -86,6 +86,8 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 echo "== web client (web/dist must be what web/src builds to)"
 ./web/build.sh --check
+# The web client's sans-IO parts (node's own test runner).
+node --test web/src/*.test.mjs
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked "${FDB_FEATURES[@]}" -- -D warnings
 # The default build (no FoundationDB) must stay clean too.

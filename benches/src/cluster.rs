@@ -44,7 +44,7 @@ async fn start_nodes(n: usize, cluster_file: &std::path::Path) -> anyhow::Result
     Ok(nodes)
 }
 
-fn rand_u32() -> u32 {
+pub(crate) fn rand_u32() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())

@@ -32,13 +32,23 @@ pub(crate) struct Bench {
 }
 
 impl Bench {
-    pub(crate) async fn start(engine: quip_server::store::EngineKind) -> anyhow::Result<Self> {
+    /// The server on the embedded store's `engine`, or on FoundationDB
+    /// when a cluster file is given (under a key prefix of its own).
+    pub(crate) async fn start(
+        engine: quip_server::store::EngineKind,
+        fdb_cluster_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut config = Config::for_tests(dir.path());
         // The generator is one trusted client with many devices: no throttling.
         config.rate_limit = 1e12;
         config.rate_burst = 1e12;
         config.store_engine = Some(engine);
+        if let Some(file) = fdb_cluster_file {
+            config.store = quip_server::store::StoreKind::Fdb;
+            config.fdb_cluster_file = Some(file.to_path_buf());
+            config.fdb_prefix = format!("bench-{}-{:08x}", std::process::id(), crate::cluster::rand_u32());
+        }
         let server = Server::bind(config)?;
         let opts = ConnectOptions::new(server.local_addr().to_string(), server.dev_cert().map(|p| p.as_path()))?;
         let store = server.store();

@@ -7,6 +7,8 @@
 //! generator on one box", the setting the targets in benches/README.md use.
 
 mod cluster;
+#[cfg(feature = "fdb")]
+mod fdb_baseline;
 mod harness;
 mod probes;
 mod scenarios;
@@ -39,6 +41,11 @@ struct Cli {
     /// Storage engine of the in-process server (quipd's --store-engine).
     #[arg(long, global = true, value_enum, default_value = "lsm")]
     store_engine: quip_server::store::EngineKind,
+    /// Run the in-process server on FoundationDB (this cluster file, a key
+    /// prefix of its own) instead of the embedded store: throughput,
+    /// latency, fanout and sync. Needs `--features fdb`.
+    #[arg(long, global = true)]
+    fdb_cluster_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -153,6 +160,18 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// The bare FoundationDB baseline: the keys of one direct message
+    /// written by a FoundationDB client alone, one transaction per message,
+    /// from many concurrent writers. Quip on FoundationDB is measured
+    /// against it. Needs `--features fdb` and `--fdb-cluster-file`.
+    FdbBare {
+        /// Messages in all.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Concurrent writers (one chat each).
+        #[arg(long, default_value_t = 256)]
+        loops: usize,
+    },
     /// A device offline while K messages arrive; time from reconnect until
     /// it has them all.
     Sync {
@@ -204,7 +223,24 @@ async fn main() -> anyhow::Result<()> {
         report(cli.json, name, params, figures, summary);
         return Ok(());
     }
-    let bench = Bench::start(cli.store_engine).await?;
+    if let Scenario::FdbBare { messages, loops } = cli.scenario {
+        let file = cli
+            .fdb_cluster_file
+            .as_deref()
+            .context("fdb-bare needs --fdb-cluster-file")?;
+        #[cfg(feature = "fdb")]
+        {
+            let (name, params, figures, summary) = fdb_baseline::bare(file, messages, loops).await?;
+            report(cli.json, name, params, figures, summary);
+            return Ok(());
+        }
+        #[cfg(not(feature = "fdb"))]
+        anyhow::bail!(
+            "fdb-bare ({messages} messages, {loops} writers) on {}: this quip-bench was built without --features fdb",
+            file.display()
+        );
+    }
+    let bench = Bench::start(cli.store_engine, cli.fdb_cluster_file.as_deref()).await?;
     let (name, params, figures, summary) = match cli.scenario {
         Scenario::Throughput {
             users,
@@ -214,17 +250,25 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency { users, rate, seconds } => latency(&bench, users, rate, seconds).await?,
         Scenario::Sync { messages } => sync(&bench, messages).await?,
         Scenario::Fanout { members, rate, seconds } => fanout(&bench, members, rate, seconds).await?,
-        Scenario::Connections { .. } | Scenario::Table { .. } | Scenario::Disk { .. } | Scenario::Cluster { .. } => {
+        Scenario::Connections { .. }
+        | Scenario::Table { .. }
+        | Scenario::Disk { .. }
+        | Scenario::Cluster { .. }
+        | Scenario::FdbBare { .. } => {
             unreachable!("handled above")
         }
     };
     let mut figures = figures;
     let mut params = params;
-    params["store_engine"] = json!(format!("{:?}", cli.store_engine).to_lowercase());
+    let engine = match &cli.fdb_cluster_file {
+        Some(_) => "fdb".to_owned(),
+        None => format!("{:?}", cli.store_engine).to_lowercase(),
+    };
+    params["store_engine"] = json!(engine);
     figures["process_rss_kib"] = json!(rss_kib(bench.server_pid));
     let st = bench.store.stats();
     figures["store"] = json!({
-        "engine": format!("{:?}", cli.store_engine).to_lowercase(),
+        "engine": engine,
         "commits": st.commits, "writes": st.writes, "keys_written": st.keys_written,
         "writes_per_commit": st.writes as f64 / st.commits.max(1) as f64,
         "mean_commit_us": st.commit_micros as f64 / st.commits.max(1) as f64,

@@ -1,5 +1,10 @@
-//! Configuration: command-line flags, each with an environment variable.
+//! Configuration: command-line flags, each with an environment variable,
+//! and a TOML file of the same settings ([`file`]); [`Config::load`]
+//! merges them, flags first.
 
+pub mod file;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -18,14 +23,24 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 // `<data-dir>` and `[::]:4433` are meant literally, not as HTML or links.
 #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Parser)]
-#[command(name = "quipd", version = VERSION, about, long_about)]
+#[command(name = "quipd", version = VERSION, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Config {
+    /// A TOML file of settings: each key is a flag below with `_` for `-`
+    /// (`max_body = 65536`). Flags and environment variables override it;
+    /// `quipd config default` prints an example with every key.
+    #[arg(long, env = "QUIP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Something other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// UDP address for QUIC. Use 0.0.0.0:4433 (or [::]:4433) to accept remote clients.
     #[arg(long, env = "QUIP_LISTEN", default_value = "127.0.0.1:4433")]
     pub listen: SocketAddr,
 
     /// TCP address for HTTPS: the WebSocket endpoint for browsers (/v1/ws),
-    /// the web client (/) and /healthz. Default: the --listen address, so
+    /// the web client (/), /healthz and /readyz. Default: the --listen address, so
     /// one port number serves QUIC (UDP) and HTTPS (TCP), as HTTP/3 sites do.
     #[arg(long, env = "QUIP_HTTPS_LISTEN")]
     pub https_listen: Option<SocketAddr>,
@@ -273,6 +288,18 @@ pub struct Config {
     #[arg(long, env = "QUIP_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log lines as text (for a terminal) or JSON (one object per line,
+    /// event fields as keys, for log shippers).
+    #[arg(long, env = "QUIP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address of the admin listener: plain HTTP serving /metrics
+    /// (Prometheus), /healthz and /readyz. Off unless set. It has no
+    /// authentication: keep it on loopback (e.g. 127.0.0.1:9433) or a
+    /// private network.
+    #[arg(long, env = "QUIP_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     // ---- Retention (retention.rs, service/retention.rs) ----
     /// Days a message is kept: older ones leave history, sync and storage
     /// (with their log entries, and media no kept message carries). Seqs
@@ -296,6 +323,30 @@ pub struct Config {
     /// in steps of at most ~500 keys.
     #[arg(long, env = "QUIP_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_sweep_secs: u64,
+}
+
+/// `quipd <command>`: things other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `quipd config …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Prints a commented example file with every setting and its default.
+    Default,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `quipd --version`: says whether this build can use FoundationDB.
@@ -328,7 +379,49 @@ impl Default for Config {
     }
 }
 
+/// Why [`Config::load`] refused the command line or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A bad flag or environment variable, or `--help`/`--version`
+    /// (`clap::Error::exit` prints it and exits as clap would).
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// A bad configuration file.
+    #[error(transparent)]
+    File(#[from] file::FileError),
+}
+
 impl Config {
+    /// The settings from `args` (the command line, program name first),
+    /// the `QUIP_*` environment and the `--config` file, in that order of
+    /// precedence, over the defaults.
+    pub fn load<I, T>(args: I) -> Result<Self, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Self::command();
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Self::from_arg_matches(&matches)?);
+        };
+        let applied = file::args_from_file(&cmd, &matches, &path)?;
+        // The file's settings go after the command line's: none of them
+        // is one the command line or the environment set (see
+        // file::args_from_file), so nothing is overridden twice.
+        let merged = args.into_iter().chain(applied.args.iter().cloned());
+        match cmd.try_get_matches_from(merged) {
+            Ok(m) => Ok(Self::from_arg_matches(&m)?),
+            Err(e) => Err(applied.explain(e)?.into()),
+        }
+    }
+
+    /// The commented example file `quipd config default` prints.
+    pub fn example_file() -> String {
+        file::example(&Self::command())
+    }
+
     /// How long messages are kept (`None`: forever).
     pub fn retention(&self) -> Option<std::time::Duration> {
         let secs = self
@@ -411,5 +504,164 @@ mod tests {
         assert_eq!(d.max_body, quip_protocol::DEFAULT_MAX_BODY);
         assert_eq!(d.listen, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(d.token_ttl_secs, 90 * 24 * 3600);
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(args: &[&str]) -> Result<Config, LoadError> {
+        Config::load(std::iter::once("quipd").chain(args.iter().copied()))
+    }
+
+    /// The file sets what the flags leave unset; a flag wins over it.
+    #[test]
+    fn file_settings_apply_under_flags() {
+        let f = file(
+            "# a comment\nmax_body = 1000\nmax_group_members = 10\nno_https = true\n\
+             log_format = \"json\"\nlisten = \"127.0.0.1:5000\"\npresence_grace_secs = 5\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = load(&["--config", path, "--max-group-members", "20"]).unwrap();
+        assert_eq!(c.max_body, 1000, "from the file");
+        assert_eq!(c.max_group_members, 20, "the flag wins");
+        assert!(c.no_https);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.presence_grace_secs, 5.0, "an integer for a float setting");
+        assert_eq!(c.push_queue, 1024, "the default where neither says");
+    }
+
+    /// Set in the child process of [`environment_beats_file_and_flags_beat_both`].
+    const PRECEDENCE_CHILD: &str = "QUIP_CONFIG_PRECEDENCE_CHILD";
+
+    /// flags > environment > file > defaults, for one key each way. Like
+    /// [`for_tests_ignores_the_environment`], the test reruns itself in a
+    /// child process with the variables set.
+    #[test]
+    fn environment_beats_file_and_flags_beat_both() {
+        if let Some(path) = std::env::var_os(PRECEDENCE_CHILD) {
+            let path = path.to_str().unwrap().to_string();
+            let c = load(&["--config", &path, "--max-group-members", "40"]).unwrap();
+            assert_eq!(c.max_group_members, 40, "flag > environment > file");
+            assert_eq!(c.max_body, 2000, "environment > file");
+            assert_eq!(c.rate_limit, 7.0, "file > default");
+            assert_eq!(c.push_queue, 1024, "default");
+            // The file's switch is on unless the environment says otherwise.
+            assert!(!c.no_https, "QUIP_NO_HTTPS=false beats the file's true");
+            return;
+        }
+        let f = file("max_body = 1000\nmax_group_members = 10\nrate_limit = 7\nno_https = true\n");
+        let name = "config::tests::environment_beats_file_and_flags_beat_both";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(PRECEDENCE_CHILD, f.path())
+            .env("QUIP_MAX_BODY", "2000")
+            .env("QUIP_MAX_GROUP_MEMBERS", "30")
+            .env("QUIP_NO_HTTPS", "false")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("test {name} ... ok")), "{stdout}");
+    }
+
+    /// An unknown key and a bad value are errors naming the key and its line.
+    #[test]
+    fn file_errors_name_the_key_and_line() {
+        let f = file("max_body = 1000\n\nmax_bodyy = 3\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains(":3: unknown key `max_bodyy`"), "{e}");
+
+        let f = file("max_body = 1000\nmax_group_members = 1\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains(":2: bad value for `max_group_members`"), "{e}");
+        assert!(e.contains("2..=10000"), "says why: {e}");
+
+        let f = file("listen = 4433\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains(":1: bad value for `listen`"), "{e}");
+
+        let f = file("no_https = \"yes\"\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(
+            e.contains(":1: bad value for `no_https`: expected true or false"),
+            "{e}"
+        );
+
+        let f = file("store = \"postgres\"\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains(":1: bad value for `store`"), "{e}");
+
+        // Not settings: the file cannot name another file.
+        let f = file("config = \"/etc/other.toml\"\n");
+        let e = load(&["--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `config`"), "{e}");
+
+        let e = load(&["--config", "/nonexistent/quipd.toml"]).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/quipd.toml"), "{e}");
+    }
+
+    /// `quipd config default` lists every setting, and with its lines
+    /// uncommented it is a valid file that changes nothing.
+    #[test]
+    fn the_example_file_lists_every_setting_at_its_default() {
+        let example = Config::example_file();
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            // Hidden flags (--retention-secs, for tests) are left out, as
+            // from --help.
+            if !["config", "help", "version"].contains(&id) && !arg.is_hide_set() {
+                assert!(example.contains(&format!("\n#{id} = ")), "{id} missing");
+            }
+        }
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = ") && !l.ends_with("= \"\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = file(&uncommented);
+        let mut c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        c.config = None;
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+
+    /// The deployment example (packaging/quipd.toml) is a valid file, also
+    /// with its commented settings turned on.
+    #[test]
+    fn the_packaged_example_loads() {
+        let text = include_str!("../../packaging/quipd.toml");
+        let f = file(text);
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9433".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let all: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(setting) if setting.contains(" = ") => setting,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = file(&all);
+        let c = load(&["--config", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.media_s3_bucket.as_deref(), Some("quip-media"));
+        assert_eq!(
+            c.cert.as_deref(),
+            Some(std::path::Path::new("/etc/quip/tls/fullchain.pem"))
+        );
+    }
+
+    #[test]
+    fn config_default_is_a_subcommand() {
+        let c = load(&["config", "default"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Config(ConfigCommand::Default))));
     }
 }

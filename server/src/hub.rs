@@ -61,6 +61,25 @@ impl Closer {
         }
     }
 
+    /// Notes a close the connection's driver makes itself (a protocol
+    /// error, a handshake timeout, the drain) without waking it, so the
+    /// log says why the connection ended; the first close noted or
+    /// requested wins.
+    pub fn note(&self, code: CloseCode, reason: &str) {
+        let mut requested = self.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if requested.is_none() {
+            *requested = Some((code, reason.to_owned()));
+        }
+    }
+
+    /// The first close requested or noted, if any.
+    pub fn noted(&self) -> Option<(CloseCode, String)> {
+        self.requested
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Resolves with the first close requested.
     pub async fn requested(&self) -> (CloseCode, String) {
         loop {
@@ -111,7 +130,14 @@ fn push_to(d: &DeviceHandle, chat_id: u64, frame: Bytes, unreliable: bool) {
         frame,
         unreliable,
     }) {
-        Ok(()) => {}
+        Ok(()) => {
+            // Behind others: the client is reading slower than events come.
+            // (An empty queue, the usual case, is not recorded.)
+            let depth = d.tx.len();
+            if depth > 1 {
+                crate::metrics::push_backlog(depth - 1);
+            }
+        }
         Err(flume::TrySendError::Full(_)) if unreliable => {}
         Err(flume::TrySendError::Full(_)) => {
             d.closer

@@ -29,6 +29,8 @@
 //! - [`retention`]: the background sweep deleting messages past their age.
 //! - [`backup`]: `quipd backup` / `quipd restore`: a snapshot of the store
 //!   (served by a running server on a socket in its data directory) and media.
+//! - [`metrics`]: what is counted, under which Prometheus names; the
+//!   admin listener ([`transport::admin`]) serves it with health checks.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
 //!   grace periods, last seen.
 //! - [`secret`]: private files and the node secret QUIC's reset and Retry
@@ -44,6 +46,7 @@ pub mod hub;
 pub mod keys;
 pub mod kinds;
 pub mod media;
+pub mod metrics;
 pub mod passwords;
 pub mod presence;
 pub mod ratelimit;

@@ -314,6 +314,7 @@ async fn store_chunk(media: &MediaStore, claim: &mut Claim, received: u64, chunk
         .await
         .map_err(|_| ServiceError::Unavailable)?
         .map_err(object_error)?;
+    crate::metrics::media_bytes(true, len);
     let (id, total, holder) = (claim.id, received + len, claim.me.stream);
     let renewed = std::time::Instant::now();
     store::write(&*claim.store, move |t| media::progress(t, &id, total, holder, now_ms())).await?;
@@ -360,6 +361,9 @@ pub fn open_download(
                 .get_range(&chunk_path(&chunks_of, index), within..upto)
                 .await
                 .map_err(object_error);
+            if let Ok(b) = &r {
+                crate::metrics::media_bytes(false, b.len() as u64);
+            }
             Some((r, index * CHUNK + upto))
         }
     });

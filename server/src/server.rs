@@ -62,6 +62,10 @@ pub struct Server {
     https: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     dev_cert: Option<PathBuf>,
+    /// What QUIC and HTTPS handshakes present; reloadable.
+    certs: Arc<tls::Certificates>,
+    /// The admin listener and the metrics it renders, when configured.
+    admin: Option<(std::net::TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
 }
 
 impl Server {
@@ -77,8 +81,9 @@ impl Server {
             crate::store::StoreKind::Fdb => format!("opening the FoundationDB store (prefix {:?})", config.fdb_prefix),
         })?;
         let id = tls::load(config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
+        let certs = tls::Certificates::new(&id, config.cert.as_deref(), config.key.as_deref(), &config.data_dir)?;
 
-        let mut tls = tls::server_config(&id, ALPN)?;
+        let mut tls = tls::server_config(certs.clone(), ALPN)?;
         // 0-RTT for returning clients (quinn requires u32::MAX to enable
         // it). Resumption is stateful: a ticket is taken from this cache on
         // use, so one ticket's early data is accepted once; what may run
@@ -134,7 +139,22 @@ impl Server {
             let listener =
                 std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr} for HTTPS"))?;
             listener.set_nonblocking(true)?;
-            Some((listener, http::tls_acceptor(&id)?))
+            Some((listener, http::tls_acceptor(certs.clone())?))
+        };
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                // Before anything is counted: the message path keeps the
+                // handles it looks up first (see crate::metrics).
+                let metrics = crate::metrics::install()?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding TCP {addr} for the admin listener"))?;
+                listener.set_nonblocking(true)?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the admin listener (metrics, health) is reachable beyond loopback; it has no authentication");
+                }
+                Some((listener, metrics))
+            }
+            None => None,
         };
         let media = Arc::new(MediaStore::open(&config)?);
         let shared = Arc::new(Shared::new(store, Arc::new(config), media));
@@ -143,6 +163,8 @@ impl Server {
             https,
             shared,
             dev_cert: id.dev_cert_path,
+            certs,
+            admin,
         })
     }
 
@@ -154,6 +176,16 @@ impl Server {
     /// The HTTPS listener's address, unless it is disabled.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The certificate handshakes present, to reload (SIGHUP).
+    pub fn certificates(&self) -> Arc<tls::Certificates> {
+        self.certs.clone()
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The dev certificate's path, when running with one.
@@ -176,6 +208,7 @@ impl Server {
             endpoint,
             shared,
             https,
+            admin,
             ..
         } = self;
         let (tcp, acceptor) = match https {
@@ -187,6 +220,15 @@ impl Server {
         let addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
         shared.join_cluster(addr).await.context("joining the cluster")?;
         let router = http::router(shared.clone());
+        let admin = match admin {
+            Some((listener, metrics)) => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let upkeep = tokio::spawn(crate::metrics::upkeep(metrics.clone()));
+                let serve = tokio::spawn(crate::transport::admin::serve(listener, shared.clone(), metrics));
+                Some((upkeep, serve))
+            }
+            None => None,
+        };
         let sweep = tokio::spawn(media::sweep_abandoned(
             shared.store.clone(),
             shared.media.clone(),
@@ -286,6 +328,11 @@ impl Server {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         conns.shutdown().await;
+        // Last: through the drain /readyz said 503 and /metrics counted it.
+        if let Some((upkeep, serve)) = admin {
+            upkeep.abort();
+            serve.abort();
+        }
         drop(shared);
         tracing::info!("shutdown complete");
         Ok(())

@@ -130,6 +130,28 @@ impl Cluster {
         self.nodes[i] = Some(self.spawn(i));
         self.wait_serving(i).await;
     }
+
+    /// Restarts node `i` (killed first if running) with more flags of its
+    /// own.
+    async fn restart_with(&mut self, i: usize, flags: &[&str]) {
+        self.kill(i);
+        let all = std::mem::take(&mut self.extra);
+        self.extra = all
+            .iter()
+            .cloned()
+            .chain(flags.iter().map(|f| (*f).to_owned()))
+            .collect();
+        self.nodes[i] = Some(self.spawn(i));
+        self.extra = all;
+        self.wait_serving(i).await;
+    }
+
+    /// Stops node `i` gracefully (SIGTERM).
+    fn terminate(&mut self, i: usize) {
+        if let Some(mut d) = self.nodes[i].take() {
+            d.terminate();
+        }
+    }
 }
 
 /// Messages of `chat` in `events` (not group events), as (seq, text).
@@ -874,6 +896,58 @@ async fn node_kills_lose_and_duplicate_nothing() {
         "{} messages acknowledged across {kills} node kills; {} sends retried",
         acked.len(),
         retries.load(Ordering::Relaxed)
+    );
+}
+
+/// §21.9: nodes may run different settings (a rolling upgrade); a client
+/// takes `push_lanes` and `max_body` from each `Welcome`, and each node
+/// holds requests to the limit it announced.
+#[tokio::test]
+async fn per_node_settings_are_taken_from_each_welcome() {
+    let mut cluster = Cluster::start(2).await;
+    cluster
+        .restart_with(1, &["--push-lanes", "2", "--max-body", "4096"])
+        .await;
+    let (alice, token) = cluster.user(0, "alice").await;
+    cluster.user(1, "bob").await;
+    let on_node1 = cluster.device(1, &token).await;
+    let (w0, w1) = (alice.welcome().clone(), on_node1.welcome().clone());
+    assert_eq!(
+        (w1.push_lanes, w1.max_body),
+        (2, 4096),
+        "node 1 announces its own settings"
+    );
+    assert_ne!((w0.push_lanes, w0.max_body), (w1.push_lanes, w1.max_body));
+    let text = "x".repeat(6000);
+    alice.send_text("bob", &text).await.expect("node 0 takes 6,000 bytes");
+    let e = on_node1.send_text("bob", &text).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BodyTooLarge), "node 1 holds its 4,096: {e}");
+}
+
+/// §21.10: a node that stops closes its connections with code 3; a client
+/// moves to another address and syncs, missing nothing sent meanwhile.
+#[tokio::test]
+async fn close_code_3_sends_a_client_to_another_node() {
+    let mut cluster = Cluster::start(2).await;
+    let (alice, token) = cluster.user(0, "alice").await;
+    let (bob, _) = cluster.user(1, "bob").await;
+    let first = bob.send_text("alice", "before").await.unwrap();
+    collect_until(&alice, |e| !messages_in(e, first.chat_id).is_empty()).await;
+    let mut tracker = quip_client::AckTracker::default();
+    alice.sync_all(&mut tracker).await.unwrap();
+    cluster.terminate(0);
+    let (code, _) = tokio::time::timeout(Duration::from_secs(10), alice.closed())
+        .await
+        .expect("node 0 closed its connections as it stopped");
+    assert_eq!(code, Some(CloseCode::ServerShutdown));
+    bob.send_text("alice", "while away").await.unwrap();
+    // The next address.
+    let again = cluster.device(1, &token).await;
+    let events = again.sync_all(&mut tracker).await.unwrap();
+    assert_eq!(
+        messages_in(&events, first.chat_id),
+        vec![(first.seq + 1, "while away".to_owned())],
+        "exactly what was missed"
     );
 }
 

@@ -166,7 +166,7 @@ async fn two_quipd_processes_share_one_cluster() {
 
 /// FoundationDB stopped under load and started again: while it is gone,
 /// sends fail with UNAVAILABLE (typed, with a retry delay; never INTERNAL),
-/// `/healthz` says 503 "store unavailable"; once it is back, quipd serves
+/// `/readyz` says 503 "store unavailable"; once it is back, quipd serves
 /// again without a restart, and every acknowledged message is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foundationdb_outage_is_unavailable_then_service_resumes() {
@@ -206,7 +206,7 @@ async fn a_foundationdb_outage_is_unavailable_then_service_resumes() {
     })
     .await
     .unwrap();
-    let health = common::https::get(&server, "/healthz").await;
+    let health = common::https::get(&server, "/readyz").await;
     assert_eq!(health.status, 503);
     assert!(String::from_utf8_lossy(&health.body).contains("store unavailable"));
     // Message 20 while the cluster is gone: typed, with a retry delay.
@@ -241,7 +241,7 @@ async fn a_foundationdb_outage_is_unavailable_then_service_resumes() {
         }
         acked.push(i);
     }
-    assert_eq!(common::https::get(&server, "/healthz").await.status, 200);
+    assert_eq!(common::https::get(&server, "/readyz").await.status, 200);
     let history = bob.history("alice", 0, 100).await.unwrap();
     let mut texts: Vec<String> = history.messages.iter().map(|m| text(m).to_owned()).collect();
     texts.reverse();

@@ -12,6 +12,7 @@ import protobuf from 'protobufjs/minimal.js';
 import Long from 'long';
 import { sha256 } from '@noble/hashes/sha2';
 import { quip } from '../gen/quip.js';
+import { AckTracker } from './tracker.js';
 
 // 64-bit ids and positions stay exact (as decimal strings in decoded objects).
 protobuf.util.Long = Long;
@@ -125,7 +126,6 @@ class Connection {
   }
 }
 
-const big = (s) => BigInt(s || 0);
 const plural = (n, noun) => `${n} ${noun}${n === 1 ? '' : 's'}`;
 const USERNAME = /^[a-z0-9][a-z0-9_.-]{2,31}$/;
 const num = (s) => Number(s || 0);
@@ -147,8 +147,7 @@ class App {
     this.typing = new Map(); // chat_id -> Map(user -> expiry ms)
     this.presence = new Map(); // user -> Presence
     this.lastTyping = 0;
-    this.maxPos = 0n;
-    this.ackedPos = 0n;
+    this.positions = new AckTracker();
     this.receipts = { DELIVERED: new Map(), READ: new Map() }; // chat_id -> seq to send
     this.backoff = 1000;
     this.mediaUrls = new Map(); // media id -> Promise of an object URL
@@ -284,25 +283,32 @@ class App {
   async syncAll() {
     for (;;) {
       const page = await this.conn.request('sync', { limit: 500 });
+      this.positions.server(page.acked);
+      this.positions.retained(page.retained_from_pos);
       for (const e of page.events) this.event(e, true);
       if (!page.more || page.events.length === 0) break;
     }
     this.flushAck();
   }
 
+  /** Records a log position (events, send and receipt replies); the
+   * contiguous prefix is acknowledged shortly after. A gap that stays
+   * (a push lost, or on a lane still behind) is filled by a sync (§9). */
   trackPos(pos) {
-    const p = big(pos);
-    if (p === 0n) return; // transient: never acknowledged
-    if (p > this.maxPos) this.maxPos = p;
+    if (!this.positions.observe(pos)) return;
     clearTimeout(this.ackTimer);
     this.ackTimer = setTimeout(() => this.flushAck(), 200);
+    if (this.positions.gap() && !this.gapTimer) {
+      this.gapTimer = setTimeout(() => {
+        this.gapTimer = null;
+        if (this.positions.gap()) this.syncAll().catch(() => {});
+      }, 2000);
+    }
   }
 
   flushAck() {
-    if (this.maxPos > this.ackedPos) {
-      const pos = this.maxPos;
-      this.conn.request('ack', { pos: pos.toString() }).then(() => { this.ackedPos = pos; }, () => {});
-    }
+    const pos = this.positions.take();
+    if (pos !== null) this.conn.request('ack', { pos: pos.toString() }).catch(() => {});
   }
 
   // ---------------------------------------------------------------- events
@@ -598,6 +604,7 @@ class App {
       return;
     }
     this.unsent = this.unsent.filter((x) => x !== m);
+    this.trackPos(r.pos); // the sender's own log entry is not pushed to it
     m.seq = r.seq;
     m.chat_id = r.chat_id;
     m.sent_at_ms = r.sent_at_ms;

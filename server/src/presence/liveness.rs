@@ -76,6 +76,7 @@ impl Liveness {
     }
 
     fn emit(&self, c: Change) {
+        crate::metrics::user_online(matches!(c, Change::Online(_)));
         if self.changes.try_send(c).is_err() {
             tracing::warn!(?c, "presence queue full: change not published");
         }

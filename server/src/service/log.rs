@@ -92,12 +92,22 @@ pub fn sync(
     let from = keys::log(uid, settled + 1);
     let to = keys::log(uid, u64::MAX);
     let rows = txn.range(&from, &to, limit, false)?;
-    let mut events = Vec::with_capacity(rows.len());
+    let records = rows
+        .iter()
+        .map(|(key, value)| Ok((pos_of(key), records::decode::<LogRecord>(key, value)?)))
+        .collect::<Result<Vec<_>, ServiceError>>()?;
+    // The messages the page points at, fetched together: one round trip on
+    // a networked store instead of one per event.
+    let wanted: Vec<Vec<u8>> = records
+        .iter()
+        .filter(|(_, r)| r.receipt.is_none())
+        .map(|(_, r)| keys::message(r.chat_id, r.seq))
+        .collect();
+    txn.prefetch(&wanted.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    let mut events = Vec::with_capacity(records.len());
     let mut bytes = 0usize;
     let mut more = false;
-    for (key, value) in rows {
-        let pos = pos_of(&key);
-        let rec: LogRecord = records::decode(&key, &value)?;
+    for (pos, rec) in records {
         let event = resolve(txn, pos, rec, max_bytes)?;
         let len = event.encoded_len() + 8;
         if bytes + len > max_bytes && !events.is_empty() {

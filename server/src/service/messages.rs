@@ -102,6 +102,7 @@ pub fn send(
     now_ms: i64,
 ) -> Result<Sent, ServiceError> {
     let (chat_id, mut chat, peer_name) = resolve_for_send(txn, actor, target)?;
+    prefetch_for_send(txn, actor, chat_id, &chat, client_msg_id)?;
     let attached;
     let mut media_id = None;
     let content = match &content.media {
@@ -287,6 +288,34 @@ pub fn fan_out(
         )?);
     }
     Ok(out)
+}
+
+/// Fetches together what the rest of a send reads once its chat is known
+/// (its idempotency record, the sender's cursor, the members' log heads,
+/// block lists and, in a cluster, directory entries): on a networked store
+/// one round trip instead of one per key, whatever the group's size.
+fn prefetch_for_send(
+    txn: &mut dyn Txn,
+    actor: &Actor,
+    chat_id: u64,
+    chat: &ChatRecord,
+    client_msg_id: &str,
+) -> Result<(), ServiceError> {
+    let direct = chat.kind() == ChatKind::Direct;
+    let mut wanted = Vec::with_capacity(2 + 3 * chat.members.len());
+    wanted.push(keys::idempotency(chat_id, actor.user_id, client_msg_id));
+    wanted.push(keys::cursor(chat_id, actor.user_id));
+    if chat.kind() != ChatKind::Channel {
+        for &m in &chat.members {
+            wanted.push(keys::log_head(m));
+            wanted.push(keys::whereabouts(m));
+            if direct && m != actor.user_id {
+                wanted.push(keys::block(m, actor.user_id));
+            }
+        }
+    }
+    txn.prefetch(&wanted.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    Ok(())
 }
 
 /// Resolves a send's target, creating the direct chat on first contact.

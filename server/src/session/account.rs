@@ -14,6 +14,12 @@ impl Session {
         Ok(Reply::Pending(tokio::spawn(async move {
             match pending.wait().await {
                 Ok(()) => {
+                    tracing::info!(
+                        user = %auth.actor.username,
+                        device = auth.actor.device_id,
+                        peer = %this.peer,
+                        "logged out: session token revoked"
+                    );
                     this.shared.sessions.invalidate(&hash);
                     this.disconnect(Ended::Closed);
                     // The token is one device's: its other open
@@ -69,26 +75,44 @@ impl Session {
         if store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?.is_some() {
             return Err(ServiceError::UsernameTaken(r.username));
         }
-        self.shared.charge_registration(self.peer).await?;
+        if let Err(e) = self.shared.charge_registration(self.peer).await {
+            crate::metrics::rate_limited("registrations");
+            tracing::info!(user = %r.username, peer = %self.peer, "registration refused: address over its registration budget");
+            return Err(e);
+        }
         let pw = r.password;
         let phc = self
             .shared
             .passwords
             .run(move || accounts::hash_password(&pw))
-            .await??;
+            .await
+            .inspect_err(password_queue_full)??;
         let (token, hash) = accounts::new_token();
+        let device_name_for_log = r.device_name.clone();
         let (name, device_name, now) = (r.username.clone(), r.device_name, self.now_ms());
         let pending = store::enqueue_write(&*self.shared.store, move |t| {
             accounts::register(t, &name, &phc, &device_name, &hash, now)
         })
         .await?;
-        Ok(self.finish_auth(id, r.username, token, hash, pending))
+        Ok(self.finish_auth(id, r.username, device_name_for_log, token, hash, pending, true))
     }
 
     pub(super) async fn login(self: &Arc<Self>, id: u64, r: v1::LoginRequest) -> Result<Reply, ServiceError> {
         self.ensure_anonymous()?;
         accounts::validate_device_name(&r.device_name)?;
-        let reservation = self.shared.reserve_login(&r.username, self.peer).await?;
+        let reservation = match self.shared.reserve_login(&r.username, self.peer).await {
+            Ok(r) => r,
+            Err(e) => {
+                crate::metrics::login("throttled");
+                tracing::info!(
+                    user = %r.username,
+                    device_name = %r.device_name,
+                    peer = %self.peer,
+                    "login throttled: too many failed logins for this account or address"
+                );
+                return Err(e);
+            }
+        };
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
         let user_id = user.as_ref().map(|u| u.id);
         let pw = r.password;
@@ -107,9 +131,20 @@ impl Session {
         match ok {
             Ok(true) => reservation.refund().await,
             // A wrong password keeps the reserved cost.
-            Ok(false) => return Err(ServiceError::InvalidCredentials),
+            Ok(false) => {
+                crate::metrics::login("failed");
+                tracing::info!(
+                    user = %r.username,
+                    device_name = %r.device_name,
+                    peer = %self.peer,
+                    known_user = user_id.is_some(),
+                    "login failed: wrong password or unknown user"
+                );
+                return Err(ServiceError::InvalidCredentials);
+            }
             // Not checked (queue full, or the pool failed): not a failure.
             Err(e) => {
+                password_queue_full(&e);
                 reservation.refund().await;
                 return Err(e);
             }
@@ -125,26 +160,40 @@ impl Session {
             )));
         }
         let (token, hash) = accounts::new_token();
-        let (name, device_name, now) = (r.username.clone(), r.device_name, self.now_ms());
+        let (name, device_name, now) = (r.username.clone(), r.device_name.clone(), self.now_ms());
         let pending = store::enqueue_write(&*self.shared.store, move |t| {
             accounts::login(t, &name, &device_name, &hash, now)
         })
         .await?;
-        Ok(self.finish_auth(id, r.username, token, hash, pending))
+        Ok(self.finish_auth(id, r.username, r.device_name, token, hash, pending, false))
     }
 
+    /// Once the account or device is stored, logs it and puts the
+    /// connection online as that device. `registered`: a new account
+    /// (else a login).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_auth(
         self: &Arc<Self>,
         id: u64,
         username: String,
+        device_name: String,
         token: String,
         hash: [u8; 32],
         pending: store::PendingWrite<Result<(u64, u32), ServiceError>>,
+        registered: bool,
     ) -> Reply {
         let this = self.clone();
         Reply::Pending(tokio::spawn(async move {
             match pending.wait().await {
                 Ok((user_id, device_id)) => {
+                    // Never the password or the token: who, which device, from where.
+                    if registered {
+                        crate::metrics::registered();
+                        tracing::info!(user = %username, user_id, device = device_id, %device_name, peer = %this.peer, "user registered");
+                    } else {
+                        crate::metrics::login("ok");
+                        tracing::info!(user = %username, user_id, device = device_id, %device_name, peer = %this.peer, "login succeeded");
+                    }
                     let actor = Actor {
                         user_id,
                         username: username.clone(),
@@ -167,5 +216,12 @@ impl Session {
                 Err(e) => err(id, &e),
             }
         }))
+    }
+}
+
+/// Counts a refusal by the password pool's queue (full: RATE_LIMITED).
+fn password_queue_full(e: &ServiceError) {
+    if matches!(e, ServiceError::RateLimited { .. }) {
+        crate::metrics::rate_limited("password_queue");
     }
 }

@@ -56,7 +56,18 @@ impl Session {
                 bucket.lock().expect("limiter lock").try_take(now)
             }
         };
-        taken.map_err(rate_limited)
+        taken.map_err(|wait| {
+            crate::metrics::rate_limited("requests");
+            // Once per connection: a client hammering past its budget
+            // must not flood the log as well.
+            if !self.limit_logged.swap(true, Ordering::Relaxed) {
+                let who = self.identity();
+                let user = who.as_ref().map(|(u, _)| u.as_str());
+                let device = who.as_ref().map(|(_, d)| *d);
+                tracing::info!(user, device, peer = %self.peer, "rate limited: requests over the per-device budget (logged once per connection)");
+            }
+            rate_limited(wait)
+        })
     }
 
     /// The checks every request passes first: one not safe to replay waits

@@ -136,6 +136,7 @@ impl Session {
     pub fn disconnect(&self, how: Ended) {
         if let Some(a) = self.auth.lock().expect("auth lock").take() {
             let user = a.actor.user_id;
+            *self.was.lock().expect("was lock") = Some((a.actor.username.clone(), a.actor.device_id));
             self.shared.hub.unregister(user, self.conn_id);
             // Every close, not only the user's last here: the cluster-wide
             // connection limits count them.

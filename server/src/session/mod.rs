@@ -80,6 +80,10 @@ pub struct Session {
     shared: Arc<Shared>,
     conn_id: u64,
     auth: Mutex<Option<Auth>>,
+    /// Who the connection was logged in as once it went offline (a
+    /// logout goes offline before the connection closes), for the log
+    /// line that says why it closed.
+    was: Mutex<Option<(String, u32)>>,
     /// Budget while anonymous; a logged-in connection uses its device's.
     limiter: Mutex<TokenBucket>,
     closer: Arc<Closer>,
@@ -90,6 +94,8 @@ pub struct Session {
     peer: std::net::IpAddr,
     /// Set from Hello.background: presence ignores this connection.
     background: AtomicBool,
+    /// Set once a rate-limit refusal of this connection was logged.
+    limit_logged: AtomicBool,
     /// True until the TLS handshake is complete on a connection accepted
     /// with 0-RTT: requests read meanwhile may be replays.
     early: AtomicBool,
@@ -142,6 +148,7 @@ impl Session {
             shared,
             conn_id,
             auth: Mutex::new(None),
+            was: Mutex::new(None),
             limiter: Mutex::new(limiter),
             closer,
             push_tx,
@@ -150,6 +157,7 @@ impl Session {
             handshake_done: tokio::sync::Notify::new(),
             peer,
             background: AtomicBool::new(false),
+            limit_logged: AtomicBool::new(false),
             media_slots: Arc::new(tokio::sync::Semaphore::new(MEDIA_STREAMS_PER_CONNECTION)),
         })
     }
@@ -157,6 +165,21 @@ impl Session {
     /// The server's shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The user name and device this connection is (or, once offline,
+    /// was last) logged in as.
+    pub fn identity(&self) -> Option<(String, u32)> {
+        let auth = self.auth.lock().expect("auth lock");
+        match auth.as_ref() {
+            Some(a) => Some((a.actor.username.clone(), a.actor.device_id)),
+            None => self.was.lock().expect("was lock").clone(),
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> std::net::IpAddr {
+        self.peer
     }
 
     /// Whether the connection must be closed after the reply just sent.

@@ -268,7 +268,9 @@ fn committer_loop<E: Engine>(
             }
             Ok((batch, keys)) => engine.apply(batch).map(|()| *keys),
         };
-        let micros = u64::try_from((p.prepare_time + started.elapsed()).as_micros()).unwrap_or(u64::MAX);
+        let took = p.prepare_time + started.elapsed();
+        crate::metrics::commit(p.jobs.len(), took);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         counters.writes.fetch_add(p.jobs.len() as u64, Ordering::Relaxed);
         counters.commit_micros.fetch_add(micros, Ordering::Relaxed);
         counters.max_commit_micros.fetch_max(micros, Ordering::Relaxed);

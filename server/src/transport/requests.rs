@@ -7,7 +7,10 @@
 //! transport only says how to read an envelope, write one and close.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -175,7 +178,27 @@ pub async fn serve_requests(session: Arc<Session>, mut source: impl RequestSourc
 }
 
 /// Replies not yet written, in request order.
-type Inflight = FuturesOrdered<BoxFuture<'static, Envelope>>;
+type Inflight = FuturesOrdered<Counted>;
+
+/// A reply on its way, counted in the request metrics when it is ready
+/// (its kind and result code, and for sends the durable-ack latency). A
+/// struct around the boxed future rather than another box: the message
+/// path pays no allocation for being measured.
+struct Counted {
+    answer: BoxFuture<'static, Envelope>,
+    kind: u8,
+    started: Instant,
+}
+
+impl Future for Counted {
+    type Output = Envelope;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Envelope> {
+        let reply = std::task::ready!(self.answer.as_mut().poll(cx));
+        crate::metrics::request_answered(self.kind, self.started, &reply);
+        Poll::Ready(reply)
+    }
+}
 
 /// What [`serve_requests`] waited for.
 enum Event {
@@ -208,22 +231,27 @@ async fn step(session: &Arc<Session>, sink: &mut impl ReplySink, inflight: &mut 
                     }
                 }
             }
+            let (kind, started) = (crate::metrics::request_kind(env.body.as_ref()), Instant::now());
+            let counted = |answer| Counted { answer, kind, started };
             match session.handle(env).await {
-                Reply::Ready(reply) if inflight.is_empty() => continue_if(send_reply(session, sink, &reply).await),
+                Reply::Ready(reply) if inflight.is_empty() => {
+                    crate::metrics::request_answered(kind, started, &reply);
+                    continue_if(send_reply(session, sink, &reply).await)
+                }
                 Reply::Ready(reply) => {
-                    inflight.push_back(Box::pin(async move { reply }));
+                    inflight.push_back(counted(Box::pin(async move { reply })));
                     Next::Read
                 }
                 Reply::Waiting(answer) => {
-                    inflight.push_back(answer);
+                    inflight.push_back(counted(answer));
                     Next::Read
                 }
                 Reply::Pending(handle) => {
-                    inflight.push_back(Box::pin(async move {
+                    inflight.push_back(counted(Box::pin(async move {
                         handle.await.unwrap_or_else(|e| {
                             Envelope::error(0, ErrorCode::Internal, format!("request task failed: {e}"))
                         })
-                    }));
+                    })));
                     Next::Read
                 }
             }

@@ -1,10 +1,22 @@
 //! TLS: certificates (the operator's, or a self-signed one for dev mode),
 //! the server configuration, and the cache of resumable sessions.
+//!
+//! Every handshake, QUIC and HTTPS alike, takes its certificate from one
+//! [`Certificates`], which [`Certificates::reload`] (quipd calls it on
+//! SIGHUP) swaps for the files' new contents: connections already open keep
+//! the session they negotiated, new handshakes present the new
+//! certificate, and a certificate that does not load (unreadable, not PEM,
+//! a key that does not match) is refused while the old one stays.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
 
 /// A certificate chain and its key.
 pub struct Identity {
@@ -81,15 +93,83 @@ fn dev_identity(data_dir: &Path) -> anyhow::Result<Identity> {
     })
 }
 
-/// A TLS 1.3-only server configuration for `id`, offering `alpn`.
-pub fn server_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+/// The certificate handshakes present now, and the files it came from.
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<CertifiedKey>,
+    /// The chain's file and the key's: the operator's, or the dev pair in
+    /// the data directory.
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl Certificates {
+    /// Serves `id`, loaded from `cert`/`key` (or the dev pair in
+    /// `data_dir` when they are absent), which [`Certificates::reload`]
+    /// reads again.
+    pub fn new(id: &Identity, cert: Option<&Path>, key: Option<&Path>, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let (cert_path, key_path) = match (cert, key) {
+            (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+            _ => (data_dir.join("dev-cert.pem"), data_dir.join("dev-key.pem")),
+        };
+        let loaded = certified(id.certs.clone(), id.key.clone_key())?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(loaded),
+            cert_path,
+            key_path,
+        }))
+    }
+
+    /// Reads the certificate and key files again and serves them from the
+    /// next handshake on. On any error the certificate in use stays.
+    /// Returns the new leaf certificate's SHA-256 fingerprint (hex), for
+    /// the log. Blocking file reads: call off the async threads.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let certs = read_certs(&self.cert_path)?;
+        let key = read_key(&self.key_path)?;
+        let loaded = certified(certs, key)
+            .with_context(|| format!("{} with {}", self.cert_path.display(), self.key_path.display()))?;
+        let fingerprint = fingerprint(&loaded);
+        self.current.store(Arc::new(loaded));
+        Ok(fingerprint)
+    }
+
+    /// The certificate file reloads read.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The leaf certificate in use: its SHA-256 fingerprint (hex).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.current.load())
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A chain and key, checked to belong together.
+fn certified(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<CertifiedKey> {
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .context("the certificate and the key do not match, or the key is not supported")
+}
+
+fn fingerprint(k: &CertifiedKey) -> String {
+    let leaf = k.cert.first().map(|c| Sha256::digest(c.as_ref())).unwrap_or_default();
+    leaf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A TLS 1.3-only server configuration presenting `certs`, offering `alpn`.
+pub fn server_config(certs: Arc<Certificates>, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
         .with_no_client_auth()
-        .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .context("certificate and key do not match")?;
+        .with_cert_resolver(certs);
     tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
 }

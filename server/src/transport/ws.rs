@@ -23,6 +23,7 @@ use crate::hub::{Closer, PushReceiver};
 use crate::presence::Ended;
 use crate::ratelimit::TokenBucket;
 use crate::session::{Session, Shared};
+use crate::transport::lifecycle::{self, Lifecycle};
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
 use crate::transport::requests::{self, MAX_INFLIGHT_PER_STREAM, ReadError, ReplySink, RequestSource};
 
@@ -71,16 +72,17 @@ enum Out {
 }
 
 /// Drives one upgraded WebSocket to its end.
-pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::IpAddr) {
+pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::net::SocketAddr) {
+    let life = Lifecycle::open("websocket", peer);
     let closer = Closer::new();
     let (push_tx, push_rx) = crate::hub::push_queue(shared.config.push_queue);
-    let session = Session::new(shared.clone(), closer.clone(), push_tx, peer);
+    let session = Session::new(shared.clone(), closer.clone(), push_tx, peer.ip());
     let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
     let (sink, stream) = socket.split();
     // Replies wait here for the writer; when it is full the request loop
     // stops reading, as a QUIC stream's flow control would.
     let (out_tx, out_rx) = mpsc::channel(MAX_INFLIGHT_PER_STREAM);
-    let ended = Arc::new(Mutex::new(Ended::Lost));
+    let ended = Arc::new(Mutex::new((Ended::Lost, None)));
     let mut source = WsRequests {
         stream,
         idle,
@@ -89,7 +91,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
         pings: TokenBucket::new(PING_RATE, PING_BURST, Instant::now()),
         out: out_tx.clone(),
     };
-    let mut replies = WsReplies { out: out_tx.clone() };
+    let mut replies = WsReplies {
+        out: out_tx.clone(),
+        closer: closer.clone(),
+    };
 
     let serve = async {
         let first = tokio::select! {
@@ -106,7 +111,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
             }
         };
         if requests::handshake(&session, first, &mut replies).await {
-            let mut closing = WsReplies { out: out_tx.clone() };
+            let mut closing = WsReplies {
+                out: out_tx.clone(),
+                closer: closer.clone(),
+            };
             requests::serve_requests(session.clone(), source, replies).await;
             // A drain ends the request loop with every reply written: the
             // close goes after them.
@@ -128,7 +136,10 @@ pub async fn serve_websocket(socket: WebSocket, shared: Arc<Shared>, peer: std::
     }
     drop(out_tx);
     let _ = tokio::time::timeout(LINGER, writer).await;
-    let how = *ended.lock().expect("ended lock");
+    let (how, why) = std::mem::replace(&mut *ended.lock().expect("ended lock"), (Ended::Lost, None));
+    life.closed(&session, &closer, || {
+        why.unwrap_or_else(|| lifecycle::Ended::Lost("connection lost".into()))
+    });
     session.disconnect(how);
 }
 
@@ -167,8 +178,9 @@ struct WsRequests {
     stream: SplitStream<WebSocket>,
     idle: Duration,
     last_heard: Instant,
-    /// How the connection ended, for presence.
-    ended: Arc<Mutex<Ended>>,
+    /// How the connection ended, for presence, and for the log when the
+    /// browser or this reader ended it.
+    ended: Arc<Mutex<(Ended, Option<lifecycle::Ended>)>>,
     /// The client's ping budget ([`PING_RATE`], [`PING_BURST`]).
     pings: TokenBucket,
     /// To the writer, for closes the reading side decides on.
@@ -176,8 +188,8 @@ struct WsRequests {
 }
 
 impl WsRequests {
-    fn end(&self, how: Ended) {
-        *self.ended.lock().expect("ended lock") = how;
+    fn end(&self, how: Ended, why: lifecycle::Ended) {
+        *self.ended.lock().expect("ended lock") = (how, Some(why));
     }
 
     /// Ends the connection with a WebSocket close code of its own (not a
@@ -185,8 +197,8 @@ impl WsRequests {
     /// that does not read, and then the linger ends the connection anyway.
     fn refuse(&self, code: u16, reason: String) -> Result<Option<Envelope>, ReadError> {
         tracing::debug!(code, %reason, "closing WebSocket");
-        let _ = self.out.try_send(Out::Close(code, reason));
-        self.end(Ended::Lost);
+        let _ = self.out.try_send(Out::Close(code, reason.clone()));
+        self.end(Ended::Lost, lifecycle::Ended::Refused(u64::from(code), reason));
         Ok(None)
     }
 }
@@ -206,9 +218,12 @@ impl RequestSource for WsRequests {
                 Err(_) => {
                     // Nothing, not even a pong to our pings, for the idle
                     // timeout: the browser is gone without a goodbye.
-                    self.end(Ended::Silent {
-                        last_heard: self.last_heard,
-                    });
+                    self.end(
+                        Ended::Silent {
+                            last_heard: self.last_heard,
+                        },
+                        lifecycle::Ended::Lost("idle timeout".into()),
+                    );
                     return Ok(None);
                 }
                 Ok(Some(Err(e))) if too_big(&e) => {
@@ -229,8 +244,13 @@ impl RequestSource for WsRequests {
                 }
                 Message::Text(_) => return Err(ReadError::NotBinary),
                 Message::Close(frame) => {
-                    let normal = frame.is_none_or(|f| f.code == 1000 || f.code == CLOSE_CODE_BASE);
-                    self.end(if normal { Ended::Closed } else { Ended::Lost });
+                    let normal = frame
+                        .as_ref()
+                        .is_none_or(|f| f.code == 1000 || f.code == CLOSE_CODE_BASE);
+                    // 1005: "no status code", as RFC 6455 names a close without one.
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                    let why = lifecycle::Ended::ByClient(u64::from(code), reason);
+                    self.end(if normal { Ended::Closed } else { Ended::Lost }, why);
                     return Ok(None);
                 }
                 Message::Ping(_) => {
@@ -250,6 +270,8 @@ impl RequestSource for WsRequests {
 /// Replies to the browser, through the writer task.
 struct WsReplies {
     out: mpsc::Sender<Out>,
+    /// Where a close is noted for the log.
+    closer: Arc<Closer>,
 }
 
 impl ReplySink for WsReplies {
@@ -259,6 +281,7 @@ impl ReplySink for WsReplies {
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
+        self.closer.note(code, reason);
         let code = CLOSE_CODE_BASE + code.code() as u16;
         let _ = self.out.send(Out::Close(code, reason.to_string())).await;
     }

@@ -70,6 +70,59 @@ impl Daemon {
         Self { child }
     }
 
+    /// Starts quipd like [`Daemon::start`] with its log (stdout) written
+    /// to `log`; `args` say its level (`--log`) and format.
+    pub fn start_logged(data: &Path, port: u16, args: &[&str], log: &Path) -> Self {
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--no-https")
+            .args(args)
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Like [`Daemon::start_logged`] with the HTTPS listener on loopback
+    /// too (see [`Daemon::start_with_https`]); returns its address.
+    pub fn start_logged_with_https(data: &Path, port: u16, args: &[&str], log: &Path) -> (Self, std::net::SocketAddr) {
+        let https = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new(quipd())
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--https-listen",
+                &https.to_string(),
+            ])
+            .args(args)
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        (Self { child }, https)
+    }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`), with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
     /// Starts quipd like [`Daemon::start`] but with its HTTPS listener on
     /// loopback too; returns it with that listener's address.
     pub fn start_with_https(data: &Path, port: u16, args: &[&str]) -> (Self, std::net::SocketAddr) {
@@ -109,6 +162,16 @@ impl Daemon {
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM: a graceful stop; waits until the process has exited.
+    pub fn terminate(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
         self.child.wait().unwrap();
     }
 

@@ -62,6 +62,14 @@ use super::{BoxFuture, OnDurable, ReadTxn, Store, StoreError, StoreStats, WriteF
 /// `--fdb-timeout-ms` sets it.
 pub const TXN_TIMEOUT_MS: u32 = 10_000;
 
+/// Starts FoundationDB's client (its network thread) unless it runs
+/// already, for code in this process that uses the `foundationdb` crate
+/// directly (the benchmark's bare baseline): the client starts once per
+/// process, whoever asks first.
+pub fn start_client_network() -> Result<(), StoreError> {
+    network::ensure_started()
+}
+
 /// Where a [`FdbStore`] keeps its data.
 #[derive(Debug, Clone)]
 pub struct FdbOptions {
@@ -172,7 +180,11 @@ impl Store for FdbStore {
             };
             let result = f(&mut snapshot);
             let Some(e) = snapshot.error else { return result };
-            tr = block_on(tr.on_error(e)).map_err(store_error)?;
+            crate::metrics::fdb_retry("read", false);
+            tr = block_on(tr.on_error(e)).map_err(|e| {
+                crate::metrics::fdb_error("read");
+                store_error(e)
+            })?;
         }
     }
 

@@ -195,6 +195,7 @@ impl Writer {
         let mut batch: Vec<Job> = Vec::new();
         let outcome = self.commit_batch(pending, &mut batch);
         self.batch += 1;
+        crate::metrics::commit(batch.len(), started.elapsed());
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let c = &self.counters;
         c.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -209,6 +210,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                crate::metrics::fdb_error("write");
                 tracing::error!(error = %e, jobs = batch.len(), "FoundationDB batch failed");
                 for job in batch {
                     (job.done)(Err(e.clone()));
@@ -272,6 +274,7 @@ impl Writer {
             if e.code() == NOT_COMMITTED {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
             }
+            crate::metrics::fdb_retry("write", e.code() == NOT_COMMITTED);
             tr = failed.retry().map_err(store_error)?;
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,5 +1,6 @@
 //! The HTTPS listener, for browsers: the WebSocket endpoint, the web client
-//! and a health check, over TCP with the same certificate as QUIC.
+//! and the health probes (`/healthz`, `/readyz`), over TCP with the same
+//! certificate as QUIC.
 //!
 //! Each accepted TCP connection gets a TLS handshake (bounded in time), then
 //! hyper's HTTP/1.1 driver with upgrades, routing through axum. HTTP/1.1
@@ -29,13 +30,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::service::{Actor, ServiceError};
 use crate::session::Shared;
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
-use crate::transport::tls::Identity;
-use crate::transport::{web, ws};
+use crate::transport::tls::Certificates;
+use crate::transport::{health, web, ws};
 
 mod media_api;
-
-/// How long `/healthz` waits for its store read.
-const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The WebSocket endpoint's path.
 pub const WS_PATH: &str = "/v1/ws";
@@ -48,10 +46,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN).
-pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {
+/// A TLS acceptor for HTTPS (TLS 1.3, HTTP/1.1 by ALPN) presenting `certs`.
+pub fn tls_acceptor(certs: Arc<Certificates>) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(crate::transport::tls::server_config(
-        id,
+        certs,
         b"http/1.1",
     )?)))
 }
@@ -60,7 +58,8 @@ pub fn tls_acceptor(id: &Identity) -> anyhow::Result<TlsAcceptor> {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(WS_PATH, get(websocket))
-        .route("/healthz", get(health))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/v1/uploads", post(media_api::start_upload))
         .route("/v1/uploads/{id}", put(media_api::put_upload))
         .route("/v1/media/{id}", get(media_api::get_media))
@@ -81,12 +80,19 @@ pub async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            crate::metrics::handshake("https", "ok");
+            tls
+        }
         Ok(Err(e)) => {
+            crate::metrics::handshake("https", "failed");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            crate::metrics::handshake("https", "timeout");
+            return;
+        }
     };
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -136,29 +142,7 @@ async fn websocket(
         .max_message_size(2 * MAX_FRAME)
         .max_frame_size(2 * MAX_FRAME)
         .max_write_buffer_size(ws::MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| ws::serve_websocket(socket, shared, peer.ip()))
-}
-
-/// `GET /healthz`: 200 while serving, 503 once shutting down.
-///
-/// It also reads from the store (within [`HEALTH_STORE_TIMEOUT`]): a node
-/// that cannot reach its FoundationDB cluster serves nothing useful, and a
-/// load balancer should send clients elsewhere.
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let version = env!("CARGO_PKG_VERSION");
-    let store = shared.store.clone();
-    let probe =
-        tokio::task::spawn_blocking(move || crate::store::read(&*store, |t| t.get(&crate::keys::counter("user"))));
-    let store_ok = matches!(tokio::time::timeout(HEALTH_STORE_TIMEOUT, probe).await, Ok(Ok(Ok(_))));
-    let (status, state) = if shared.shutdown.started() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-    } else if !store_ok {
-        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-    } else {
-        (StatusCode::OK, "ok")
-    };
-    let body = format!("{{\"status\":\"{state}\",\"version\":\"{version}\"}}\n");
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        .on_upgrade(move |socket| ws::serve_websocket(socket, shared, peer))
 }
 
 /// The web client's files.

@@ -21,6 +21,7 @@ use crate::presence::Ended;
 use crate::service::{self, ServiceError};
 use crate::session::{Session, Shared};
 use crate::transport::admission::Slot;
+use crate::transport::lifecycle;
 use crate::transport::requests::{self, MAX_BUFFERED_PER_CONNECTION, ReadError, ReplySink, RequestSource};
 
 /// How long an HTTPS or WebSocket client has for its TLS handshake and
@@ -40,8 +41,24 @@ use reader::{Budget, StreamReader};
 
 const LINGER: Duration = Duration::from_secs(1);
 
-fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
+/// Closes `conn`, noting the close on its `closer` for the log.
+fn close(conn: &quinn::Connection, closer: &Closer, code: CloseCode, reason: &str) {
+    closer.note(code, reason);
     conn.close(quinn::VarInt::from_u32(code.code()), reason.as_bytes());
+}
+
+/// How a connection the server did not close ended, for the log.
+fn ended_how(conn: &quinn::Connection) -> lifecycle::Ended {
+    use lifecycle::Ended;
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => Ended::ByClient(
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        Some(quinn::ConnectionError::TimedOut) => Ended::Lost("idle timeout".into()),
+        Some(e) => Ended::Lost(e.to_string()),
+        None => Ended::Lost("ended".into()),
+    }
 }
 
 /// Drives one connection to its end, holding its admission `slot`.
@@ -60,6 +77,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
+            crate::metrics::handshake("quic", "failed");
             tracing::debug!(error = %e, "could not accept connection");
             return;
         }
@@ -71,14 +89,17 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
         // `Connecting` abandons it).
         Err(connecting) => match tokio::time::timeout(hello_timeout, connecting).await {
             Ok(Ok(c)) => {
+                crate::metrics::handshake("quic", "ok");
                 slot.validated();
                 (c, None)
             }
             Ok(Err(e)) => {
+                crate::metrics::handshake("quic", "failed");
                 tracing::debug!(error = %e, "handshake failed");
                 return;
             }
             Err(_) => {
+                crate::metrics::handshake("quic", "timeout");
                 tracing::debug!("handshake not complete within the hello timeout");
                 return;
             }
@@ -97,7 +118,10 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
             // fails and nothing unsafe ran from its early data.
             let _ = accepted.await;
             if c.close_reason().is_none() {
+                crate::metrics::handshake("quic", "ok");
                 slot.validated();
+            } else {
+                crate::metrics::handshake("quic", "failed");
             }
             s.set_early(false);
             let _ = handshake_done.send(());
@@ -106,13 +130,23 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
         let _ = handshake_done.send(());
     }
     let remote = conn.remote_address();
+    let life = lifecycle::Lifecycle::open("quic", remote);
 
     let budget = Arc::new(Budget::default());
     // Boxed: the handshake's state (its envelopes, reads and writes) would
     // otherwise be part of this task's future, which is allocated at its
     // largest state for the connection's whole life.
-    let Some((sink, reader)) = Box::pin(accept_hello(&conn, &session, &budget, handshake_done_rx, hello_timeout)).await
+    let Some((sink, reader)) = Box::pin(accept_hello(
+        &conn,
+        &session,
+        &closer,
+        &budget,
+        handshake_done_rx,
+        hello_timeout,
+    ))
+    .await
     else {
+        life.closed(&session, &closer, || ended_how(&conn));
         return;
     };
     tracing::debug!(%remote, "connection ready");
@@ -128,7 +162,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
                         let reader = StreamReader::new(recv, budget.clone(), quip_protocol::MAX_FRAME);
-                        tasks.spawn(serve_stream(session.clone(), reader, send, conn.clone()));
+                        tasks.spawn(serve_stream(session.clone(), reader, send, conn.clone(), closer.clone()));
                     }
                     Err(_) => return,
                 },
@@ -139,7 +173,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
         // Draining: the request loops write what is due and finish their
         // streams, waiting until the client has it; then the close.
         while tasks.join_next().await.is_some() {}
-        close(&conn, CloseCode::ServerShutdown, "server shutting down");
+        close(&conn, &closer, CloseCode::ServerShutdown, "server shutting down");
     };
     tokio::select! {
         _ = streams => {}
@@ -147,10 +181,11 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
         _ = datagrams(conn.clone(), session.clone()) => {}
         (code, reason) = closer.requested() => {
             tracing::debug!(%remote, ?code, %reason, "closing connection");
-            close(&conn, code, &reason);
+            close(&conn, &closer, code, &reason);
         }
         _ = conn.closed() => {}
     }
+    life.closed(&session, &closer, || ended_how(&conn));
     session.disconnect(ended(&conn, Duration::from_secs(shared.config.idle_timeout_secs)));
 }
 
@@ -159,6 +194,7 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, sl
 async fn accept_hello(
     conn: &quinn::Connection,
     session: &Arc<Session>,
+    closer: &Arc<Closer>,
     budget: &Arc<Budget>,
     handshake_done: tokio::sync::oneshot::Receiver<()>,
     hello_timeout: Duration,
@@ -169,6 +205,7 @@ async fn accept_hello(
         let mut sink = QuicReplies {
             send,
             conn: conn.clone(),
+            closer: closer.clone(),
         };
         let first = reader.next().await;
         Some((requests::handshake(session, first, &mut sink).await, sink, reader))
@@ -180,11 +217,11 @@ async fn accept_hello(
         },
         () = hello_deadline(handshake_done, hello_timeout) => {
             let reason = format!("no Hello within {} s", hello_timeout.as_secs());
-            close(conn, CloseCode::HandshakeTimeout, &reason);
+            close(conn, closer, CloseCode::HandshakeTimeout, &reason);
             None
         }
         () = session.shared().shutdown.wait_started() => {
-            close(conn, CloseCode::ServerShutdown, "server shutting down");
+            close(conn, closer, CloseCode::ServerShutdown, "server shutting down");
             None
         }
     }
@@ -249,6 +286,7 @@ async fn serve_stream(
     mut reader: StreamReader,
     send: quinn::SendStream,
     conn: quinn::Connection,
+    closer: Arc<Closer>,
 ) {
     let first = reader.next().await;
     if let Ok(Some(env)) = &first
@@ -260,7 +298,7 @@ async fn serve_stream(
         serve_media(session, env, reader, send).await;
         return;
     }
-    let sink = QuicReplies { send, conn };
+    let sink = QuicReplies { send, conn, closer };
     requests::serve_requests(session, requests::Prefixed::new(first, reader), sink).await;
 }
 
@@ -268,6 +306,8 @@ async fn serve_stream(
 struct QuicReplies {
     send: quinn::SendStream,
     conn: quinn::Connection,
+    /// Where a close is noted for the log.
+    closer: Arc<Closer>,
 }
 
 impl ReplySink for QuicReplies {
@@ -278,7 +318,7 @@ impl ReplySink for QuicReplies {
     async fn close(&mut self, code: CloseCode, reason: &str) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
-        close(&self.conn, code, reason);
+        close(&self.conn, &self.closer, code, reason);
     }
 
     async fn finish(&mut self) {
