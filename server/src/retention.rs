@@ -84,12 +84,15 @@ pub async fn run(s: Sweeper) {
             newest: max_messages,
         };
         match sweep(&*store, &media, keep).await {
-            Ok(s) if s != Swept::default() => tracing::info!(
-                messages = s.messages,
-                log_entries = s.log_entries,
-                media = s.media,
-                "retention sweep deleted expired messages"
-            ),
+            Ok(s) if s != Swept::default() => {
+                crate::metrics::retention_deleted(s.messages, s.log_entries, s.media);
+                tracing::info!(
+                    messages = s.messages,
+                    log_entries = s.log_entries,
+                    media = s.media,
+                    "retention sweep deleted expired messages"
+                );
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention sweep stopped early; the next one continues"),
         }

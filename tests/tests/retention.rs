@@ -71,12 +71,35 @@ where
     }
 }
 
+/// The body of a plain HTTP GET (the admin listener).
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    raw.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn old_messages_and_their_media_expire_and_numbering_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests(dir.path());
     config.retention_secs = Some(RETENTION_SECS);
     config.retention_sweep_secs = 1;
+    // The admin listener, on one node only (QUIP_TEST_STORE=fdb3 starts
+    // three from this config, which could not share its address).
+    let one_node = std::env::var("QUIP_TEST_STORE").as_deref() != Ok("fdb3");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    if one_node {
+        config.admin_listen = Some(admin);
+    }
     let s = TestServer::start_with(config).await;
     let (alice, _) = s.user("alice").await;
     let (_bob, _) = s.user("bob").await;
@@ -138,5 +161,15 @@ async fn old_messages_and_their_media_expire_and_numbering_goes_on() {
     let again = back.sync(0).await.unwrap();
     assert_eq!(again.acked, 4);
     assert!(again.events.is_empty() && !again.more);
+
+    // The admin listener counts what went: 3 messages, their entries in
+    // both logs, one stored media item.
+    if one_node {
+        let metrics = get(admin, "/metrics").await;
+        for (what, n) in [("messages", 3), ("log_entries", 6), ("media", 1)] {
+            let line = format!("quip_retention_deleted_total{{what=\"{what}\"}} {n}\n");
+            assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+        }
+    }
     s.stop().await;
 }
