@@ -392,6 +392,19 @@ pub enum LoadError {
 }
 
 impl Config {
+    /// Why these settings cannot run a cluster node, if they cannot: on
+    /// FoundationDB every node must reach every upload, so media may not
+    /// default to the node's own data directory (an upload to one node
+    /// would be missing on the others). A single node on FoundationDB
+    /// names its directory explicitly.
+    pub fn cluster_media_problem(&self) -> Option<&'static str> {
+        (self.store == crate::store::StoreKind::Fdb && self.media_s3_bucket.is_none() && self.media_dir.is_none())
+            .then_some(
+                "--store fdb: the nodes of a cluster must share their media; name an S3 bucket \
+                 (--media-s3-bucket) or a directory every node mounts (--media-dir)",
+            )
+    }
+
     /// The settings from `args` (the command line, program name first),
     /// the `QUIP_*` environment and the `--config` file, in that order of
     /// precedence, over the defaults.

@@ -29,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", Config::example_file());
         return Ok(());
     }
+    if let Some(problem) = config.cluster_media_problem() {
+        eprintln!("quipd: {problem}");
+        std::process::exit(2);
+    }
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.
     let shutdown = shutdown_signal()?;

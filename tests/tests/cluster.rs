@@ -84,6 +84,14 @@ impl Cluster {
                 self.key.to_str().unwrap().to_owned(),
             ]);
         }
+        if !self.extra.iter().any(|a| a == "--media-dir") {
+            // The nodes share their media (quipd refuses --store fdb
+            // without shared media).
+            args.extend([
+                "--media-dir".to_owned(),
+                self._tmp.path().join("media").to_str().unwrap().to_owned(),
+            ]);
+        }
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Daemon::start(&self.dirs[i], self.ports[i], &args)
@@ -152,6 +160,23 @@ impl Cluster {
             d.terminate();
         }
     }
+}
+
+/// quipd refuses to run on FoundationDB with media in its own data
+/// directory: an upload to one node would be missing on the others.
+#[test]
+fn a_node_without_shared_media_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::daemon::quipd())
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--store", "fdb"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--media-s3-bucket") && err.contains("--media-dir"),
+        "{err}"
+    );
 }
 
 /// Messages of `chat` in `events` (not group events), as (seq, text).

@@ -106,6 +106,7 @@ async fn two_quipd_processes_share_one_cluster() {
     quipd_with_fdb();
     let cluster = cluster_file();
     let prefix = unique_prefix("daemons");
+    let media = tempfile::tempdir().unwrap();
     let args = [
         "--store",
         "fdb",
@@ -113,6 +114,8 @@ async fn two_quipd_processes_share_one_cluster() {
         cluster.to_str().unwrap(),
         "--fdb-prefix",
         &prefix,
+        "--media-dir",
+        media.path().to_str().unwrap(),
     ];
     let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (port1, port2) = (free_port(), free_port());
