@@ -312,6 +312,7 @@ impl Client {
         loop {
             let page = self.sync(0).await?;
             tracker.server_position(page.acked);
+            tracker.retained_from(page.retained_from_pos);
             for e in &page.events {
                 tracker.observe(e.pos);
             }

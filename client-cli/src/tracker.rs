@@ -41,6 +41,25 @@ impl AckTracker {
         }
     }
 
+    /// Learns that the server's retention policy deleted every position
+    /// below `retained_from` (`SyncResponse.retained_from_pos`; 0: none):
+    /// those will never arrive, so they are settled as if received, and a
+    /// device that was away longer than the retention period acknowledges
+    /// past them instead of waiting on a gap forever.
+    /// Unlike [`AckTracker::server_position`] the jump is still to be
+    /// acknowledged, so the server stops reporting the gap even when no
+    /// event follows it.
+    pub fn retained_from(&mut self, retained_from: u64) {
+        let below = retained_from.saturating_sub(1);
+        if below > self.contiguous {
+            self.contiguous = below;
+            self.ahead = self.ahead.split_off(&(below + 1));
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        }
+    }
+
     /// Records a received position. Returns false for a duplicate.
     pub fn observe(&mut self, pos: u64) -> bool {
         if pos <= self.contiguous || !self.ahead.insert(pos) {
@@ -93,6 +112,22 @@ mod tests {
         assert_eq!(t.take_ack(), None, "11 is still missing");
         t.observe(11);
         assert_eq!(t.take_ack(), Some(12));
+    }
+
+    #[test]
+    fn jumps_over_positions_retention_deleted() {
+        let mut t = AckTracker::new(3);
+        t.retained_from(0);
+        t.retained_from(1);
+        assert_eq!(t.take_ack(), None, "nothing was deleted");
+        // Positions 4..=19 expired while the device was away; 20 is the
+        // oldest left and arrives in the sync page.
+        t.retained_from(20);
+        assert_eq!(t.take_ack(), Some(19));
+        assert!(t.observe(20));
+        assert_eq!(t.take_ack(), Some(20));
+        t.retained_from(5);
+        assert_eq!(t.contiguous(), 20, "an older floor never moves it back");
     }
 
     #[test]

@@ -951,6 +951,65 @@ async fn listen_reconnects_after_a_server_restart_and_misses_nothing() {
     stop_server(stop, task).await;
 }
 
+/// Retention: `quip history` says where a chat's history now starts, and
+/// `quip sync` on a device that was away longer than the retention period
+/// says which events expired and acknowledges past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_sync_say_what_retention_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("data"));
+    config.retention_secs = Some(1);
+    config.retention_sweep_secs = 1;
+    let server = Server::bind(config).unwrap();
+    let store = server.store();
+    let env = Env {
+        addr: server.local_addr().to_string(),
+        ca: server.dev_cert().unwrap().clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+        .await;
+    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    env.ok(&alice, &["send", "bob", "soon gone"]).await;
+    env.ok(&alice, &["send", "bob", "gone too"]).await;
+
+    // Until the sweep has trimmed bob's log (user 2) past both messages.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let floor = quip_server::store::read(&*store, |t| quip_server::service::retention::log_floor(t, 2)).unwrap();
+        if floor == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's log was not trimmed (floor {floor})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, out, err) = env.run(&alice, &["history", "bob"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "", "nothing is left to show");
+    assert!(
+        err.contains("messages before seq 3 expired under the server's retention policy"),
+        "{err}"
+    );
+    let (ok, out, err) = env.run(&bob, &["--json", "sync"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "");
+    let said = json_lines(&err);
+    assert_eq!(said.len(), 1, "{err}");
+    assert_eq!(said[0]["type"], "expired", "{err}");
+    assert!(
+        said[0]["message"].as_str().unwrap().contains("events 1 to 2 expired"),
+        "{err}"
+    );
+    // Acknowledged past them: the next sync has nothing to say.
+    let (ok, out, err) = env.run(&bob, &["sync"]).await;
+    assert!(ok && out.is_empty() && err.is_empty(), "{out}{err}");
+    stop_server(stop, task).await;
+}
+
 /// Issue 21: SIGTERM ends `quip listen` as Ctrl-C does, closing the
 /// connection with a goodbye: contacts see the user offline at once, not
 /// after the 30 s grace period.

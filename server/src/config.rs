@@ -16,6 +16,9 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 /// 127.0.0.1:4433 (QUIC on UDP, HTTPS and WebSocket on TCP; the web client
 /// is at https://localhost:4433/), with a self-signed certificate generated in the data
 /// directory (clients trust it with `quip --ca <data-dir>/dev-cert.pem`).
+///
+/// `quipd backup --to DIR` and `quipd restore --from DIR --data-dir NEW`
+/// back up a running server and restore it (see their --help).
 // These doc comments are `--help` text, written for a terminal:
 // `<data-dir>` and `[::]:4433` are meant literally, not as HTML or links.
 #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
@@ -296,6 +299,30 @@ pub struct Config {
     /// private network.
     #[arg(long, env = "QUIP_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+
+    // ---- Retention (retention.rs, service/retention.rs) ----
+    /// Days a message is kept: older ones leave history, sync and storage
+    /// (with their log entries, and media no kept message carries). Seqs
+    /// are never renumbered; clients are told where history now starts.
+    /// 0: keep everything forever.
+    #[arg(long, env = "QUIP_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u64,
+
+    /// Retention in seconds, overriding --retention-days: for tests.
+    #[arg(long, env = "QUIP_RETENTION_SECS", hide = true)]
+    pub retention_secs: Option<u64>,
+
+    /// Messages kept per chat (group, channel or direct chat), the newest:
+    /// older ones are deleted as expired ones are (with --retention-days,
+    /// whichever deletes more). 0: no limit.
+    #[arg(long, env = "QUIP_RETENTION_MAX_MESSAGES", default_value_t = 0)]
+    pub retention_max_messages: u64,
+
+    /// Seconds between retention sweeps (when either limit is on). Each sweep
+    /// reads every chat head and every user's log floor once, and deletes
+    /// in steps of at most ~500 keys.
+    #[arg(long, env = "QUIP_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_sweep_secs: u64,
 }
 
 /// `quipd <command>`: things other than serving.
@@ -406,6 +433,14 @@ impl Config {
     /// The commented example file `quipd config default` prints.
     pub fn example_file() -> String {
         file::example(&Self::command())
+    }
+
+    /// How long messages are kept (`None`: forever).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        let secs = self
+            .retention_secs
+            .unwrap_or(self.retention_days.saturating_mul(24 * 3600));
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
     }
 
     /// The defaults, with the given data directory and an ephemeral port on
@@ -593,7 +628,9 @@ mod tests {
         let example = Config::example_file();
         for arg in Config::command().get_arguments() {
             let id = arg.get_id().as_str();
-            if !["config", "help", "version"].contains(&id) {
+            // Hidden flags (--retention-secs, for tests) are left out, as
+            // from --help.
+            if !["config", "help", "version"].contains(&id) && !arg.is_hide_set() {
                 assert!(example.contains(&format!("\n#{id} = ")), "{id} missing");
             }
         }

@@ -251,6 +251,34 @@ pub fn media_of_unsent(key: &[u8]) -> Option<[u8; 16]> {
     key.get(key.len().checked_sub(16)?..)?.try_into().ok()
 }
 
+/// `mfloor/{chat_id}` → u64 BE: the chat's oldest retained seq; messages
+/// below it were deleted by retention (absent: 1, none were). History
+/// starts its range here, so it never walks the deleted keys' tombstones.
+pub fn message_floor(chat: u64) -> Vec<u8> {
+    cat(b"mfloor/", &[&chat.to_be_bytes()])
+}
+
+/// `logfloor/{user_id}` → u64 BE: the oldest position still in the user's
+/// log; entries below it were deleted by retention (absent: 1).
+pub fn log_floor(uid: u64) -> Vec<u8> {
+    cat(b"logfloor/", &[&uid.to_be_bytes()])
+}
+
+/// Every `chat/` key from `from` on.
+pub fn chats_from(from: u64) -> (Vec<u8>, Vec<u8>) {
+    (chat(from), cat(b"chat0", &[]))
+}
+
+/// Every `uid/` key from `from` on.
+pub fn users_from(from: u64) -> (Vec<u8>, Vec<u8>) {
+    (user_id(from), cat(b"uid0", &[]))
+}
+
+/// The trailing u64 of a key (`chat/`, `uid/`, `log/`, `msg/` …).
+pub fn last_u64(key: &[u8]) -> Option<u64> {
+    chat_of_user_chat(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,8 +315,10 @@ mod tests {
     #[test]
     fn prefixes_do_not_collide() {
         // A username cannot make a user key look like another tag's key.
-        let tags: [&[u8]; 28] = [
+        let tags: [&[u8]; 30] = [
             b"user/",
+            b"mfloor/",
+            b"logfloor/",
             b"uid/",
             b"sess/",
             b"dev/",

@@ -26,6 +26,9 @@
 //! - [`store`], [`keys`], [`records`]: storage trait, key layout, stored values.
 //!   `testing` (feature `fdb`, hidden): a throw-away FoundationDB server for tests.
 //! - [`media`]: media bytes in an object store, streamed in and out.
+//! - [`retention`]: the background sweep deleting messages past their age.
+//! - [`backup`]: `quipd backup` / `quipd restore`: a snapshot of the store
+//!   (served by a running server on a socket in its data directory) and media.
 //! - [`metrics`]: what is counted, under which Prometheus names; the
 //!   admin listener ([`transport::admin`]) serves it with health checks.
 //! - [`presence`]: who is online (a sans-IO tracker and its async shell),
@@ -34,6 +37,7 @@
 //!   keys derive from; [`ratelimit`]: token buckets; [`passwords`]: argon2
 //!   work, bounded.
 
+pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -47,6 +51,7 @@ pub mod passwords;
 pub mod presence;
 pub mod ratelimit;
 pub mod records;
+pub mod retention;
 pub mod secret;
 pub mod server;
 pub mod service;

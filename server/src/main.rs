@@ -14,6 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if quip_server::backup::requested() {
+        return quip_server::backup::main().await;
+    }
     let config = match Config::load(std::env::args_os()) {
         Ok(c) => c,
         Err(LoadError::Flags(e)) => e.exit(),

@@ -165,7 +165,9 @@ impl MediaStore {
         })
     }
 
-    async fn delete_chunks(&self, upload: &[u8]) {
+    /// Deletes the chunk objects of `upload` (an upload id, as
+    /// `mblob/`'s `chunks_of` names it).
+    pub async fn delete_chunks(&self, upload: &[u8]) {
         let prefix = Path::from(format!("chunks/{}", hex(upload)));
         let locations = self.objects.list(Some(&prefix)).map(|m| m.map(|m| m.location)).boxed();
         let mut deleted = self.objects.delete_stream(locations);

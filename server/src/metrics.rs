@@ -60,6 +60,9 @@ pub const FDB_RETRIES: &str = "quip_fdb_retries_total";
 pub const FDB_ERRORS: &str = "quip_fdb_errors_total";
 /// Always 1, labelled with the version: which build a node runs.
 pub const BUILD_INFO: &str = "quip_build_info";
+/// What retention sweeps deleted, by kind (`messages`, `log_entries`,
+/// `media`: stored media whose bytes went).
+pub const RETENTION_DELETED: &str = "quip_retention_deleted_total";
 
 /// The one recorder of this process and its handle for rendering.
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -114,6 +117,9 @@ fn zeroes() {
     for d in ["in", "out"] {
         metrics::counter!(MEDIA_BYTES, "direction" => d).absolute(0);
     }
+    for w in ["messages", "log_entries", "media"] {
+        metrics::counter!(RETENTION_DELETED, "what" => w).absolute(0);
+    }
     metrics::counter!(REGISTRATIONS).absolute(0);
     metrics::counter!(SLOW_CONSUMER).absolute(0);
     metrics::gauge!(USERS_ONLINE).set(0.0);
@@ -160,6 +166,10 @@ fn describe() {
     c!(
         FDB_ERRORS,
         "FoundationDB operations that failed for good, by operation."
+    );
+    c!(
+        RETENTION_DELETED,
+        "What retention sweeps deleted: messages, log entries, media (stored bytes)."
     );
     g!(BUILD_INFO, "Always 1; the version label says which build runs.");
 }
@@ -353,6 +363,13 @@ pub fn registered() {
 pub fn fdb_retry(op: &'static str, conflict: bool) {
     let reason = if conflict { "conflict" } else { "other" };
     metrics::counter!(FDB_RETRIES, "op" => op, "reason" => reason).increment(1);
+}
+
+/// A retention sweep deleted these (see [`RETENTION_DELETED`]).
+pub fn retention_deleted(messages: u64, log_entries: u64, media: u64) {
+    metrics::counter!(RETENTION_DELETED, "what" => "messages").increment(messages);
+    metrics::counter!(RETENTION_DELETED, "what" => "log_entries").increment(log_entries);
+    metrics::counter!(RETENTION_DELETED, "what" => "media").increment(media);
 }
 
 /// A FoundationDB operation failed for good.

@@ -235,6 +235,19 @@ impl Server {
             Duration::from_secs(shared.config.media_unsent_ttl_secs),
             Duration::from_secs(shared.config.media_sweep_secs),
         ));
+        let (max_age, max_messages) = (shared.config.retention(), shared.config.retention_max_messages);
+        let retention = (max_age.is_some() || max_messages > 0).then(|| {
+            tokio::spawn(crate::retention::run(crate::retention::Sweeper {
+                store: shared.store.clone(),
+                media: shared.media.clone(),
+                cluster: shared.cluster.clone(),
+                clock: shared.clock,
+                max_age,
+                max_messages,
+                every: Duration::from_secs(shared.config.retention_sweep_secs),
+            }))
+        });
+        let backups = crate::backup::start(&shared.config, shared.store.clone());
         let max_conn = shared.config.max_connections;
         let admission = Admission::new(shared.config.max_connections_per_ip);
         let mut conns = tokio::task::JoinSet::new();
@@ -284,6 +297,10 @@ impl Server {
             "shutting down: draining connections"
         );
         sweep.abort();
+        if let Some(r) = retention {
+            r.abort();
+        }
+        drop(backups);
         endpoint.set_server_config(None);
         // Connections stop reading requests and new writes are refused;
         // the store commits every write already queued, which releases the

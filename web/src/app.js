@@ -284,6 +284,7 @@ class App {
     for (;;) {
       const page = await this.conn.request('sync', { limit: 500 });
       this.positions.server(page.acked);
+      this.positions.retained(page.retained_from_pos);
       for (const e of page.events) this.event(e, true);
       if (!page.more || page.events.length === 0) break;
     }
@@ -461,6 +462,7 @@ class App {
     this.messages = [];
     this.showConversation();
     $('load-earlier').hidden = true;
+    $('expired-note').hidden = true;
     this.renderHeader();
     this.renderMessages(true);
     $('composer-input').focus();
@@ -509,7 +511,7 @@ class App {
     this.messages = [];
     for (const m of page.messages) this.insert(m);
     for (const m of this.unsent) if (m.chat_id === chatId) this.messages.push(m);
-    $('load-earlier').hidden = !page.more;
+    this.showPaging(page);
     this.renderMessages(true);
     this.renderTyping();
     this.markRead();
@@ -526,6 +528,16 @@ class App {
     this.renderHeader();
   }
 
+  /**
+   * After a history page: "load earlier" while older messages exist, and
+   * once the oldest kept one is reached, a note if the server deleted
+   * older ones (retention), so a short history does not look like loss.
+   */
+  showPaging(page) {
+    $('load-earlier').hidden = !page.more;
+    $('expired-note').hidden = page.more || num(page.retained_from_seq) <= 1;
+  }
+
   async loadEarlier() {
     const chatId = this.open;
     const first = this.messages.find((m) => m.seq);
@@ -535,7 +547,7 @@ class App {
     const page = await this.conn.request('history', { chat_id: chatId, before_seq: first.seq, limit: HISTORY_PAGE });
     if (this.open !== chatId) return;
     for (const m of page.messages) this.insert(m);
-    $('load-earlier').hidden = !page.more;
+    this.showPaging(page);
     this.renderMessages(false);
     box.scrollTop = box.scrollHeight - fromBottom;
   }

@@ -23,6 +23,20 @@ export class AckTracker {
     this.advance();
   }
 
+  /**
+   * Positions below `retainedFrom` (a sync page's `retained_from_pos`; 0:
+   * none) were deleted by the server's retention policy and never arrive:
+   * settled as received, but still to be acknowledged, so a device that was
+   * away longer than the retention period does not wait on them forever.
+   */
+  retained(retainedFrom) {
+    const below = BigInt(retainedFrom || 0) - 1n;
+    if (below <= this.contiguous) return;
+    this.contiguous = below;
+    for (const p of this.ahead) if (BigInt(p) <= below) this.ahead.delete(p);
+    this.advance();
+  }
+
   /** Records a received position (0: transient, never acknowledged). */
   observe(pos) {
     const p = BigInt(pos || 0);

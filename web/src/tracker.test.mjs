@@ -36,6 +36,20 @@ test("the server's position settles everything below it", () => {
   assert.equal(t.contiguous, 7n);
 });
 
+test('positions retention deleted are jumped over and acknowledged', () => {
+  const t = new AckTracker();
+  t.server('3');
+  t.retained('0');
+  t.retained('1');
+  assert.equal(t.take(), null, 'nothing was deleted');
+  t.retained('20'); // 4..19 expired while the device was away
+  assert.equal(t.take(), 19n);
+  assert.equal(t.observe('20'), true);
+  assert.equal(t.take(), 20n);
+  t.retained('5');
+  assert.equal(t.contiguous, 20n, 'an older floor never moves it back');
+});
+
 test('positions past 2^53 stay exact', () => {
   const t = new AckTracker();
   t.server('9007199254740993');

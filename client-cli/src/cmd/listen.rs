@@ -210,6 +210,15 @@ impl<'a> Feed<'a> {
         while !self.done() {
             let page = client.sync(0).await?;
             self.tracker.server_position(page.acked);
+            if page.retained_from_pos > page.acked + 1 && self.tracker.contiguous() < page.retained_from_pos - 1 {
+                let text = format!(
+                    "events {} to {} expired under the server's retention policy before this device synced",
+                    page.acked + 1,
+                    page.retained_from_pos - 1
+                );
+                status(self.out, "expired", &text);
+            }
+            self.tracker.retained_from(page.retained_from_pos);
             let before = self.tracker.contiguous();
             self.handle(client, page.events).await?;
             if !page.more || self.tracker.contiguous() == before {
@@ -307,7 +316,9 @@ impl<'a> Feed<'a> {
                 Some(v1::event::Kind::Receipt(r)) => self.out.receipt(r, e.pos)?,
                 // Transient kinds carry pos 0 and are handled above.
                 Some(v1::event::Kind::Advanced(_) | v1::event::Kind::Presence(_) | v1::event::Kind::Typing(_)) => {}
-                None => {} // a kind newer than this client: nothing to show
+                // A kind newer than this client, or a message retention
+                // deleted: nothing to show, acknowledged all the same.
+                None => {}
             }
         }
         for (chat, seq) in delivered {

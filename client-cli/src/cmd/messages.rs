@@ -57,6 +57,12 @@ pub async fn history(ctx: &Ctx, target: Target, before: Option<u64>, limit: u32)
         };
         eprintln!("(older messages: quip history {name} --before {oldest})");
     }
+    if !page.more && page.retained_from_seq > 1 && !ctx.out.json {
+        eprintln!(
+            "(messages before seq {} expired under the server's retention policy)",
+            page.retained_from_seq
+        );
+    }
     Ok(())
 }
 

@@ -207,7 +207,8 @@ impl Node {
         Ok(!store::read(&*self.store, |t| directory::present_on(t, user))?.is_empty())
     }
 
-    fn live_nodes(&self) -> Arc<[u64]> {
+    /// The live nodes' ids, ascending, as of the last heartbeat.
+    pub(crate) fn live_nodes(&self) -> Arc<[u64]> {
         self.live.lock().expect("live nodes lock").clone()
     }
 }

@@ -99,16 +99,18 @@ fn summary(
         }
     };
     let mut newest = chat.last_seq;
-    let mut unread = chat.last_seq.saturating_sub(mine.read);
+    // Messages retention deleted are not unread: nobody can read them.
+    let floor = super::retention::message_floor(txn, chat_id)?;
+    let mut unread = chat.last_seq.saturating_sub(mine.read.max(floor - 1));
     if kind == ChatKind::Direct {
         let hidden = blocking::hidden(txn, chat_id, actor.user_id, mine.read + 1, chat.last_seq + 1)?;
-        unread -= hidden.len() as u64;
+        unread = unread.saturating_sub(hidden.len() as u64);
         let all_hidden = blocking::hidden(txn, chat_id, actor.user_id, 1, chat.last_seq + 1)?;
         while newest > 0 && all_hidden.contains(&newest) {
             newest -= 1;
         }
     }
-    let last_message = if newest > 0 {
+    let last_message = if newest >= floor {
         records::get::<v1::Message>(txn, &keys::message(chat_id, newest))?
     } else {
         None

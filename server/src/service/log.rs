@@ -67,6 +67,9 @@ pub struct SyncPage {
     pub head: u64,
     /// The device's acknowledged position.
     pub acked: u64,
+    /// The oldest position retention left in the log (0: it never deleted
+    /// any). Above `acked + 1`, the device missed events that expired.
+    pub retained_from: u64,
 }
 
 /// Reads events after `device`'s position: at most `limit`, and at most
@@ -82,7 +85,11 @@ pub fn sync(
     let dev: DeviceRecord = records::get(txn, &keys::device(uid, device))?
         .ok_or_else(|| ServiceError::Unauthenticated("device no longer exists".into()))?;
     let head = head(txn, uid)?;
-    let from = keys::log(uid, dev.acked_pos.saturating_add(1));
+    // Below the floor retention deleted the entries: start at it, not at a
+    // long run of deleted keys (tombstones a log-structured store walks).
+    let floor = super::retention::log_floor(txn, uid)?;
+    let settled = dev.acked_pos.max(floor - 1);
+    let from = keys::log(uid, settled + 1);
     let to = keys::log(uid, u64::MAX);
     let rows = txn.range(&from, &to, limit, false)?;
     let records = rows
@@ -110,28 +117,34 @@ pub fn sync(
         bytes += len;
         events.push(event);
     }
-    let last = events.last().map_or(dev.acked_pos, |e| e.pos);
+    let last = events.last().map_or(settled, |e| e.pos);
     more |= last < head;
     Ok(SyncPage {
         events,
         more,
         head,
         acked: dev.acked_pos,
+        retained_from: if floor > 1 { floor } else { 0 },
     })
 }
 
-/// Turns a log record into the event a client sees.
+/// Turns a log record into the event a client sees. An entry whose message
+/// retention already deleted (the log is trimmed after the chats, and only
+/// as a prefix) becomes an event without a kind: the device acknowledges
+/// it and shows nothing, and its positions stay gap-free.
 fn resolve(txn: &mut dyn ReadTxn, pos: u64, rec: LogRecord, max_bytes: usize) -> Result<v1::Event, ServiceError> {
     let kind = match rec.receipt {
-        Some(r) => v1::event::Kind::Receipt(r),
+        Some(r) => Some(v1::event::Kind::Receipt(r)),
         None => {
             let key = keys::message(rec.chat_id, rec.seq);
-            let msg: v1::Message = records::get(txn, &key)?
-                .ok_or_else(|| ServiceError::Internal(format!("log {pos} points at missing message")))?;
-            v1::event::Kind::Message(super::messages::fit(msg, max_bytes))
+            match records::get::<v1::Message>(txn, &key)? {
+                Some(msg) => Some(v1::event::Kind::Message(super::messages::fit(msg, max_bytes))),
+                None if rec.seq < super::retention::message_floor(txn, rec.chat_id)? => None,
+                None => return Err(ServiceError::Internal(format!("log {pos} points at missing message"))),
+            }
         }
     };
-    Ok(v1::Event { pos, kind: Some(kind) })
+    Ok(v1::Event { pos, kind })
 }
 
 /// Moves the device's position forward to `pos` (capped at the log head).

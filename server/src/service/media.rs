@@ -382,8 +382,36 @@ pub fn forget(txn: &mut dyn Txn, id: &MediaId) -> Result<Option<Vec<u8>>, Servic
     if rec.sent {
         return Ok(None);
     }
-    txn.clear(&key);
     txn.clear(&keys::media_unsent(rec.created_ms, id));
+    drop_record(txn, id, &rec)
+}
+
+/// After retention deleted the messages of `chat_id` below `floor`: forgets
+/// that media `id` was sent there if every message carrying it is gone,
+/// and when no chat references it any more deletes the media itself.
+/// Returns the chunk prefix whose objects must then be deleted, as
+/// [`forget`] does. References without a seq (data from before it was kept)
+/// are never dropped: which messages carry them is unknown.
+pub fn unreference(txn: &mut dyn Txn, id: &MediaId, chat_id: u64, floor: u64) -> Result<Option<Vec<u8>>, ServiceError> {
+    let rkey = keys::media_ref(id, chat_id);
+    match txn.get(&rkey)? {
+        Some(v) if last_sent_seq(&v) < floor => txn.clear(&rkey),
+        _ => return Ok(None),
+    }
+    let (begin, end) = keys::media_refs(id);
+    if !txn.range(&begin, &end, 1, false)?.is_empty() {
+        return Ok(None);
+    }
+    let Some(rec) = records::get::<MediaRecord>(txn, &keys::media(id))? else {
+        return Ok(None);
+    };
+    drop_record(txn, id, &rec)
+}
+
+/// Deletes media record `id` and its share of the blob; returns the chunk
+/// prefix to delete when nothing else holds those bytes.
+fn drop_record(txn: &mut dyn Txn, id: &MediaId, rec: &MediaRecord) -> Result<Option<Vec<u8>>, ServiceError> {
+    txn.clear(&keys::media(id));
     if !rec.complete {
         return Ok(Some(id.to_vec()));
     }

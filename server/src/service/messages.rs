@@ -462,11 +462,14 @@ pub fn history(
     } else {
         page.limit.min(MAX_HISTORY)
     } as usize;
+    // Retention deleted everything below the floor: start there, not at a
+    // run of deleted keys (tombstones a log-structured store would walk).
+    let floor = super::retention::message_floor(txn, chat_id)?;
     let first = if chat.kind() == ChatKind::Group {
         let mine: CursorRecord = records::get(txn, &keys::cursor(chat_id, actor.user_id))?.unwrap_or_default();
-        mine.joined.max(1)
+        mine.joined.max(floor)
     } else {
-        1
+        floor
     };
     let end_seq = if page.before == 0 {
         chat.last_seq + 1
@@ -515,5 +518,6 @@ pub fn history(
         chat_id,
         messages,
         more,
+        retained_from_seq: if floor > 1 { floor } else { 0 },
     })
 }

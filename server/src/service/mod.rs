@@ -16,6 +16,8 @@
 //! - [`log`]: the per-user event log, sync and acknowledgements.
 //! - [`media`]: uploads, shared blobs, download access, abandoned uploads.
 //! - [`presence`]: who may see whose presence; last-seen records and settings.
+//! - [`retention`]: deleting messages past the retention age, and what
+//!   refers to them, in bounded steps.
 
 pub mod accounts;
 pub mod blocking;
@@ -27,6 +29,7 @@ pub mod media;
 pub mod messages;
 pub mod presence;
 pub mod receipts;
+pub mod retention;
 pub mod throttle;
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ impl Session {
                 more: page.more,
                 head: page.head,
                 acked: page.acked,
+                retained_from_pos: page.retained_from,
             }),
         )))
     }

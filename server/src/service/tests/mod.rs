@@ -7,6 +7,7 @@
 mod groups;
 mod messages;
 mod receipts;
+mod retention;
 mod throttle;
 
 use quip_protocol::v1::{self, ChatAction, ChatKind, GroupAdds, Visibility};
