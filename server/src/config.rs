@@ -304,6 +304,9 @@ pub enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Operator commands against the running server, through its admin
+    /// listener (--admin-listen) and the token in its data directory.
+    Admin(crate::admin::cli::AdminArgs),
 }
 
 /// `quipd config …`.

@@ -22,9 +22,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if let Some(Command::Config(ConfigCommand::Default)) = config.command {
-        print!("{}", Config::example_file());
-        return Ok(());
+    match config.command {
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", Config::example_file());
+            return Ok(());
+        }
+        Some(Command::Admin(args)) => std::process::exit(quip_server::admin::cli::run(args).await),
+        None => {}
     }
     // Listen for signals before anything can report readiness, so a SIGTERM
     // sent as soon as the server says it is up is never missed.
