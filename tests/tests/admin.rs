@@ -453,3 +453,44 @@ async fn stats_count_users_connections_and_messages() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("users:            2"), "{text}");
 }
+
+#[tokio::test]
+async fn quipd_admin_reads_the_servers_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("quipd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\nadmin_listen = \"127.0.0.1:{admin_port}\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&data, free_port(), &["--config", file.to_str().unwrap()]);
+    Daemon::ready(&data).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http(admin, "GET", "/readyz", None).await, Ok((200, _))) {
+        assert!(Instant::now() < deadline, "the admin listener never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Neither --data-dir nor --admin-listen: both come from the file.
+    let out = Command::new(quipd())
+        .args(["admin", "stats", "--json"])
+        .env("QUIP_CONFIG", &file)
+        .env_remove("QUIP_DATA_DIR")
+        .env_remove("QUIP_ADMIN_LISTEN")
+        .env_remove("QUIP_ADMIN_URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["users"], 0, "{v}");
+}

@@ -18,6 +18,8 @@ use rand::RngCore;
 use serde_json::{Value, json};
 
 /// `quipd admin`: asks the running server, through its admin listener.
+/// With `QUIP_CONFIG` naming the server's file, that file gives the data directory and admin address that flags and the
+/// environment leave unset.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
     /// The server's data directory, which holds the admin token
@@ -41,6 +43,20 @@ pub struct AdminArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
+}
+
+impl AdminArgs {
+    /// Takes the data directory and the admin address from `file` (the
+    /// server's `--config` file, as settings) where neither a flag nor the
+    /// environment gave them; `matches` are this subcommand's.
+    pub fn fill_in(&mut self, matches: &clap::ArgMatches, file: &crate::Config) {
+        if matches.value_source("data_dir") == Some(clap::parser::ValueSource::DefaultValue) {
+            self.data_dir = file.data_dir.clone();
+        }
+        if self.admin_listen.is_none() {
+            self.admin_listen = file.admin_listen;
+        }
+    }
 }
 
 /// `quipd admin <command>`.
