@@ -86,7 +86,11 @@ impl FromRequestParts<Api> for Operator {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| {
+                // The scheme's name is case-insensitive (RFC 9110 §11.1).
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            });
         if presented.is_some_and(|t| api.token.verify(t.trim())) {
             return Ok(Self { peer });
         }
