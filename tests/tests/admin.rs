@@ -436,7 +436,15 @@ async fn stats_count_users_connections_and_messages() {
     for i in 0..5 {
         a.send_text("hank", &format!("hello {i}")).await.unwrap();
     }
-    let v = s.json(&["stats"]).await;
+    // A send is counted once answered: maybe a moment after its reply.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = s.json(&["stats"]).await;
+        if v["messages"] == 5 || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(v["users"], 2, "{v}");
     assert_eq!(v["online"], 2, "{v}");
     assert_eq!(v["connections"], 2, "{v}");
