@@ -502,3 +502,37 @@ async fn quipd_admin_reads_the_servers_config_file() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["users"], 0, "{v}");
 }
+
+#[tokio::test]
+async fn groups_show_lists_members_not_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Admin::start(dir.path(), &[]).await;
+    let ivy = s.connect().await;
+    ivy.register("ivy", PASSWORD, "phone").await.unwrap();
+    let jack = s.connect().await;
+    jack.register("jack", PASSWORD, "phone").await.unwrap();
+    let created = ivy.create_group("book club", &["jack"]).await.unwrap();
+    let id = created.info.unwrap().chat_id;
+
+    let v = s.json(&["groups", "show", &id.to_string()]).await;
+    assert_eq!(v["id"], id, "{v}");
+    assert_eq!(v["kind"], "group", "{v}");
+    assert_eq!(v["name"], "book club", "{v}");
+    assert_eq!(v["member_count"], 2, "{v}");
+    let members: Vec<(&str, bool)> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user"].as_str().unwrap(), m["admin"].as_bool().unwrap()))
+        .collect();
+    assert!(members.contains(&("ivy", true)), "{v}");
+    assert!(members.contains(&("jack", false)), "{v}");
+
+    let out = s.run(&["groups", "show", &id.to_string()], None).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("name:          book club"), "{text}");
+    assert!(text.contains("ivy (admin)"), "{text}");
+    let out = s.run(&["groups", "show", "999999"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+}

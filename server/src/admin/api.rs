@@ -13,6 +13,7 @@
 //! | `POST users/{name}/devices/{id}/revoke` | signs the device out | `Outcome` |
 //! | `GET users/{name}/sessions` | connections here by device | `[SessionInfo]` |
 //! | `POST users/{name}/kick` `{"device"?}` | closes connections (code 10) | `Outcome` |
+//! | `GET chats/{id}` | a group's, channel's or direct chat's members | `ChatDetail` |
 //! | `GET stats` | counts | `Stats` |
 //!
 //! Errors are `{"error": CODE, "message": …}` with the protocol's error
@@ -57,6 +58,7 @@ pub fn router(shared: Arc<Shared>, token: Arc<AdminToken>) -> Router {
         .route("/users/{name}/devices/{device}/revoke", post(revoke_device))
         .route("/users/{name}/sessions", get(sessions))
         .route("/users/{name}/kick", post(kick))
+        .route("/chats/{id}", get(chat))
         .route("/stats", get(stats))
         .with_state(Api {
             shared,
@@ -235,6 +237,10 @@ async fn kick(op: Operator, State(api): State<Api>, Path(name): Path<String>, Js
     };
     let r = ops::kick(&api.shared, &name, body.device).await;
     answer(&op, "sessions.kick", &subject, r)
+}
+
+async fn chat(op: Operator, State(api): State<Api>, Path(id): Path<u64>) -> Response {
+    answer(&op, "groups.show", &id.to_string(), ops::chat(&api.shared, id))
 }
 
 async fn stats(op: Operator, State(api): State<Api>) -> Response {

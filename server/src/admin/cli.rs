@@ -71,6 +71,9 @@ pub enum AdminCommand {
     /// A user's open connections.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Groups, channels and direct chats: who is in them.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Users, users online, connections, chats, messages per second.
     Stats,
 }
@@ -150,6 +153,17 @@ pub enum SessionsCommand {
     },
 }
 
+/// `quipd admin groups …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GroupsCommand {
+    /// A chat's kind, name, members (admins marked) and last seq; never
+    /// its messages.
+    Show {
+        /// The chat id (as clients show it: chat:ID).
+        id: u64,
+    },
+}
+
 /// Why a command failed, and its exit status.
 struct Failure {
     status: i32,
@@ -216,6 +230,7 @@ async fn execute(args: &AdminArgs) -> Result<(), Failure> {
             format!("users/{}/kick", seg(name)),
             Some(json!({ "device": device })),
         ),
+        AdminCommand::Groups(GroupsCommand::Show { id }) => ("GET", format!("chats/{id}"), None),
         AdminCommand::Stats => ("GET", "stats".to_owned(), None),
     };
     let mut v = client.call(method, &path, body).await?;
@@ -470,6 +485,29 @@ fn text(command: &AdminCommand, v: &Value) -> String {
                 "kicked {name}: {} device(s) disconnected\n",
                 s(&v["closed_devices"])
             ));
+        }
+        AdminCommand::Groups(GroupsCommand::Show { .. }) => {
+            out.push_str(&format!("chat:          {}\n", s(&v["id"])));
+            out.push_str(&format!("kind:          {}\n", s(&v["kind"])));
+            out.push_str(&format!("name:          {}\n", s(&v["name"])));
+            out.push_str(&format!("members:       {}\n", s(&v["member_count"])));
+            out.push_str(&format!("last seq:      {}\n", s(&v["last_seq"])));
+            out.push_str(&format!(
+                "last activity: {}\n",
+                when(v["last_activity_ms"].as_i64().unwrap_or(0))
+            ));
+            for m in rows(&v["members"]) {
+                let admin = if m["admin"].as_bool() == Some(true) {
+                    " (admin)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "  {}{admin}, from seq {}\n",
+                    s(&m["user"]),
+                    s(&m["joined_seq"])
+                ));
+            }
         }
         AdminCommand::Stats => {
             out.push_str(&format!("users:            {}\n", s(&v["users"])));

@@ -311,6 +311,67 @@ async fn sign_out(
     }
 }
 
+/// A member of a chat, as `groups show` lists it.
+#[derive(Debug, Serialize)]
+pub struct MemberInfo {
+    /// The username.
+    pub user: String,
+    /// Whether they manage the chat.
+    pub admin: bool,
+    /// The seq from which they see the chat's history.
+    pub joined_seq: u64,
+}
+
+/// A chat (group, channel or direct), as `groups show` describes it:
+/// who is in it, never what was said.
+#[derive(Debug, Serialize)]
+pub struct ChatDetail {
+    /// Its id.
+    pub id: u64,
+    /// `direct`, `group` or `channel`.
+    pub kind: String,
+    /// Its name (groups and channels).
+    pub name: String,
+    /// Members (a channel's: its admins).
+    pub members: Vec<MemberInfo>,
+    /// Members, or a channel's subscribers.
+    pub member_count: u32,
+    /// The last message's seq.
+    pub last_seq: u64,
+    /// When a message was last sent, ms since the Unix epoch.
+    pub last_activity_ms: i64,
+}
+
+/// One chat's description.
+pub fn chat(shared: &Shared, id: u64) -> Result<ChatDetail, ServiceError> {
+    let max = shared.config.max_group_members;
+    let (info, last_activity_ms) = store::read(&*shared.store, |t| {
+        crate::service::groups::info_for_operator(t, id, max)
+    })?
+    .ok_or_else(|| ServiceError::NotFound(format!("no chat {id}")))?;
+    let kind = quip_protocol::v1::ChatKind::try_from(info.kind)
+        .map_or("unknown", |k| k.as_str_name())
+        .trim_start_matches("CHAT_KIND_")
+        .to_ascii_lowercase();
+    Ok(ChatDetail {
+        id,
+        kind,
+        name: info.name,
+        members: info
+            .members
+            .into_iter()
+            .map(|m| MemberInfo {
+                user: m.user,
+                admin: m.admin,
+                joined_seq: m.joined_seq,
+            })
+            .collect(),
+        member_count: info.member_count,
+        last_seq: info.last_seq,
+        last_activity_ms,
+    })
+}
+
 /// Server-wide counts.
 pub fn stats(shared: &Shared, rate: &MessageRate) -> Result<Stats, ServiceError> {
     let (users, chats) = store::read(&*shared.store, |t| {
