@@ -46,6 +46,11 @@ pub enum CloseCode {
     /// The session token expired (it is valid for a set time after the
     /// login that issued it); log in again.
     SessionExpired = 9,
+    /// The server's operator closed the connection (`quipd admin sessions
+    /// kick`, or the account was disabled). Do not reconnect automatically:
+    /// tell the user, and reconnect only when they ask (a disabled
+    /// account's login is then refused with `FORBIDDEN`).
+    Kicked = 10,
 }
 
 impl CloseCode {
@@ -67,6 +72,7 @@ impl CloseCode {
             7 => Self::Replaced,
             8 => Self::TooManyConnections,
             9 => Self::SessionExpired,
+            10 => Self::Kicked,
             _ => return None,
         })
     }
@@ -97,6 +103,7 @@ mod tests {
             CloseCode::Replaced,
             CloseCode::TooManyConnections,
             CloseCode::SessionExpired,
+            CloseCode::Kicked,
         ] {
             assert_eq!(CloseCode::from_code(c.code().into()), Some(c));
         }

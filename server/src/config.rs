@@ -331,6 +331,11 @@ pub enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Operator commands against the running server, through its admin
+    /// listener (--admin-listen) and the token in its data directory. With
+    /// QUIP_CONFIG naming the server's file, its data_dir and admin_listen
+    /// apply where flags and environment leave them unset.
+    Admin(crate::admin::cli::AdminArgs),
 }
 
 /// `quipd config …`.
@@ -420,6 +425,22 @@ impl Config {
             return Ok(Self::from_arg_matches(&matches)?);
         };
         let applied = file::args_from_file(&cmd, &matches, &path)?;
+        if let Some((_, sub)) = matches.subcommand() {
+            // A subcommand's arguments follow its name, so the file's
+            // settings cannot be appended: they are read on their own, and
+            // `quipd admin` takes the data directory and admin address
+            // from them when its own flags and environment did not say.
+            let mut config = Self::from_arg_matches(&matches)?;
+            if let Some(Command::Admin(admin)) = &mut config.command {
+                let program = args.first().cloned().unwrap_or_else(|| "quipd".into());
+                let from_file = match cmd.try_get_matches_from(std::iter::once(program).chain(applied.args.clone())) {
+                    Ok(m) => Self::from_arg_matches(&m)?,
+                    Err(e) => return Err(applied.explain(e)?.into()),
+                };
+                admin.fill_in(sub, &from_file);
+            }
+            return Ok(config);
+        }
         // The file's settings go after the command line's: none of them
         // is one the command line or the environment set (see
         // file::args_from_file), so nothing is overridden twice.

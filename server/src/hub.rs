@@ -340,6 +340,14 @@ impl Hub {
         self.users.get(&user_id).map_or(0, |d| d.len())
     }
 
+    /// Users with a connection here, and connections here.
+    pub fn totals(&self) -> (usize, usize) {
+        self.users
+            .iter()
+            .filter(|e| !e.value().is_empty())
+            .fold((0, 0), |(u, c), e| (u + 1, c + e.value().len()))
+    }
+
     /// Pushes committed notifications to their users' online devices.
     pub fn publish(&self, notifications: Vec<Notification>, max_frame: usize) {
         for n in notifications {

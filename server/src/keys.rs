@@ -10,6 +10,34 @@ pub fn user(username: &str) -> Vec<u8> {
     cat(b"user/", &[username.as_bytes()])
 }
 
+/// The range of every [`user`] key.
+pub fn users() -> (Vec<u8>, Vec<u8>) {
+    (b"user/".to_vec(), b"user0".to_vec())
+}
+
+/// The range of every [`session`] key.
+pub fn sessions() -> (Vec<u8>, Vec<u8>) {
+    (b"sess/".to_vec(), b"sess0".to_vec())
+}
+
+/// The token hash from a [`session`] key.
+pub fn token_hash_of(key: &[u8]) -> Option<[u8; 32]> {
+    key.strip_prefix(b"sess/")?.try_into().ok()
+}
+
+/// The range of a user's [`device`] keys.
+pub fn devices(uid: u64) -> (Vec<u8>, Vec<u8>) {
+    (device(uid, 0), cat(b"dev/", &[&uid.to_be_bytes(), &[0xff; 5]]))
+}
+
+/// The device id from a [`device`] key.
+pub fn device_of(key: &[u8]) -> Option<u32> {
+    key.get(key.len().checked_sub(4)?..)?
+        .try_into()
+        .ok()
+        .map(u32::from_be_bytes)
+}
+
 /// `uid/{user_id}` → username (UTF-8).
 pub fn user_id(uid: u64) -> Vec<u8> {
     cat(b"uid/", &[&uid.to_be_bytes()])

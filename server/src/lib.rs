@@ -13,6 +13,8 @@
 //! ```
 //!
 //! # Layout
+//! - [`admin`]: the operator's API (`quipd admin …` and its routes on the
+//!   admin listener), with its token and audit log.
 //! - [`config`]: flags and environment; [`clock`]: time, virtual in tests.
 //! - [`server`]: the listeners; [`shutdown`]: the graceful drain's signals.
 //! - [`transport`]: QUIC and HTTPS/WebSocket shells, the request loop they
@@ -37,6 +39,7 @@
 //!   keys derive from; [`ratelimit`]: token buckets; [`passwords`]: argon2
 //!   work, bounded.
 
+pub mod admin;
 pub mod backup;
 pub mod clock;
 pub mod cluster;

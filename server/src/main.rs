@@ -25,9 +25,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    if let Some(Command::Config(ConfigCommand::Default)) = config.command {
-        print!("{}", Config::example_file());
-        return Ok(());
+    match config.command {
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", Config::example_file());
+            return Ok(());
+        }
+        Some(Command::Admin(args)) => std::process::exit(quip_server::admin::cli::run(args).await),
+        None => {}
     }
     if let Some(problem) = config.cluster_media_problem() {
         eprintln!("quipd: {problem}");

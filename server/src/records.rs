@@ -37,6 +37,10 @@ pub struct UserRecord {
     /// `quip.v1.GroupAdds`: who may add the user to groups (0: everyone).
     #[prost(int32, tag = "8")]
     pub group_adds: i32,
+    /// Disabled by the operator (`quipd admin users disable`): logins are
+    /// refused until it is enabled again.
+    #[prost(bool, tag = "9")]
+    pub disabled: bool,
 }
 
 /// `sess/{sha256(token)}`.

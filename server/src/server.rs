@@ -64,8 +64,13 @@ pub struct Server {
     dev_cert: Option<PathBuf>,
     /// What QUIC and HTTPS handshakes present; reloadable.
     certs: Arc<tls::Certificates>,
-    /// The admin listener and the metrics it renders, when configured.
-    admin: Option<(std::net::TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
+    /// The admin listener, the metrics it renders and the token its API
+    /// takes, when configured.
+    admin: Option<(
+        std::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+        Arc<crate::admin::token::AdminToken>,
+    )>,
 }
 
 impl Server {
@@ -150,9 +155,12 @@ impl Server {
                     .with_context(|| format!("binding TCP {addr} for the admin listener"))?;
                 listener.set_nonblocking(true)?;
                 if !addr.ip().is_loopback() {
-                    tracing::warn!(%addr, "the admin listener (metrics, health) is reachable beyond loopback; it has no authentication");
+                    tracing::warn!(%addr, "the admin listener is reachable beyond loopback; its metrics and health need no authentication (its API needs the admin token)");
                 }
-                Some((listener, metrics))
+                let token_path = crate::admin::token::path(&config.data_dir);
+                let token = crate::admin::token::AdminToken::load_or_create(&token_path)
+                    .with_context(|| format!("creating the admin token {}", token_path.display()))?;
+                Some((listener, metrics, Arc::new(token)))
             }
             None => None,
         };
@@ -185,7 +193,7 @@ impl Server {
 
     /// The admin listener's address, when it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.admin.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// The dev certificate's path, when running with one.
@@ -221,10 +229,10 @@ impl Server {
         shared.join_cluster(addr).await.context("joining the cluster")?;
         let router = http::router(shared.clone());
         let admin = match admin {
-            Some((listener, metrics)) => {
+            Some((listener, metrics, token)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let upkeep = tokio::spawn(crate::metrics::upkeep(metrics.clone()));
-                let serve = tokio::spawn(crate::transport::admin::serve(listener, shared.clone(), metrics));
+                let serve = tokio::spawn(crate::transport::admin::serve(listener, shared.clone(), metrics, token));
                 Some((upkeep, serve))
             }
             None => None,

@@ -226,6 +226,10 @@ class App {
   }
 
   closed(code, reason) {
+    if (code === 10 /* Kicked: closed by the operator; no automatic reconnect (spec §12) */) {
+      this.status(`Disconnected by the server's operator${reason ? ': ' + reason : ''}. Reload the page to reconnect.`, true);
+      return;
+    }
     this.status(`Disconnected${reason ? ': ' + reason : ''}. Reconnecting…`, true);
     const relogin = code === 5 /* LoggedOut */ || code === 9 /* SessionExpired */;
     if (relogin) {

@@ -71,7 +71,13 @@ pub async fn listen(ctx: &Ctx, count: Option<usize>, once: bool) -> anyhow::Resu
                 Some(CloseCode::Replaced) => {
                     anyhow::bail!("a newer connection of this device replaced this one (another 'quip listen'?)")
                 }
-                Some(CloseCode::TooManyConnections | CloseCode::ProtocolError | CloseCode::UnsupportedVersion) => {
+                // The operator closed it: not reconnected by itself (spec §12).
+                Some(
+                    CloseCode::TooManyConnections
+                    | CloseCode::ProtocolError
+                    | CloseCode::UnsupportedVersion
+                    | CloseCode::Kicked,
+                ) => {
                     return Err(ClientError::Closed(format!("{code:?}: {reason}")).into());
                 }
                 _ if once => {

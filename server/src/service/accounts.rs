@@ -150,6 +150,11 @@ pub fn login(
     // Re-read inside the write: the device counter may have moved since the
     // password check.
     let user: UserRecord = records::get(txn, &keys::user(username))?.ok_or(ServiceError::InvalidCredentials)?;
+    // Checked here too, in the write: an account disabled while its
+    // password was being checked gets no new session.
+    if user.disabled {
+        return Err(account_disabled());
+    }
     let uid = user.id;
     let device = add_device(txn, user, device_name, token_hash, now_ms)?;
     Ok((uid, device))
@@ -200,6 +205,73 @@ pub fn username(txn: &mut dyn ReadTxn, uid: u64) -> Result<Option<String>, Servi
 pub fn logout(txn: &mut dyn Txn, token_hash: &[u8; 32]) -> Result<(), ServiceError> {
     txn.clear(&keys::session(token_hash));
     Ok(())
+}
+
+/// A login to an account the operator disabled.
+pub fn account_disabled() -> ServiceError {
+    ServiceError::Forbidden("account disabled".into())
+}
+
+/// Every account, in name order.
+pub fn list_users(txn: &mut dyn ReadTxn) -> Result<Vec<UserRecord>, ServiceError> {
+    let (from, to) = keys::users();
+    txn.range(&from, &to, usize::MAX, false)?
+        .iter()
+        .map(|(k, v)| records::decode(k, v).map_err(ServiceError::from))
+        .collect()
+}
+
+/// A user's devices, by id.
+pub fn devices(txn: &mut dyn ReadTxn, uid: u64) -> Result<Vec<(u32, DeviceRecord)>, ServiceError> {
+    let (from, to) = keys::devices(uid);
+    txn.range(&from, &to, usize::MAX, false)?
+        .iter()
+        .map(|(k, v)| {
+            let id = keys::device_of(k).ok_or_else(|| ServiceError::Internal("malformed device key".into()))?;
+            Ok((id, records::decode(k, v)?))
+        })
+        .collect()
+}
+
+/// Every live session (token) of a user, as (token hash, device). Scans
+/// every session: for the operator's commands, not for requests.
+pub fn sessions_of(txn: &mut dyn ReadTxn, uid: u64) -> Result<Vec<([u8; 32], u32)>, ServiceError> {
+    let (from, to) = keys::sessions();
+    let mut out = Vec::new();
+    for (k, v) in txn.range(&from, &to, usize::MAX, false)? {
+        let s: SessionRecord = records::decode(&k, &v)?;
+        if s.user_id == uid
+            && let Some(hash) = keys::token_hash_of(&k)
+        {
+            out.push((hash, s.device_id));
+        }
+    }
+    Ok(out)
+}
+
+/// Revokes a user's sessions (of one device, or all): their tokens stop
+/// working. Returns what was revoked, as (token hash, device).
+pub fn revoke_sessions(txn: &mut dyn Txn, uid: u64, device: Option<u32>) -> Result<Vec<([u8; 32], u32)>, ServiceError> {
+    let mut revoked = sessions_of(txn, uid)?;
+    revoked.retain(|(_, d)| device.is_none_or(|want| want == *d));
+    for (hash, _) in &revoked {
+        txn.clear(&keys::session(hash));
+    }
+    Ok(revoked)
+}
+
+/// Changes a user's record with `f`; `NotFound` for an unknown name.
+pub fn update_user(
+    txn: &mut dyn Txn,
+    username: &str,
+    f: impl FnOnce(&mut UserRecord),
+) -> Result<UserRecord, ServiceError> {
+    let key = keys::user(username);
+    let mut user: UserRecord =
+        records::get(txn, &key)?.ok_or_else(|| ServiceError::NotFound(format!("no user {username:?}")))?;
+    f(&mut user);
+    txn.set(&key, &prost::Message::encode_to_vec(&user));
+    Ok(user)
 }
 
 #[cfg(test)]

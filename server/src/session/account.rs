@@ -115,6 +115,7 @@ impl Session {
         };
         let user = store::read(&*self.shared.store, |t| accounts::find_user(t, &r.username))?;
         let user_id = user.as_ref().map(|u| u.id);
+        let disabled = user.as_ref().is_some_and(|u| u.disabled);
         let pw = r.password;
         let ok = self
             .shared
@@ -148,6 +149,18 @@ impl Session {
                 reservation.refund().await;
                 return Err(e);
             }
+        }
+        // After the password, so the refusal tells nothing to who does not
+        // know it.
+        if disabled {
+            crate::metrics::login("disabled");
+            tracing::info!(
+                user = %r.username,
+                device_name = %r.device_name,
+                peer = %self.peer,
+                "login refused: account disabled"
+            );
+            return Err(accounts::account_disabled());
         }
         // Refuse before creating a device that could not connect anyway.
         let per_user = self.shared.config.max_connections_per_user;

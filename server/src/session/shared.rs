@@ -40,14 +40,14 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Token hash → actor and login time, in front of `sess/` reads on
     /// every connect.
-    pub(super) sessions: moka::sync::Cache<[u8; 32], (Actor, i64)>,
+    pub(crate) sessions: moka::sync::Cache<[u8; 32], (Actor, i64)>,
     /// Failed-login budgets per account name and per client IP address.
-    pub(super) login_failures_user: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
+    pub(crate) login_failures_user: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
     pub(super) login_failures_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
     /// Registration budgets per client IP address.
     pub(super) registrations_ip: moka::sync::Cache<std::net::IpAddr, Arc<Mutex<TokenBucket>>>,
     /// Argon2 runs, bounded.
-    pub(super) passwords: crate::passwords::PasswordPool,
+    pub(crate) passwords: crate::passwords::PasswordPool,
     /// Chat id → participants of a direct chat, in front of membership
     /// checks. Direct chats never change members, so entries never go
     /// stale; groups do, and are checked in the store.

@@ -3,9 +3,11 @@
 //! operator decides otherwise). It serves:
 //!
 //! - `GET /metrics`: Prometheus text exposition ([`crate::metrics`]);
-//! - `GET /healthz` and `GET /readyz` ([`super::health`]).
+//! - `GET /healthz` and `GET /readyz` ([`super::health`]);
+//! - `/admin/v1/…`: the operator's API ([`crate::admin::api`]), behind the
+//!   bearer token in `<data-dir>/admin-token`.
 //!
-//! Nothing here needs a credential, so nothing here may act or reveal
+//! The first three need no credential, so they may not act or reveal
 //! messages: counts and states only. It is bounded like the public
 //! listeners, in case it is exposed: [`MAX_CONNECTIONS`] at once (more are
 //! dropped), request headers within [`HEADER_TIMEOUT`].
@@ -46,23 +48,32 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the admin routes on `listener` until the task is aborted, which
 /// the server does once it has drained: meanwhile `/readyz` says 503 and
 /// `/metrics` shows the drain.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, metrics: PrometheusHandle) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    metrics: PrometheusHandle,
+    token: Arc<crate::admin::token::AdminToken>,
+) {
+    let api = crate::admin::api::router(shared.clone(), token);
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .with_state(Admin { shared, metrics });
+        .with_state(Admin { shared, metrics })
+        .nest("/admin/v1", api);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
+                let Ok((tcp, peer)) = accepted else { continue };
                 // Dropping the stream refuses it.
                 let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
                 let app = app.clone();
                 conns.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        // Who asked, for the audit log.
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                         let mut app = app.clone();
                         async move { tower_service::Service::call(&mut app, req).await }
                     });

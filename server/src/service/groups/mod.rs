@@ -32,6 +32,23 @@ use consent::{check_may_add, resolve_users};
 pub use info::info;
 use info::info_of;
 
+/// Any chat's description and its last activity (ms since the epoch),
+/// for the operator: no participation check; `None` when there is no such
+/// chat.
+pub fn info_for_operator(
+    txn: &mut dyn ReadTxn,
+    chat_id: u64,
+    max_members: u32,
+) -> Result<Option<(v1::ChatInfo, i64)>, ServiceError> {
+    let Some(chat) = records::get::<ChatRecord>(txn, &keys::chat(chat_id))? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        info_of(txn, chat_id, &chat, max_members)?,
+        chat.last_activity_ms,
+    )))
+}
+
 /// Longest group or channel name, in bytes.
 pub const MAX_NAME: usize = 64;
 
