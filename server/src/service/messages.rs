@@ -89,7 +89,16 @@ pub struct Sent {
     pub response: v1::SendResponse,
     /// What to push once durable (nothing for a duplicate).
     pub delivery: Delivery,
+    /// The peer of a direct chat (0 otherwise): with the chat id, the
+    /// [`DirectHint`] for the sender's next send to them.
+    pub direct_peer: u64,
 }
+
+/// Where an earlier send by name to the same user went (peer id, chat id),
+/// remembered by the caller. Only used to fetch a send's reads together
+/// ahead of time: a stale hint costs a round trip, never a wrong answer,
+/// since every read is still made and checked.
+pub type DirectHint = (u64, u64);
 
 /// Stores a message: resolves (or creates) the chat, checks membership and
 /// idempotency, assigns the next seq and appends to every participant's log.
@@ -101,6 +110,23 @@ pub fn send(
     content: &v1::Content,
     now_ms: i64,
 ) -> Result<Sent, ServiceError> {
+    send_hinted(txn, actor, target, None, client_msg_id, content, now_ms)
+}
+
+/// [`send`], with what the caller knows of where a send by name goes: on a
+/// networked store all of a direct message's reads then cost one round
+/// trip, instead of one for the user, one for the `dm/` entry and one for
+/// the rest.
+pub fn send_hinted(
+    txn: &mut dyn Txn,
+    actor: &Actor,
+    target: &Target,
+    hint: Option<DirectHint>,
+    client_msg_id: &str,
+    content: &v1::Content,
+    now_ms: i64,
+) -> Result<Sent, ServiceError> {
+    prefetch_before_resolving(txn, actor, target, hint, client_msg_id)?;
     let (chat_id, mut chat, peer_name) = resolve_for_send(txn, actor, target)?;
     prefetch_for_send(txn, actor, chat_id, &chat, client_msg_id)?;
     let attached;
@@ -135,6 +161,7 @@ pub fn send(
                 duplicate: true,
             },
             delivery: Delivery::default(),
+            direct_peer: direct_peer_id(actor, &chat),
         });
     }
 
@@ -240,6 +267,7 @@ pub fn send(
             duplicate: false,
         },
         delivery,
+        direct_peer: direct_peer_id(actor, &chat),
     })
 }
 
@@ -288,6 +316,49 @@ pub fn fan_out(
         )?);
     }
     Ok(out)
+}
+
+/// The other member of a direct chat, or 0.
+fn direct_peer_id(actor: &Actor, chat: &ChatRecord) -> u64 {
+    if chat.kind() != ChatKind::Direct {
+        return 0;
+    }
+    chat.members.iter().copied().find(|&m| m != actor.user_id).unwrap_or(0)
+}
+
+/// Fetches together what a send reads before its chat is resolved, where
+/// the chat is known: by id, or by name with a [`DirectHint`] (then the
+/// peer's keys too, so that nothing is left for a second round trip).
+fn prefetch_before_resolving(
+    txn: &mut dyn Txn,
+    actor: &Actor,
+    target: &Target,
+    hint: Option<DirectHint>,
+    client_msg_id: &str,
+) -> Result<(), ServiceError> {
+    let (chat_id, mut wanted) = match (target, hint) {
+        (Target::Chat(id), _) => (*id, Vec::with_capacity(5)),
+        (Target::User(name), Some((peer, chat_id))) => {
+            let wanted = vec![
+                keys::user(name),
+                keys::direct(actor.user_id, peer),
+                keys::log_head(peer),
+                keys::whereabouts(peer),
+                keys::block(peer, actor.user_id),
+            ];
+            (chat_id, wanted)
+        }
+        (Target::User(_), None) => return Ok(()),
+    };
+    wanted.extend([
+        keys::chat(chat_id),
+        keys::idempotency(chat_id, actor.user_id, client_msg_id),
+        keys::cursor(chat_id, actor.user_id),
+        keys::log_head(actor.user_id),
+        keys::whereabouts(actor.user_id),
+    ]);
+    txn.prefetch(&wanted.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    Ok(())
 }
 
 /// Fetches together what the rest of a send reads once its chat is known

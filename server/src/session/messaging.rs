@@ -10,13 +10,29 @@ impl Session {
         let target = Target::from_fields(&r.to_user, r.chat_id)?;
         let content = r.content.unwrap_or_default();
         let now = self.now_ms();
+        // Where the last direct message to this name went: only worth its
+        // lookup on a networked store, where it saves round trips.
+        let hint_key = match &target {
+            Target::User(name) if shared.store.clustered() => Some((actor.user_id, name.clone())),
+            _ => None,
+        };
+        let hint = hint_key.as_ref().and_then(|k| shared.direct_hints.get(k));
         let pending = self
             .write_then_deliver(
-                move |t| messages::send(t, &actor, &target, &r.client_msg_id, &content, now),
+                move |t| messages::send_hinted(t, &actor, &target, hint, &r.client_msg_id, &content, now),
                 |sent| &mut sent.delivery,
             )
             .await?;
-        Ok(answer_when_durable(id, pending, |sent| Body::Sent(sent.response)))
+        let shared = shared.clone();
+        Ok(answer_when_durable(id, pending, move |sent| {
+            if let Some(k) = hint_key
+                && sent.direct_peer != 0
+                && hint != Some((sent.direct_peer, sent.response.chat_id))
+            {
+                shared.direct_hints.insert(k, (sent.direct_peer, sent.response.chat_id));
+            }
+            Body::Sent(sent.response)
+        }))
     }
 
     pub(super) fn history(self: &Arc<Self>, id: u64, r: v1::HistoryRequest) -> Result<Reply, ServiceError> {

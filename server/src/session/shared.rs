@@ -52,6 +52,10 @@ pub struct Shared {
     /// checks. Direct chats never change members, so entries never go
     /// stale; groups do, and are checked in the store.
     pub(super) members: moka::sync::Cache<u64, Arc<[u64]>>,
+    /// (sender, peer's name) → where their last direct message went, so a
+    /// send by name on a networked store fetches all its reads at once
+    /// (`messages::DirectHint`). Unused on the embedded store.
+    pub(super) direct_hints: moka::sync::Cache<(u64, String), crate::service::messages::DirectHint>,
     /// (user, device) → request budget, shared by all of a device's
     /// connections so opening more connections does not multiply it.
     pub(super) device_limits: moka::sync::Cache<(u64, u32), Arc<Mutex<TokenBucket>>>,
@@ -127,6 +131,7 @@ impl Shared {
                 moka::sync::Cache::new(100_000)
             },
             members: moka::sync::Cache::new(100_000),
+            direct_hints: moka::sync::Cache::new(100_000),
             device_limits: moka::sync::Cache::new(1_000_000),
             next_conn: AtomicU64::new(1),
             shutdown: Shutdown::default(),

@@ -8,7 +8,7 @@
 //! which keys it saw stored without parts, whose writes then need no
 //! clearing of a parts range ([`super::layout`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use foundationdb::options::MutationType;
 use foundationdb::{FdbError, Transaction};
@@ -43,6 +43,7 @@ pub(super) fn run_job(reads: &Reads<'_>, f: &mut WriteFn) -> Run {
     let mut txn = JobTxn {
         reads,
         writes: Writes::new(),
+        fetched: HashMap::new(),
         no_parts: HashSet::new(),
         mutations: Mutations::default(),
         error: None,
@@ -66,6 +67,13 @@ pub(super) fn run_job(reads: &Reads<'_>, f: &mut WriteFn) -> Run {
 struct JobTxn<'a> {
     reads: &'a Reads<'a>,
     writes: Writes,
+    /// What this closure read from the transaction, by key. Exact for the
+    /// closure's run: nothing else writes to the transaction meanwhile
+    /// (batch-mates' writes went in before it ran; its own stay in
+    /// `writes`, which reads see first). A hit costs no trip to
+    /// FoundationDB's client thread, which a read of a key the transaction
+    /// cached still makes.
+    fetched: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Keys whose stored row this closure read and found without parts:
     /// writing them needs no clearing of a parts range.
     no_parts: HashSet<Vec<u8>>,
@@ -104,7 +112,7 @@ impl ReadTxn for JobTxn<'_> {
         let mut values = Vec::with_capacity(keys.len());
         let mut missed = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.writes.get(key) {
+            match self.writes.get(key).or_else(|| self.fetched.get(*key)) {
                 Some(v) => values.push(v.clone()),
                 None => {
                     values.push(None);
@@ -121,13 +129,13 @@ impl ReadTxn for JobTxn<'_> {
             if !large {
                 self.no_parts.insert(key.to_vec());
             }
+            self.fetched.insert(key.to_vec(), value.clone());
             values[i] = value;
         }
         Ok(values)
     }
 
-    /// FoundationDB's transaction caches what it read, so the reads that
-    /// follow are answered without a round trip.
+    /// The reads that follow are answered from `fetched`.
     fn prefetch(&mut self, keys: &[&[u8]]) -> Result<(), StoreError> {
         self.get_many(keys).map(drop)
     }
