@@ -39,7 +39,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts quipd on `127.0.0.1:port` with its data in `data`, plus `args`.
     pub fn start(data: &Path, port: u16, args: &[&str]) -> Self {
-        Self::spawn(Command::new(quipd()), data, port, args)
+        Self::launch(Command::new(quipd()), data, port, None, args, None)
     }
 
     /// Like [`Daemon::start`], with the process umask set to `umask`
@@ -49,68 +49,63 @@ impl Daemon {
         sh.arg("-c")
             .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
             .arg(quipd());
-        Self::spawn(sh, data, port, args)
-    }
-
-    fn spawn(mut command: Command, data: &Path, port: u16, args: &[&str]) -> Self {
-        let child = command
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            // QUIC only: the port was found free for UDP, not for TCP.
-            .args(["--log", "error", "--no-https"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self { child }
+        Self::launch(sh, data, port, None, args, None)
     }
 
     /// Starts quipd like [`Daemon::start`] with its log (stdout) written
     /// to `log`; `args` say its level (`--log`) and format.
     pub fn start_logged(data: &Path, port: u16, args: &[&str], log: &Path) -> Self {
-        let child = Command::new(quipd())
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--no-https")
-            .args(args)
-            .stdout(std::fs::File::create(log).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self { child }
+        Self::launch(Command::new(quipd()), data, port, None, args, Some(log))
     }
 
     /// Like [`Daemon::start_logged`] with the HTTPS listener on loopback
     /// too (see [`Daemon::start_with_https`]); returns its address.
     pub fn start_logged_with_https(data: &Path, port: u16, args: &[&str], log: &Path) -> (Self, std::net::SocketAddr) {
-        let https = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = Command::new(quipd())
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--https-listen",
-                &https.to_string(),
-            ])
-            .args(args)
-            .stdout(std::fs::File::create(log).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        (Self { child }, https)
+        let https = free_tcp_addr();
+        (
+            Self::launch(Command::new(quipd()), data, port, Some(https), args, Some(log)),
+            https,
+        )
+    }
+
+    /// Starts quipd like [`Daemon::start`] but with its HTTPS listener on
+    /// loopback too; returns it with that listener's address.
+    pub fn start_with_https(data: &Path, port: u16, args: &[&str]) -> (Self, std::net::SocketAddr) {
+        let https = free_tcp_addr();
+        (
+            Self::launch(Command::new(quipd()), data, port, Some(https), args, None),
+            https,
+        )
+    }
+
+    /// Runs `command` (quipd, or a wrapper that execs it) on `data`, QUIC
+    /// on `port`, HTTPS on `https` or none, plus `args`; its log goes to
+    /// `log`, or (errors only) nowhere but stderr.
+    fn launch(
+        mut command: Command,
+        data: &Path,
+        port: u16,
+        https: Option<std::net::SocketAddr>,
+        args: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
+        command.args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        match https {
+            Some(addr) => command.args(["--https-listen", &addr.to_string()]),
+            // QUIC only: the port was found free for UDP, not for TCP.
+            None => command.arg("--no-https"),
+        };
+        match log {
+            Some(path) => command.stdout(std::fs::File::create(path).unwrap()),
+            None => command.args(["--log", "error"]).stdout(Stdio::null()),
+        };
+        let child = command.args(args).stderr(Stdio::inherit()).spawn().unwrap();
+        Self { child }
     }
 
     /// Sends the process a signal by name (`HUP`, `TERM`), with kill(1).
@@ -121,31 +116,6 @@ impl Daemon {
             .unwrap()
             .success();
         assert!(ok, "kill -{name} failed");
-    }
-
-    /// Starts quipd like [`Daemon::start`] but with its HTTPS listener on
-    /// loopback too; returns it with that listener's address.
-    pub fn start_with_https(data: &Path, port: u16, args: &[&str]) -> (Self, std::net::SocketAddr) {
-        let https = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = Command::new(quipd())
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--https-listen",
-                &https.to_string(),
-            ])
-            .args(["--log", "error"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        (Self { child }, https)
     }
 
     /// Waits until the dev certificate exists (written at startup); returns its path.
@@ -167,11 +137,7 @@ impl Daemon {
 
     /// SIGTERM: a graceful stop; waits until the process has exited.
     pub fn terminate(&mut self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM");
         self.child.wait().unwrap();
     }
 
@@ -200,4 +166,12 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback TCP address free a moment ago (for a listener of quipd's).
+fn free_tcp_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
