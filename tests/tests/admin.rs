@@ -17,7 +17,6 @@ use quip_client::{Client, ConnectOptions};
 use quip_protocol::CloseCode;
 use quip_protocol::v1::ErrorCode;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A quipd with its admin listener on loopback, and what its tests need.
 struct Admin {
@@ -128,21 +127,8 @@ impl Admin {
 
 /// One HTTP/1.1 request (plain, `Connection: close`): status and body.
 async fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("no response within 10 s"))??;
-    let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
-        return Err(std::io::Error::other(format!("no response: {raw:?}")));
-    };
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    Ok((status, body.to_string()))
+    let (status, _, body) = common::plain_http::request(addr, method, path, auth).await?;
+    Ok((status, body))
 }
 
 /// Waits for the connection's close, within 10 s.

@@ -15,7 +15,7 @@ use quip_client::{Client, ConnectOptions, UploadSpec};
 use quip_protocol::Body;
 use quip_protocol::v1::{self, ErrorCode};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A TCP port that was free a moment ago, for the admin listener.
 fn free_tcp_port() -> u16 {
@@ -29,23 +29,12 @@ fn free_tcp_port() -> u16 {
 /// `GET path` over plain HTTP/1.1: the status and the body; an error when
 /// the connection is refused or closed without a response.
 async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("no response within 10 s"))??;
-    let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
-        return Err(std::io::Error::other(format!("no response: {raw:?}")));
-    };
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let (status, head, body) = common::plain_http::request(addr, "GET", path, None).await?;
     assert!(
         !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
         "bodies here have a length"
     );
-    Ok((status, body.to_string()))
+    Ok((status, body))
 }
 
 /// Waits until the admin listener answers `/readyz` with 200.

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod files;
 pub mod https;
+pub mod plain_http;
 pub mod raw;
 pub mod relay;
 pub mod ws;
