@@ -17,6 +17,16 @@ struct Env {
 }
 
 impl Env {
+    /// Registers alice and bob, each with a profile directory under `dir`;
+    /// returns those directories.
+    async fn alice_and_bob(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+        self.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
+            .await;
+        self.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+        (alice, bob)
+    }
+
     fn quip(&self, home: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_quip"));
         c.env("QUIP_HOME", home)
@@ -849,10 +859,7 @@ async fn failures_have_documented_exit_codes_and_json_errors() {
 async fn send_from_stdin_completions_man_page_and_wording() {
     let dir = tempfile::tempdir().unwrap();
     let (env, stop, task) = start(dir.path());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
-        .await;
-    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    let (alice, bob) = env.alice_and_bob(dir.path()).await;
 
     let mut send = env
         .quip(&alice)
@@ -894,10 +901,7 @@ async fn send_from_stdin_completions_man_page_and_wording() {
 async fn listen_reconnects_after_a_server_restart_and_misses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (env, stop, task) = start(dir.path());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
-        .await;
-    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    let (alice, bob) = env.alice_and_bob(dir.path()).await;
 
     let mut listen = env.listen(&bob, &["--json", "listen", "--count", "4"]);
     let mut once = env.listen(&alice, &["listen", "--once"]);
@@ -970,10 +974,7 @@ async fn history_and_sync_say_what_retention_deleted() {
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
-        .await;
-    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    let (alice, bob) = env.alice_and_bob(dir.path()).await;
     env.ok(&alice, &["send", "bob", "soon gone"]).await;
     env.ok(&alice, &["send", "bob", "gone too"]).await;
 
@@ -1018,10 +1019,7 @@ async fn history_and_sync_say_what_retention_deleted() {
 async fn sigterm_closes_listen_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (env, stop, task) = start(dir.path());
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    env.ok(&alice, &["register", "alice", "--password", "alice-secret-1"])
-        .await;
-    env.ok(&bob, &["register", "bob", "--password", "bob-secret-12"]).await;
+    let (alice, bob) = env.alice_and_bob(dir.path()).await;
     env.ok(&alice, &["send", "bob", "hi"]).await;
 
     let mut listen = env.listen(&bob, &["--json", "listen"]);
